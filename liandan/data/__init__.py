@@ -1,0 +1,1 @@
+"""Datasets: image folders, captions, prompt templates, buckets, the latent cache."""

@@ -1,0 +1,1 @@
+"""One module per artifact format: embedding, hypernetwork, lora, checkpoint, aesthetic."""

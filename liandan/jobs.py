@@ -1,0 +1,258 @@
+"""Typed job specs: the one description of a job, identical from the UI, the CLI, TOML files and REST.
+
+A spec is a frozen dataclass validated on construction. `from_dict` rejects unknown keys (a typo in a TOML
+file is an error, not a silently ignored setting) and checks Literal choices and number bounds. Every output
+gets the spec saved beside it as JSON, with dataset hashes, library versions and seeds (`provenance`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+
+from liandan.errors import ConfigError
+
+SPEC_VERSION = 1
+S = TypeVar("S", bound="Spec")
+
+
+def _bounds(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"metadata": {"min": lo, "max": hi}}
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    """A number field with inclusive bounds, checked on construction."""
+    return field(default=default, **_bounds(lo, hi))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Base of all specs: validation, dict/JSON/TOML round-trip."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f"{type(self).__name__}.{f.name}", value, hints[f.name])
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if lo is not None and value < lo or hi is not None and value > hi:
+                raise ConfigError(f"{f.name} = {value!r} is out of range [{lo}, {hi}]")
+
+    @classmethod
+    def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"kind", "spec_version"})
+        if unknown:
+            raise ConfigError(f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}")
+        kwargs = {name: _coerce(name, value, hints[name]) for name, value in data.items() if name in names}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # a required field is missing
+            raise ConfigError(f"{cls.__name__}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = _plain(value)
+        return out
+
+    def replace(self: S, **changes: Any) -> S:
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Spec):
+        return value.to_dict()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn JSON/TOML values into the declared types (nested specs, paths, tuples)."""
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, Spec) and isinstance(value, Mapping):
+        return hint.from_dict(value)
+    if hint is Path and isinstance(value, str):
+        return Path(value)
+    if origin is tuple and isinstance(value, list | tuple):
+        (item,) = get_args(hint)[:1]
+        return tuple(_coerce(name, v, item) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            choices = ", ".join(repr(c) for c in get_args(hint))
+            raise ConfigError(f"{where} = {value!r}: expected one of {choices}")
+        return
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return
+        errors = []
+        for arg in args:
+            try:
+                _check_type(where, value, arg)
+                return
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{where} = {value!r}: expected a list")
+        item = get_args(hint)[0]
+        for v in value:
+            _check_type(where, v, item)
+        return
+    if hint is Any or not isinstance(hint, type):
+        return
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} = {value!r}: expected {hint.__name__}")
+
+
+# --- the parts every training job shares -------------------------------------------------------------
+
+Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGD"]
+LRScheduler = Literal[
+    "a1111", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+]
+
+
+@dataclass(frozen=True)
+class TrainSpec(Spec):
+    """How to optimise. `learn_rate` is A1111's schedule syntax ("0.005", "0.1:500, 0.01:1000") when
+    `lr_scheduler` is "a1111" (training stops when that schedule ends), else a plain number."""
+
+    learn_rate: str = "0.005"
+    lr_scheduler: LRScheduler = "a1111"
+    lr_warmup_steps: int = bounded(0, 0)
+    optimizer: Optimizer = "AdamW"
+    weight_decay: float = bounded(0.0, 0.0)
+    batch_size: int = bounded(1, 1, 1024)
+    gradient_accumulation: int = bounded(1, 1, 4096)
+    max_steps: int = bounded(1000, 1)
+    clip_grad_mode: Literal["disabled", "value", "norm"] = "disabled"
+    clip_grad_value: str = "0.1"  # A1111 schedule syntax too
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = bounded(500, 0)  # 0: only at the end
+    preview_every: int = bounded(500, 0)
+    log_every: int = bounded(1, 1)  # loss CSV / TensorBoard rows
+    early_stop_epochs: int = bounded(0, 0)  # stop when the epoch loss has not improved for N epochs; 0 off
+    nan_policy: Literal["stop", "rollback"] = "rollback"
+    move_unused_to_cpu: bool = True  # "move VAE and CLIP to RAM" once latents/conds are cached
+    resume: bool = True  # continue from the last full-state checkpoint of this job if there is one
+
+
+@dataclass(frozen=True)
+class DataSpec(Spec):
+    folder: Path = Path()
+    recursive: bool = False
+    width: int = bounded(512, 64, 4096)
+    height: int = bounded(512, 64, 4096)
+    buckets: bool = False  # aspect-ratio buckets instead of one W×H
+    template: str = "style_filewords.txt"  # a file in the templates folder, or a path
+    filename_regex: str = ""
+    join_string: str = " "
+    shuffle_tags: bool = False
+    tag_dropout: float = bounded(0.0, 0.0, 1.0)
+    flip: float = bounded(0.0, 0.0, 1.0)  # probability of a horizontal flip
+    latent_sampling: Literal["once", "deterministic", "random"] = "once"
+    latent_cache: Literal["ram", "disk", "off"] = "ram"
+    use_alpha_weight: bool = False  # PNG alpha as loss weight
+    repeats: int = bounded(1, 1, 10000)
+
+
+@dataclass(frozen=True)
+class PreviewSpec(Spec):
+    """Preview images during training. An empty prompt uses the template with the first caption."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = bounded(20, 1, 150)
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m"] = "euler_a"
+    cfg_scale: float = bounded(7.0, 1.0, 30.0)
+    seed: int = -1
+    width: int = bounded(512, 64, 4096)
+    height: int = bounded(512, 64, 4096)
+    self_test: bool = True  # after each save, render with and without the artifact and compare
+
+
+@dataclass(frozen=True)
+class JobSpec(Spec):
+    """Base of runnable jobs. `kind` names the job in the registry; `model` is a checkpoint path, a name
+    the host knows, or "" for the host's current/default model."""
+
+    kind: ClassVar[str] = ""
+    model: str = ""
+    log_dir: Path | None = None
+    clip_skip: int = bounded(1, 1, 12)
+
+
+JOB_KINDS: dict[str, type[JobSpec]] = {}
+
+
+def register_job(cls: type[JobSpec]) -> type[JobSpec]:
+    """Class decorator: make a job spec loadable by its `kind`."""
+    if not cls.kind or cls.kind in JOB_KINDS:
+        raise ValueError(f"job kind {cls.kind!r} is empty or registered twice")
+    JOB_KINDS[cls.kind] = cls
+    return cls
+
+
+def job_from_dict(data: Mapping[str, Any]) -> JobSpec:
+    kind = data.get("kind")
+    if kind not in JOB_KINDS:
+        raise ConfigError(f"job kind {kind!r} is unknown; expected one of: {', '.join(sorted(JOB_KINDS))}")
+    version = data.get("spec_version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise ConfigError(f"job file has spec_version {version}; this liandan reads version {SPEC_VERSION}")
+    return JOB_KINDS[kind].from_dict(data)
+
+
+def job_to_dict(job: JobSpec) -> dict[str, Any]:
+    return {"kind": job.kind, "spec_version": SPEC_VERSION, **job.to_dict()}
+
+
+def load_job_file(path: Path) -> JobSpec:
+    """A job from a .toml or .json file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read job file {path}: {e.strerror}") from e
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10 (the WebUI's own)
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    return job_from_dict(data)

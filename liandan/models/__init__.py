@@ -1,0 +1,1 @@
+"""Models: the ModelBundle every method trains on, loading/saving single-file checkpoints, the tiny model."""

@@ -1,0 +1,1 @@
+"""Dataset preparation: image operations (resize, flip, split, crops) and captioners."""
