@@ -23,18 +23,17 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, target)
+        tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_atomic(target: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call `write(f)` on a binary file object; the result lands at `target` atomically."""
-    with atomic_path(target) as tmp:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(target) as tmp, tmp.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(target)
 
 

@@ -42,7 +42,7 @@ class Spec:
             value = getattr(self, f.name)
             _check_type(f"{type(self).__name__}.{f.name}", value, hints[f.name])
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if lo is not None and value < lo or hi is not None and value > hi:
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise ConfigError(f"{f.name} = {value!r} is out of range [{lo}, {hi}]")
 
     @classmethod
@@ -52,7 +52,16 @@ class Spec:
         unknown = sorted(set(data) - names - {"kind", "spec_version"})
         if unknown:
             raise ConfigError(f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}")
-        kwargs = {name: _coerce(name, value, hints[name]) for name, value in data.items() if name in names}
+        defaults = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in data.items():
+            if name not in names:
+                continue
+            default = _field_default(defaults[name])
+            if isinstance(default, Spec) and isinstance(value, Mapping):
+                # a partial section keeps this job's own defaults (a hypernetwork's lr is not a TI's)
+                value = {**default.to_dict(), **value}
+            kwargs[name] = _coerce(name, value, hints[name])
         try:
             return cls(**kwargs)
         except TypeError as e:  # a required field is missing
@@ -67,6 +76,14 @@ class Spec:
 
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -129,7 +146,7 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
         return
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise ConfigError(f"{where} = {value!r}: expected {hint.__name__}")
 
 
@@ -256,3 +273,51 @@ def load_job_file(path: Path) -> JobSpec:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
     return job_from_dict(data)
+
+
+# --- job kinds -----------------------------------------------------------------------------------------
+
+
+@register_job
+@dataclass(frozen=True)
+class TextualInversionJob(JobSpec):
+    """Create (if missing or `overwrite`) and train a textual-inversion embedding.
+
+    An existing embedding of that name is trained further from its saved step, as A1111's Train does.
+    """
+
+    kind: ClassVar[str] = "textual_inversion"
+    name: str = ""
+    init_text: str = "*"
+    vectors: int = bounded(1, 1, 75)
+    overwrite: bool = False
+    file_format: Literal["pt", "safetensors"] = "pt"
+    save_png_cards: bool = True
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.005"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="style_filewords.txt"))
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+
+@register_job
+@dataclass(frozen=True)
+class HypernetworkJob(JobSpec):
+    """Create (if missing or `overwrite`) and train a hypernetwork. Empty `sizes` means the model family's
+    defaults (SD1: 768, 320, 640, 1280; SD2 adds 1024)."""
+
+    kind: ClassVar[str] = "hypernetwork"
+    name: str = ""
+    sizes: tuple[int, ...] = ()
+    layer_structure: str = "1, 2, 1"
+    activation: str = "linear"
+    weight_init: Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"] = (
+        "Normal"
+    )
+    layer_norm: bool = False
+    use_dropout: bool = False
+    dropout_structure: str = ""  # empty: A1111's default for the layer structure
+    last_layer_dropout: bool = False
+    activate_output: bool = False
+    overwrite: bool = False
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.000005"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="hypernetwork.txt"))
+    preview: PreviewSpec = field(default_factory=PreviewSpec)

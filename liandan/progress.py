@@ -78,5 +78,5 @@ class Reporter:
         for listener in self.listeners:
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - a watcher must never stop the job
+            except Exception:
                 log.exception("progress listener failed on %s", event.kind)

@@ -1,1 +1,1 @@
-"""Hosts: where files live and which model is loaded, inside A1111 (webui.py) or on its own (standalone.py)."""
+"""Hosts: where files live and which model is loaded: inside A1111 (webui.py) or standalone."""

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from liandan.errors import ConfigError
+from liandan.jobs import (
+    HypernetworkJob,
+    TextualInversionJob,
+    TrainSpec,
+    job_from_dict,
+    job_to_dict,
+    load_job_file,
+)
+
+
+def test_toml_job_round_trips_through_dict(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(
+        'kind = "textual_inversion"\nname = "cat"\nvectors = 4\n'
+        '[train]\nlearn_rate = "0.1:50, 0.01:100"\nmax_steps = 100\n'
+        '[data]\nfolder = "images"\nflip = 0.5\n'
+    )
+    job = load_job_file(path)
+    assert isinstance(job, TextualInversionJob)
+    assert job.data.folder == Path("images") and job.data.flip == 0.5
+    assert job.train.learn_rate == "0.1:50, 0.01:100"
+    assert job_from_dict(job_to_dict(job)) == job
+
+
+def test_partial_section_keeps_the_jobs_own_defaults() -> None:
+    job = job_from_dict({"kind": "hypernetwork", "name": "h", "train": {"max_steps": 5}})
+    assert isinstance(job, HypernetworkJob)
+    assert job.train.learn_rate == HypernetworkJob().train.learn_rate != TrainSpec().learn_rate
+    assert job.data.template == "hypernetwork.txt"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "textual_inversion", "vectors": 76}, "vectors = 76 is out of range"),
+        ({"kind": "textual_inversion", "trian": {}}, "unknown setting(s) for TextualInversionJob: trian"),
+        ({"kind": "textual_inversion", "train": {"optimizer": "Adam"}}, "expected one of 'AdamW'"),
+        ({"kind": "textual_inversion", "train": {"batch_size": "2"}}, "expected int"),
+        ({"kind": "textual_inversion", "spec_version": 99}, "spec_version 99"),
+        ({"kind": "dreams"}, "job kind 'dreams' is unknown"),
+    ],
+)
+def test_bad_settings_name_the_value(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        job_from_dict(data)
+    assert message in str(e.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("kind = \n")
+    with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML"):
+        load_job_file(path)
