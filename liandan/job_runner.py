@@ -1,0 +1,285 @@
+"""Runs training jobs one at a time in a background thread, and keeps a status snapshot UIs can poll.
+
+Method engineers register a runner per job kind (`register_runner`); the UI, REST routes and the CLI all go
+through `run_job`, so a job behaves the same whoever started it. Errors become a status, never a crash:
+a `LiandanError` keeps its message as it is (it is written for the user), anything else gets a short
+message while the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from liandan.errors import ConfigError, LiandanError
+from liandan.jobs import JobSpec, TrainSpec
+from liandan.progress import Control, ProgressEvent, Reporter
+
+if TYPE_CHECKING:
+    from liandan.host.base import Host
+
+log = logging.getLogger(__name__)
+
+JobFn = Callable[[JobSpec, "Host", Reporter, Control], Any]
+JobState = Literal["queued", "running", "done", "interrupted", "error"]
+FINISHED: tuple[JobState, ...] = ("done", "interrupted", "error")
+
+_RUNNERS: dict[str, JobFn] = {}
+_MAX_LOSSES = 20_000  # a point per step; older points are dropped past this
+_MAX_MESSAGES = 50
+
+
+def register_runner(kind: str, fn: JobFn) -> None:
+    """Make `fn(spec, host, reporter, control)` the runner of job specs whose `kind` is `kind`."""
+    if not kind:
+        raise ValueError("a runner needs a non-empty job kind")
+    _RUNNERS[kind] = fn
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_RUNNERS)
+
+
+def run_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> Any:
+    """Run one job in the calling thread with the runner registered for its kind."""
+    fn = _RUNNERS.get(spec.kind)
+    if fn is None:
+        known = ", ".join(registered_kinds()) or "none"
+        raise ConfigError(f"no runner for job kind {spec.kind!r} (registered: {known})")
+    return fn(spec, host, reporter, control)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A copy of one job's state at one moment: safe to hand to any thread."""
+
+    id: str
+    kind: str
+    state: JobState
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    losses: tuple[tuple[int, float], ...] = ()
+    previews: tuple[Path, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    messages: tuple[str, ...] = ()
+    error: str = ""
+    submitted: float = 0.0
+    finished: float | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (REST)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "step": self.step,
+            "total": self.total,
+            "loss": self.loss,
+            "losses": [list(p) for p in self.losses],
+            "previews": [str(p) for p in self.previews],
+            "outputs": [str(p) for p in self.outputs],
+            "messages": list(self.messages),
+            "error": self.error,
+            "submitted": self.submitted,
+            "finished": self.finished,
+        }
+
+
+@dataclass
+class _Job:
+    id: str
+    spec: JobSpec
+    control: Control
+    state: JobState = "queued"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    losses: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=_MAX_LOSSES))
+    previews: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    messages: deque[str] = field(default_factory=lambda: deque(maxlen=_MAX_MESSAGES))
+    error: str = ""
+    submitted: float = field(default_factory=time.time)
+    finished: float | None = None
+    saw_done: bool = False
+
+    def record(self, event: ProgressEvent) -> None:
+        if event.total:
+            self.total = event.total
+        if event.kind in ("step", "save", "preview", "done"):
+            self.step = max(self.step, event.step)
+        if event.kind == "step" and event.loss is not None:
+            self.loss = event.loss
+            self.losses.append((event.step, event.loss))
+        elif event.kind == "preview":
+            self.previews.extend(event.paths)
+        elif event.kind in ("save", "done"):
+            self.outputs.extend(p for p in event.paths if p not in self.outputs)
+        if event.kind == "done":
+            self.saw_done = True
+        if event.message:
+            self.messages.append(event.message)
+
+    def snapshot(self) -> JobStatus:
+        return JobStatus(
+            id=self.id,
+            kind=self.spec.kind,
+            state=self.state,
+            step=self.step,
+            total=self.total,
+            loss=self.loss,
+            losses=tuple(self.losses),
+            previews=tuple(self.previews),
+            outputs=tuple(self.outputs),
+            messages=tuple(self.messages),
+            error=self.error,
+            submitted=self.submitted,
+            finished=self.finished,
+        )
+
+
+class JobRunner:
+    """A queue of jobs for one host, run one at a time by a single worker thread.
+
+    While a job runs, `host.control` is that job's Control, so the host can bridge its own interrupt
+    button (A1111's) to it; the host's reporter receives every event of the job.
+    """
+
+    def __init__(self, host: Host, run: Callable[[JobSpec, Host, Reporter, Control], Any] = run_job) -> None:
+        self.host = host
+        self._run = run
+        self._jobs: dict[str, _Job] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._worker: threading.Thread | None = None
+
+    # --- submitting and controlling -------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Queue a job; returns its id at once."""
+        with self._lock:
+            job_id = f"{spec.kind or 'job'}-{next(self._ids)}"
+            self._jobs[job_id] = _Job(job_id, spec, Control())
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="liandan-jobs", daemon=True)
+                self._worker.start()
+        self._queue.put(job_id)
+        return job_id
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Stop a job (default: the one running). A queued job is dropped before it starts."""
+        with self._lock:
+            job = self._find(job_id)
+            if job is None or job.state in FINISHED:
+                return False
+            job.control.interrupt()
+            return True
+
+    def resume(self, kind: str) -> str | None:
+        """Re-submit the newest finished job of `kind`, continuing from its last full-state checkpoint."""
+        with self._lock:
+            last = next((j for j in reversed(self._jobs.values()) if j.spec.kind == kind), None)
+        if last is None or last.state not in ("interrupted", "error"):
+            return None
+        spec = last.spec
+        train = getattr(spec, "train", None)
+        if isinstance(train, TrainSpec) and not train.resume:
+            spec = spec.replace(train=train.replace(resume=True))
+        return self.submit(spec)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Interrupt what runs, drop what waits, and stop the worker."""
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state not in FINISHED:
+                    job.control.interrupt()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def status(self, job_id: str | None = None, kind: str | None = None) -> JobStatus | None:
+        """One job's snapshot: by id, else the newest job (of `kind` if given)."""
+        with self._lock:
+            job = self._find(job_id, kind)
+            return job.snapshot() if job else None
+
+    def jobs(self) -> list[JobStatus]:
+        with self._lock:
+            return [j.snapshot() for j in self._jobs.values()]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the job has finished (or the timeout passed); returns its snapshot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if status is None:
+                raise KeyError(job_id)
+            if status.is_finished or (deadline is not None and time.monotonic() > deadline):
+                return status
+            time.sleep(0.02)
+
+    # --- the worker ------------------------------------------------------------------------------
+
+    def _find(self, job_id: str | None, kind: str | None = None) -> _Job | None:
+        if job_id is not None:
+            return self._jobs.get(job_id)
+        running = [j for j in self._jobs.values() if j.state == "running" and kind in (None, j.spec.kind)]
+        if running:
+            return running[0]
+        return next((j for j in reversed(self._jobs.values()) if kind in (None, j.spec.kind)), None)
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None:
+            job = self._jobs[job_id]
+            if job.control.interrupted:  # interrupted while queued
+                self._finish(job, "interrupted")
+                continue
+            self._run_one(job)
+
+    def _run_one(self, job: _Job) -> None:
+        def record(event: ProgressEvent) -> None:
+            with self._lock:
+                job.record(event)
+
+        reporter = Reporter(record, self.host.reporter)
+        self.host.control = job.control
+        with self._lock:
+            job.state = "running"
+        try:
+            self._run(job.spec, self.host, reporter, job.control)
+        except LiandanError as e:
+            self._fail(job, reporter, str(e))
+        except Exception as e:
+            log.exception("job %s (%s) failed", job.id, job.spec.kind)
+            self._fail(job, reporter, f"{type(e).__name__}: {e} (the traceback is in the console log)")
+        else:
+            if not job.saw_done:
+                reporter(ProgressEvent("done", job=job.id, step=job.step, total=job.total))
+            self._finish(job, "interrupted" if job.control.interrupted else "done")
+
+    def _fail(self, job: _Job, reporter: Reporter, message: str) -> None:
+        reporter(ProgressEvent("error", job=job.id, step=job.step, total=job.total, message=message))
+        with self._lock:
+            job.error = message
+        self._finish(job, "error")
+
+    def _finish(self, job: _Job, state: JobState) -> None:
+        with self._lock:
+            job.state = state
+            job.finished = time.time()
