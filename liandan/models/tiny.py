@@ -1,0 +1,137 @@
+"""Tiny random-weight models in SD1, SD2 and SDXL shapes: for tests, smoke runs and the default model.
+
+Weights are drawn from our own seeded generator (not the libraries' initialisers), so they are the same on
+every diffusers/transformers version. Nothing is zero: matrices ~ N(0, 0.5/sqrt(fan_in)), norm scales
+1 + 0.1 N, biases 0.1 N, as the fixture tiny-sd1 was made (an all-zero CLIP output would make A1111's
+emphasis rescale divide 0 by 0).
+
+- "sd1": exactly the architecture of the A1111 fixture `tiny-sd1.safetensors` (+ its .yaml and tiny-clip):
+  context width 32, UNet channels 32/64/128/128, 2 heads, VAE 32 channels, factor 8.
+- "sd2": v-prediction, one OpenCLIP-layout encoder (width 64, 3 layers; use the penultimate layer as for SD2),
+  linear attention projections, pad token "!".
+- "sdxl": CLIP-L-layout (width 64) + OpenCLIP-G-layout with projection (width 128), context 192,
+  text_time add-embeddings, no attention in the first level.
+Text encoders keep 64 channels per head, the rule the loader uses to infer heads from weight shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from liandan.models.bundle import FAMILIES, Family, ModelBundle
+from liandan.models.model_spec import (
+    ModelSpec,
+    TextEncoderSpec,
+    assemble_bundle,
+    assign_tensor,
+    build_modules,
+)
+from liandan.models.tokenizer import CLIP_L_PAD, OPEN_CLIP_PAD
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _text(hidden: int, layers: int, heads: int, act: str, intermediate: int | None = None) -> dict:
+    return {
+        "vocab_size": 49408,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate or 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 77,
+        "hidden_act": act,
+        "layer_norm_eps": 1e-5,
+        "projection_dim": hidden,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 1,
+    }
+
+
+def _standard(family: Family) -> dict:
+    text = (resources.files("liandan.models") / "configs" / f"{family}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+_TINY_VAE = {
+    "block_out_channels": [32, 32, 32, 32],
+    "layers_per_block": 1,
+    "sample_size": 64,
+}
+
+
+def tiny_spec(family: Family) -> ModelSpec:
+    """The architecture of the tiny model of `family` (standard configs with small widths)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    base = _standard(family)
+    unet, vae, scheduler = base["unet"], {**base["vae"], **_TINY_VAE}, base["scheduler"]
+    unet["sample_size"] = 8
+    if family == "sd1":
+        unet.update(block_out_channels=[32, 64, 128, 128], cross_attention_dim=32, attention_head_dim=2)
+        # the fixture's tiny-clip: width 32 with 2 heads and an odd MLP width
+        texts = [
+            TextEncoderSpec("hf_clip", False, CLIP_L_PAD, _text(32, 2, 2, "quick_gelu", intermediate=37))
+        ]
+    elif family == "sd2":
+        unet.update(
+            block_out_channels=[32, 64],
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            layers_per_block=1,
+            cross_attention_dim=64,
+            attention_head_dim=2,
+        )
+        texts = [TextEncoderSpec("open_clip", False, OPEN_CLIP_PAD, _text(64, 3, 1, "gelu"))]
+        scheduler["prediction_type"] = "v_prediction"
+    else:
+        unet.update(
+            block_out_channels=[32, 64, 128],
+            layers_per_block=1,
+            transformer_layers_per_block=[1, 1, 2],
+            cross_attention_dim=64 + 128,
+            attention_head_dim=2,
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=128 + 6 * 8,
+        )
+        texts = [
+            TextEncoderSpec("hf_clip", False, CLIP_L_PAD, _text(64, 2, 1, "quick_gelu")),
+            TextEncoderSpec("open_clip", True, OPEN_CLIP_PAD, _text(128, 3, 2, "gelu")),
+        ]
+    return ModelSpec(family, scheduler["prediction_type"], unet, vae, texts, scheduler)
+
+
+def _random_like(name: str, param: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+    if param.ndim >= 2:
+        fan_in = param[0].numel()
+        return noise * (0.5 / fan_in**0.5)
+    if name.endswith("weight"):  # every 1-D weight here is a norm scale
+        return 1.0 + 0.1 * noise
+    return 0.1 * noise
+
+
+def tiny_bundle(family: str, seed: int = 0) -> ModelBundle:
+    """A tiny random-weight ModelBundle of `family` ("sd1", "sd2", "sdxl"), deterministic per seed."""
+    import torch
+
+    spec = tiny_spec(family)  # type: ignore[arg-type]
+    text_encoders, unet, vae = build_modules(spec, empty=True)
+    generator = torch.Generator().manual_seed(seed)
+    for module in [*text_encoders, unet, vae]:
+        for name, param in list(module.named_parameters()):
+            assign_tensor(module, name, _random_like(name, param, generator))
+    return assemble_bundle(
+        copy.deepcopy(spec),
+        text_encoders,
+        unet,
+        vae,
+        name=f"liandan-tiny-{family}",
+        info={"tiny_seed": str(seed)},
+    )

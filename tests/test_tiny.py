@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from liandan.models.tiny import tiny_bundle
+
+
+def _context(bundle, prompt="a photo of a cat"):
+    states, pooled = [], None
+    for tokenizer, encoder in zip(bundle.tokenizers, bundle.text_encoders):
+        ids = tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        out = encoder(ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2] if bundle.family != "sd1" else out.last_hidden_state)
+        pooled = getattr(out, "text_embeds", None)
+    return torch.cat(states, dim=-1), pooled
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_tiny_bundle_runs_end_to_end_and_is_not_degenerate(family):
+    bundle = tiny_bundle(family)
+    context, pooled = _context(bundle)
+    assert context.shape[-1] == bundle.unet.config.cross_attention_dim
+    added = {}
+    if bundle.is_sdxl:
+        added = {
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+        }
+    latents = bundle.vae.encode(torch.rand(1, 3, 64, 64) * 2 - 1).latent_dist.mean
+    assert latents.shape == (1, 4, 8, 8)
+    with torch.no_grad():
+        noise_pred = bundle.unet(latents, torch.tensor([500]), context, **added).sample
+    other_context, _ = _context(bundle, "a red house")
+    with torch.no_grad():
+        other_pred = bundle.unet(latents, torch.tensor([500]), other_context, **added).sample
+    assert noise_pred.shape == latents.shape
+    assert noise_pred.std() > 0.05
+    assert (noise_pred - other_pred).abs().max() > 1e-4  # the prompt reaches the UNet
+
+
+def test_tiny_bundle_is_deterministic_per_seed():
+    a, b, c = tiny_bundle("sd1", seed=0), tiny_bundle("sd1", seed=0), tiny_bundle("sd1", seed=1)
+    weights = "down_blocks.0.attentions.0.proj_out.weight"
+    assert torch.equal(a.unet.state_dict()[weights], b.unet.state_dict()[weights])
+    assert not torch.equal(a.unet.state_dict()[weights], c.unet.state_dict()[weights])
+
+
+def test_tiny_families_have_the_documented_shapes():
+    sd1, sd2, sdxl = tiny_bundle("sd1"), tiny_bundle("sd2"), tiny_bundle("sdxl")
+    assert sd1.embedding_widths == [32]
+    assert list(sd1.unet.config.block_out_channels) == [32, 64, 128, 128]
+    assert sum(p.numel() for p in sd1.unet.parameters()) == 8_525_412  # = the fixture's model.diffusion_model
+    assert (sd2.family, sd2.prediction_type, sd2.tokenizers[0].pad_token) == ("sd2", "v_prediction", "!")
+    assert sdxl.embedding_widths == [64, 128]
+    assert sdxl.unet.config.addition_embed_type == "text_time"
+    assert all(m.vae_scale_factor == 8 for m in (sd1, sd2, sdxl))
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(ValueError, match="sd3"):
+        tiny_bundle("sd3")
