@@ -1,0 +1,112 @@
+"""The `preprocess` job spec: image operations and captioners over a folder, the same from UI, CLI and TOML.
+
+Importing this module registers the spec (`liandan.jobs.JOB_KINDS["preprocess"]`) and its runner
+(`liandan.job_runner`); both imports are light, the work happens in `liandan.preprocess.batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from liandan.errors import ConfigError
+from liandan.job_runner import register_runner
+from liandan.jobs import JobSpec, bounded, register_job
+
+if TYPE_CHECKING:
+    from liandan.host.base import Host
+    from liandan.progress import Control, Reporter
+
+CaptionerName = Literal["deepbooru", "blip", "wd14", "deepdanbooru"]
+
+
+@register_job
+@dataclass(frozen=True)
+class PreprocessJob(JobSpec):
+    """`source` is only read. Outputs go to `destination`, which must be outside `source`, unless
+    `in_place_captions` is set: then destination is the source and only `.txt` captions are written."""
+
+    kind: ClassVar[str] = "preprocess"
+    source: Path = Path()
+    destination: Path = Path()
+    recursive: bool = False
+    in_place_captions: bool = False
+    # image operations, in this order: split oversized → focal/auto-sized crop or resize → flipped copies
+    width: int = bounded(512, 8, 8192)
+    height: int = bounded(512, 8, 8192)
+    resize_mode: Literal["none", "stretch", "crop", "fill"] = "crop"
+    split_oversized: bool = False
+    split_threshold: float = bounded(0.5, 0.0, 1.0)
+    overlap_ratio: float = bounded(0.2, 0.0, 0.9)
+    crop: Literal["none", "focal", "autosize"] = "none"
+    focal_face_weight: float = bounded(0.9, 0.0, 1.0)
+    focal_entropy_weight: float = bounded(0.15, 0.0, 1.0)
+    focal_edges_weight: float = bounded(0.5, 0.0, 1.0)
+    focal_debug: bool = False
+    autosize_min_dim: int = bounded(384, 64, 8192)
+    autosize_max_dim: int = bounded(768, 64, 8192)
+    autosize_min_area: int = bounded(64 * 64, 64 * 64)
+    autosize_max_area: int = bounded(640 * 640, 64 * 64)
+    autosize_objective: Literal["maximize_area", "minimize_error"] = "maximize_area"
+    autosize_error_threshold: float = bounded(0.1, 0.0, 1.0)
+    flip: Literal["none", "horizontal", "vertical", "both"] = "none"
+    output_format: Literal["png", "jpg", "webp"] = "png"
+    # captions: each captioner's text, joined with ", " in this order
+    captioners: tuple[CaptionerName, ...] = ()
+    existing_caption: Literal["ignore", "keep", "prepend", "append"] = "ignore"
+    caption_in_filename: bool = False
+    tag_threshold: float = bounded(0.5, 0.0, 1.0)  # deepbooru / DeepDanbooru projects (guides: 0.75)
+    tag_sort: Literal["alphabetical", "score"] = "alphabetical"
+    tag_use_spaces: bool = True
+    tag_escape_brackets: bool = True
+    tag_filter: str = ""
+    tag_drop_rating: bool = True
+    tag_include_scores: bool = False
+    deepdanbooru_project: Path | None = None
+    blip_model: str = "Salesforce/blip-image-captioning-base"
+    blip_num_beams: int = bounded(1, 1, 16)
+    blip_min_length: int = bounded(24, 0, 512)
+    blip_max_length: int = bounded(48, 1, 512)
+    wd14_model: str = "SmilingWolf/wd-swinv2-tagger-v3"
+    wd14_general_threshold: float = bounded(0.35, 0.0, 1.0)
+    wd14_character_threshold: float = bounded(0.85, 0.0, 1.0)
+    wd14_rating_tags: bool = False
+    wd14_character_first: bool = True
+    wd14_exclude_tags: str = ""
+    # running
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = bounded(4, 1, 256)
+    allow_download: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.autosize_min_dim > self.autosize_max_dim:
+            raise ConfigError(
+                f"autosize_min_dim {self.autosize_min_dim} > autosize_max_dim {self.autosize_max_dim}"
+            )
+        if self.blip_min_length > self.blip_max_length:
+            raise ConfigError(
+                f"blip_min_length {self.blip_min_length} > blip_max_length {self.blip_max_length}"
+            )
+        if len(set(self.captioners)) != len(self.captioners):
+            raise ConfigError(f"captioners lists one twice: {self.captioners}")
+        if "deepdanbooru" in self.captioners and self.deepdanbooru_project is None:
+            raise ConfigError("the deepdanbooru captioner needs deepdanbooru_project (a project folder)")
+
+    @property
+    def changes_images(self) -> bool:
+        return (
+            self.resize_mode != "none" or self.crop != "none" or self.flip != "none" or self.split_oversized
+        )
+
+
+def run_preprocess_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> None:
+    from liandan.preprocess.batch import run_preprocess
+
+    if not isinstance(spec, PreprocessJob):
+        raise ConfigError(f"expected a preprocess job, got {spec.kind!r}")
+    run_preprocess(spec, host.folders.models, reporter, control)
+
+
+register_runner(PreprocessJob.kind, run_preprocess_job)
