@@ -1,0 +1,244 @@
+"""The host inside a running A1111 WebUI: THE ONLY module of the package that imports A1111's `modules.*`.
+
+Everything is imported inside functions, so `liandan` imports (and is tested) without A1111. This layer only
+turns WebUI state into plain data (folders, the selected checkpoint), frees and restores the WebUI model
+around training, refreshes A1111's lists after a write, and mirrors progress into `shared.state`.
+
+Which model we train on: our own ModelBundle loaded from the selected checkpoint's file, not the WebUI's
+model object. DESIGN §3 would prefer building it from the weights in memory; this first version does not,
+because the in-memory model may be fp16 or fp8 (lossy to train from), split across devices and hooked by
+--lowvram/--medvram, and wrapped by A1111's attention hijacks (--xformers, --opt-sdp-attention). Loading the
+file sidesteps all of that at the cost of reading it once per job; no bundle is cached here, as the WebUI
+keeps its own (unloaded) copy in RAM already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from liandan.errors import CheckpointError, LiandanError
+from liandan.host.base import ArtifactKind, CheckpointRef, Folders
+from liandan.progress import Control, ProgressEvent, Reporter
+
+if TYPE_CHECKING:
+    from liandan.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+MIN_VERSION = (1, 7)  # preprocessing left the Train tab in 1.7.0; tested on 1.10.1 and dev (2026-03)
+LOG_DIR_OPTION = "liandan_log_dir"
+
+# (module, attribute path) every call below relies on; checked once so a WebUI without them fails at start
+REQUIRED_API = (
+    ("modules.shared", "state"),
+    ("modules.shared", "reload_hypernetworks"),
+    ("modules.shared", "refresh_checkpoints"),
+    ("modules.sd_models", "model_data"),
+    ("modules.sd_models", "unload_model_weights"),
+    ("modules.sd_models", "send_model_to_device"),
+    ("modules.sd_models", "checkpoints_list"),
+    ("modules.sd_models", "select_checkpoint"),
+    ("modules.sd_models", "get_closet_checkpoint_match"),
+    ("modules.sd_hijack", "model_hijack.embedding_db"),
+    ("modules.call_queue", "queue_lock"),
+    ("modules.devices", "torch_gc"),
+    ("modules.paths", "models_path"),
+)
+
+
+def parse_version(tag: str) -> tuple[int, int] | None:
+    """(major, minor) from A1111's `git_tag()`: "v1.10.1", "v1.10.1-96-g1937682a", "1.10.1" (its CHANGELOG
+    fallback), Forge's "f2.0.1v1.10.1-..."; None for "<none>"."""
+    match = re.search(r"(?:^|v)(\d+)\.(\d+)", tag)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def check_webui() -> str:
+    """Fail fast, with what is wrong, on a WebUI this extension cannot work with. Returns the version tag."""
+    import importlib
+
+    from modules import launch_utils
+
+    tag = str(launch_utils.git_tag())
+    version = parse_version(tag)
+    if version is None:
+        log.warning("liandan: cannot tell the WebUI version from %r; checking its API instead", tag)
+    elif version < MIN_VERSION or version[0] != 1:
+        raise LiandanError(
+            f"liandan needs AUTOMATIC1111 WebUI 1.{MIN_VERSION[1]} or later (1.x); "
+            f"this WebUI reports {tag!r}. "
+            "Update the WebUI, or run liandan on its own: python -m liandan ui"
+        )
+    missing = []
+    for module_name, attr_path in REQUIRED_API:
+        obj: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            missing.append(f"{module_name}.{attr_path}")
+    if missing:
+        raise LiandanError(f"this WebUI ({tag}) lacks what liandan uses: {', '.join(missing)}")
+    return tag
+
+
+def _family(model: Any) -> str | None:
+    for family in ("sdxl", "sd2", "sd1"):
+        if getattr(model, f"is_{family}", False):
+            return family
+    return None
+
+
+def _ref(info: Any, family: str | None = None) -> CheckpointRef:
+    return CheckpointRef(
+        path=Path(info.filename), title=info.title, short_hash=getattr(info, "shorthash", None), family=family
+    )
+
+
+class WebUIHost:
+    name = "webui"
+
+    def __init__(self) -> None:
+        self.version = check_webui()
+        self.reporter = Reporter(self._mirror_progress)
+        self.control = Control()
+
+    @property
+    def folders(self) -> Folders:
+        """Read on every use: the log dir is a setting the user may change while the WebUI runs."""
+        from modules import paths, sd_models, shared
+
+        opts = shared.cmd_opts
+        models = Path(paths.models_path)
+        data = Path(getattr(paths, "data_path", models.parent))
+        log_dir = getattr(shared.opts, LOG_DIR_OPTION, "") or "textual_inversion"
+        templates = (
+            getattr(opts, "textual_inversion_templates_dir", None) or data / "textual_inversion_templates"
+        )
+        return Folders(
+            embeddings=Path(opts.embeddings_dir),
+            hypernetworks=Path(opts.hypernetwork_dir),
+            checkpoints=Path(opts.ckpt_dir or sd_models.model_path),
+            # --lora-dir comes from the built-in Lora extension's preload; absent if the user disabled it
+            lora=Path(getattr(opts, "lora_dir", None) or models / "Lora"),
+            aesthetic_embeddings=models / "aesthetic_embeddings",
+            models=models,
+            logs=data / log_dir,  # a relative setting is relative to the data dir, an absolute one wins
+            templates=Path(templates),
+        )
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def current_checkpoint(self) -> CheckpointRef | None:
+        from modules import sd_models
+
+        # model_data.sd_model, not shared.sd_model: that property would load a model just to answer
+        model = sd_models.model_data.sd_model
+        if model is not None:
+            return _ref(model.sd_checkpoint_info, _family(model))
+        info = sd_models.select_checkpoint() if sd_models.checkpoints_list else None
+        return _ref(info) if info is not None else None
+
+    def list_checkpoints(self) -> list[CheckpointRef]:
+        from modules import sd_models
+
+        return [_ref(info) for info in sd_models.checkpoints_list.values()]
+
+    def resolve_checkpoint(self, model: str | Path | None) -> CheckpointRef:
+        """A job's `model`: "" for the WebUI's selected checkpoint, a file path, or a title A1111 knows."""
+        from modules import sd_models
+
+        if not model:
+            current = self.current_checkpoint()
+            if current is None:
+                raise CheckpointError("no checkpoint is selected in the WebUI and none is listed")
+            return current
+        path = Path(model)
+        if path.is_file():
+            return CheckpointRef(path=path, title=path.name)
+        info = sd_models.get_closet_checkpoint_match(str(model))
+        if info is None:
+            raise CheckpointError(
+                f"checkpoint {str(model)!r} is neither a file nor a checkpoint the WebUI lists"
+            )
+        return _ref(info)
+
+    @contextlib.contextmanager
+    def model_for_training(self, checkpoint: Path | None = None) -> Iterator[ModelBundle]:
+        """Hold A1111's generation lock, move the WebUI model off the GPU, train on our own bundle, and
+        bring the WebUI model back whatever happens.
+
+        The lock makes a txt2img started meanwhile wait (as A1111's own training does) instead of moving
+        the model back under us. Unloading and restoring go through A1111's functions because they know
+        how the model is placed: with --lowvram/--medvram parts of it are hooked to move on demand, and
+        `send_model_to_device` re-installs those hooks. (`reload_model_weights` would not do: for an
+        unchanged checkpoint it returns at once and leaves the model on the CPU.)
+        """
+        from modules import call_queue, devices, sd_models
+
+        from liandan.models.loading import load_bundle
+
+        ref = self.resolve_checkpoint(checkpoint)
+        with call_queue.queue_lock:
+            webui_model = sd_models.model_data.sd_model
+            if webui_model is not None:
+                sd_models.unload_model_weights(webui_model)
+            devices.torch_gc()
+            try:
+                bundle = load_bundle(ref.path)
+                if bundle.short_hash is None:
+                    bundle.short_hash = ref.short_hash
+                yield bundle
+            finally:
+                bundle = None  # let the training copy go before the WebUI model returns to the GPU
+                devices.torch_gc()
+                if webui_model is not None:
+                    sd_models.send_model_to_device(webui_model)
+
+    # --- after writing an artifact -------------------------------------------------------------------
+
+    def refresh(self, kind: ArtifactKind) -> None:
+        """Make a new file usable in txt2img at once, without a restart."""
+        from modules import sd_hijack, shared
+
+        if kind == "embeddings":
+            sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+        elif kind == "hypernetworks":
+            shared.reload_hypernetworks()
+        elif kind == "checkpoints":
+            shared.refresh_checkpoints()  # the UI layer updates the top-left dropdown
+        elif kind == "lora":
+            # the built-in Lora extension's module, as its own script imported it
+            networks = sys.modules.get("networks")
+            if networks is not None and hasattr(networks, "list_available_networks"):
+                networks.list_available_networks()
+            else:
+                log.info("liandan: the Lora extension is not loaded; new LoRA files appear after its refresh")
+        # aesthetic embeddings are listed by our own script from the folder: nothing to refresh
+
+    # --- progress --------------------------------------------------------------------------------------
+
+    def _mirror_progress(self, event: ProgressEvent) -> None:
+        """Drive A1111's shared.state (console, progress API) and bridge its Interrupt button to us."""
+        from modules import shared
+
+        state = shared.state
+        if event.kind == "start":
+            state.begin(job=f"liandan {event.job}".strip())
+        if event.total:
+            state.job_count = event.total
+        if event.kind == "step":
+            state.job_no = event.step
+            loss = "" if event.loss is None else f", loss {event.loss:.5f}"
+            state.textinfo = f"{event.job} step {event.step}/{event.total}{loss}".strip()
+        elif event.message:
+            state.textinfo = event.message
+        if state.interrupted:
+            self.control.interrupt()
+        if event.kind in ("done", "error"):
+            state.end()

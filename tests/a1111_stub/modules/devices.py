@@ -1,0 +1,5 @@
+from modules import record
+
+
+def torch_gc() -> None:
+    record("torch_gc")

@@ -1,0 +1,3 @@
+data_path = ""
+models_path = ""
+script_path = ""

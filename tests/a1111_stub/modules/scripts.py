@@ -1,0 +1,9 @@
+AlwaysVisible = object()
+
+
+class Script:
+    pass
+
+
+def basedir() -> str:
+    return ""

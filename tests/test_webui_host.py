@@ -1,0 +1,259 @@
+"""host/webui.py against tests/a1111_stub, a stand-in for A1111 v1.10.1's `modules` that records calls."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+
+from liandan import job_runner
+from liandan.errors import CheckpointError, LiandanError
+from liandan.host.base import Host
+from liandan.host.webui import WebUIHost, parse_version
+from liandan.job_runner import JobRunner
+from liandan.jobs import JobSpec
+from liandan.progress import ProgressEvent
+
+STUB = Path(__file__).parent / "a1111_stub"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _drop_stub_modules() -> None:
+    for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def a1111(tmp_path: Path, monkeypatch):
+    """`start(**configure_kwargs)` gives the stub's `modules` package configured as a fresh WebUI."""
+    monkeypatch.syspath_prepend(str(STUB))
+    _drop_stub_modules()
+    import modules
+
+    def start(**kwargs):
+        modules.configure(tmp_path / "webui", **kwargs)
+        return modules
+
+    yield start
+    _drop_stub_modules()
+
+
+@pytest.fixture
+def fake_loader(monkeypatch):
+    """liandan.models.loading.load_bundle stand-in recording where the WebUI model was when we loaded."""
+    loads: list[tuple[Path, str, bool]] = []
+
+    def load_bundle(path: Path):
+        from modules import call_queue, sd_models
+
+        model = sd_models.model_data.sd_model
+        loads.append((path, model.device if model else "", call_queue.queue_lock.locked()))
+        return SimpleNamespace(source=path, short_hash=None)
+
+    monkeypatch.setitem(sys.modules, "liandan.models.loading", SimpleNamespace(load_bundle=load_bundle))
+    return loads
+
+
+def test_package_imports_without_a1111() -> None:
+    code = "import liandan.host.webui, liandan.job_runner, sys; assert 'modules' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    ("tag", "version"),
+    [
+        ("v1.10.1", (1, 10)),
+        ("v1.10.1-96-g1937682a", (1, 10)),
+        ("1.10.1", (1, 10)),
+        ("f2.0.1v1.10.1-x", (1, 10)),
+    ],
+)
+def test_parse_version(tag: str, version: tuple[int, int]) -> None:
+    assert parse_version(tag) == version
+    assert parse_version("<none>") is None
+
+
+def test_old_webui_fails_fast_with_what_to_do(a1111) -> None:
+    a1111(tag="v1.5.2")
+    with pytest.raises(
+        LiandanError, match=r"needs AUTOMATIC1111 WebUI 1\.7 or later.*'v1\.5\.2'.*liandan ui"
+    ):
+        WebUIHost()
+
+
+def test_unknown_version_is_checked_by_its_api(a1111) -> None:
+    modules = a1111(tag="<none>")
+    assert WebUIHost().version == "<none>"
+    del modules.sd_models.send_model_to_device
+    with pytest.raises(
+        LiandanError, match=r"lacks what liandan uses: modules\.sd_models\.send_model_to_device"
+    ):
+        WebUIHost()
+
+
+def test_folders_come_from_the_webui_options(a1111, tmp_path: Path) -> None:
+    root = tmp_path / "webui"
+    a1111(flags=("--embeddings-dir", str(tmp_path / "my-emb"), "--ckpt-dir", str(tmp_path / "ckpts")))
+    host = WebUIHost()
+    assert isinstance(host, Host)
+    f = host.folders
+    assert f.embeddings == tmp_path / "my-emb"
+    assert f.checkpoints == tmp_path / "ckpts"
+    assert f.hypernetworks == root / "models" / "hypernetworks"
+    assert f.lora == root / "models" / "Lora"
+    assert f.aesthetic_embeddings == root / "models" / "aesthetic_embeddings"
+    assert f.models == root / "models"
+    assert f.logs == root / "textual_inversion"
+    assert f.templates == root / "textual_inversion_templates"
+
+
+def test_folders_without_ckpt_dir_lora_extension_and_with_a_log_dir_setting(a1111, tmp_path: Path) -> None:
+    modules = a1111(lora_extension=False)
+    modules.shared.opts.liandan_log_dir = "train-logs"
+    f = WebUIHost().folders
+    assert f.checkpoints == tmp_path / "webui" / "models" / "Stable-diffusion"
+    assert f.lora == tmp_path / "webui" / "models" / "Lora"
+    assert f.logs == tmp_path / "webui" / "train-logs"
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_current_checkpoint_and_family(a1111, family: str) -> None:
+    a1111(model=family)
+    ref = WebUIHost().current_checkpoint()
+    assert ref.title == "tiny-sd1.safetensors [0123456789]"
+    assert (ref.short_hash, ref.family) == ("0123456789", family)
+
+
+def test_current_checkpoint_without_a_loaded_model_is_the_selected_one(a1111) -> None:
+    a1111(model=None)
+    ref = WebUIHost().current_checkpoint()
+    assert ref.path.name == "tiny-sd1.safetensors" and ref.family is None
+
+
+def test_resolve_checkpoint(a1111, tmp_path: Path) -> None:
+    a1111()
+    host = WebUIHost()
+    assert host.resolve_checkpoint("other").path.name == "other.safetensors"
+    own = tmp_path / "own.safetensors"
+    own.write_bytes(b"x")
+    assert host.resolve_checkpoint(str(own)).path == own
+    with pytest.raises(CheckpointError, match="'nope' is neither a file nor a checkpoint the WebUI lists"):
+        host.resolve_checkpoint("nope")
+
+
+FLAG_SETS = [
+    (),
+    ("--medvram",),
+    ("--lowvram",),
+    ("--xformers",),
+    ("--opt-sdp-attention",),
+    ("--medvram", "--xformers"),
+]
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS)
+def test_webui_model_is_freed_while_training_and_restored_after_an_error(a1111, fake_loader, flags) -> None:
+    modules = a1111(flags=flags)
+    webui_model = modules.sd_models.model_data.sd_model
+    lowvram = "--lowvram" in flags or "--medvram" in flags
+    host = WebUIHost()
+    with pytest.raises(RuntimeError, match="training blew up"), host.model_for_training() as bundle:
+        assert webui_model.device == "cpu"
+        assert bundle.short_hash == "0123456789"  # filled from A1111's hash when the loader has none
+        raise RuntimeError("training blew up")
+    # loaded from the checkpoint file while the WebUI model sat on the CPU, under the generation lock
+    assert fake_loader == [(Path(webui_model.sd_checkpoint_info.filename), "cpu", True)]
+    assert webui_model.device == "cuda"
+    assert not modules.call_queue.queue_lock.locked()
+    moves = [c for c in modules.CALLS if c[0] in ("unload_model_weights", "send_model_to_device")]
+    expected = ("lowvram.send_everything_to_cpu", "lowvram.apply") if lowvram else ("to(cpu)", "to(device)")
+    assert moves == [("unload_model_weights", expected[0]), ("send_model_to_device", expected[1])]
+
+
+def test_training_without_a_loaded_webui_model_restores_nothing(a1111, fake_loader) -> None:
+    modules = a1111(model=None)
+    with WebUIHost().model_for_training():
+        pass
+    assert not [c for c in modules.CALLS if c[0] in ("unload_model_weights", "send_model_to_device")]
+    assert fake_loader[0][0].name == "tiny-sd1.safetensors"
+
+
+def test_refresh_calls_the_webui_reloaders(a1111, monkeypatch) -> None:
+    modules = a1111()
+    networks = SimpleNamespace(list_available_networks=lambda: modules.record("list_available_networks"))
+    monkeypatch.setitem(sys.modules, "networks", networks)
+    host = WebUIHost()
+    for kind in ("embeddings", "hypernetworks", "checkpoints", "lora", "aesthetic_embeddings"):
+        host.refresh(kind)
+    assert modules.CALLS == [
+        ("load_textual_inversion_embeddings", True),
+        ("reload_hypernetworks",),
+        ("refresh_checkpoints",),
+        ("list_available_networks",),
+    ]
+    monkeypatch.delitem(sys.modules, "networks")
+    host.refresh("lora")  # Lora extension disabled: nothing to call, no error
+
+
+@dataclass(frozen=True)
+class CountJob(JobSpec):
+    kind: ClassVar[str] = "count_job"
+    steps: int = 3
+
+
+@pytest.fixture
+def count_job():
+    """A job emitting `steps` steps; it waits at step 2 until the test lets it go on."""
+    at_step_two = threading.Event()
+    go_on = threading.Event()
+
+    def run(spec, host, reporter, control):
+        reporter(ProgressEvent("start", job="count", total=spec.steps))
+        for step in range(1, spec.steps + 1):
+            if control.interrupted:
+                return
+            reporter(ProgressEvent("step", job="count", step=step, total=spec.steps, loss=0.25))
+            if step == 2:
+                at_step_two.set()
+                go_on.wait(5)
+        reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
+
+    job_runner.register_runner(CountJob.kind, run)
+    yield at_step_two, go_on
+    job_runner._RUNNERS.pop(CountJob.kind)
+
+
+def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
+    modules = a1111()
+    at_step_two, go_on = count_job
+    runner = JobRunner(WebUIHost())
+    job = runner.submit(CountJob())
+    assert at_step_two.wait(5)
+    state = modules.shared.state
+    assert (state.job, state.job_no, state.job_count) == ("liandan count", 2, 3)
+    assert state.textinfo == "count step 2/3, loss 0.25000"
+    go_on.set()
+    assert runner.wait(job, timeout=10).state == "done"
+    assert state.history == [("begin", "liandan count"), ("end", "liandan count", 3, 3)]
+    runner.close(timeout=5)
+
+
+def test_a1111_interrupt_button_stops_our_job(a1111, count_job) -> None:
+    modules = a1111()
+    at_step_two, go_on = count_job
+    runner = JobRunner(WebUIHost())
+    job = runner.submit(CountJob(steps=10))
+    assert at_step_two.wait(5)
+    modules.shared.state.interrupt()  # what A1111's Interrupt button / POST /sdapi/v1/interrupt do
+    modules.shared.state.history.clear()
+    go_on.set()
+    status = runner.wait(job, timeout=10)
+    assert status.state == "interrupted" and status.step == 3  # noticed at the next event
+    assert modules.shared.state.history == [("end", "liandan count", 3, 10)]
+    runner.close(timeout=5)
