@@ -36,6 +36,9 @@ class ModelBundle:
     short_hash: str | None = None
     # free-form facts the loader found (e.g. "yaml": path of a same-named .yaml that was honoured)
     info: dict[str, str] = field(default_factory=dict)
+    # checkpoint tensors that are no module's weights (alphas_cumprod, position_ids, SD2's text_projection),
+    # kept by the loader so saving writes the same key set back
+    ldm_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def is_sdxl(self) -> bool:

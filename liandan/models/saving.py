@@ -1,0 +1,129 @@
+"""Save a ModelBundle back to one single-file checkpoint in A1111's LDM layout, atomically.
+
+Keys the loader kept aside (`bundle.ldm_extras`) are written back, so a loaded file round-trips to the same
+key set and tensors; a bundle built in memory gets LDM's noise-schedule buffers regenerated instead. When the
+architecture is not a released one, a same-named .yaml is written beside the file, as A1111 needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from liandan.atomic_files import atomic_path, write_text_atomic
+from liandan.errors import CheckpointError
+from liandan.models.bundle import ModelBundle
+from liandan.models.ldm_layout import key_plan, to_ldm_tensor
+from liandan.models.ldm_yaml import yaml_text
+from liandan.models.model_spec import ModelSpec, spec_of_bundle, standard_spec
+
+if TYPE_CHECKING:
+    import torch
+
+# fields that decide whether A1111's config guess (the released architecture) fits the weights
+_SHAPE_FIELDS = {
+    "unet": (
+        "block_out_channels",
+        "layers_per_block",
+        "cross_attention_dim",
+        "attention_head_dim",
+        "transformer_layers_per_block",
+        "down_block_types",
+        "use_linear_projection",
+    ),
+    "vae": ("block_out_channels", "layers_per_block", "latent_channels"),
+    "text": ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"),
+}
+
+
+def _normal(value: object) -> object:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def is_released_architecture(spec: ModelSpec) -> bool:
+    standard = standard_spec(spec.family)
+    pairs = [(spec.unet, standard.unet, "unet"), (spec.vae, standard.vae, "vae")]
+    pairs += [(te.config, ref.config, "text") for te, ref in zip(spec.text_encoders, standard.text_encoders)]
+    for mine, ref, kind in pairs:
+        for name in _SHAPE_FIELDS[kind]:
+            default = 1 if name == "transformer_layers_per_block" else None
+            if _normal(mine.get(name, default)) != _normal(ref.get(name, default)):
+                return False
+    return True
+
+
+def ldm_schedule_buffers(beta_start: float, beta_end: float, steps: int) -> dict[str, torch.Tensor]:
+    """LatentDiffusion's `register_schedule` buffers for its "linear" (= diffusers "scaled_linear") betas."""
+    import numpy as np
+    import torch
+
+    betas = (torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2).numpy()
+    alphas = 1.0 - betas
+    cumprod = np.cumprod(alphas, axis=0)
+    cumprod_prev = np.append(1.0, cumprod[:-1])
+    posterior_variance = betas * (1.0 - cumprod_prev) / (1.0 - cumprod)
+    arrays = {
+        "betas": betas,
+        "alphas_cumprod": cumprod,
+        "alphas_cumprod_prev": cumprod_prev,
+        "sqrt_alphas_cumprod": np.sqrt(cumprod),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(cumprod_prev) / (1.0 - cumprod),
+        "posterior_mean_coef2": (1.0 - cumprod_prev) * np.sqrt(alphas) / (1.0 - cumprod),
+    }
+    return {name: torch.tensor(array, dtype=torch.float32) for name, array in arrays.items()}
+
+
+def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torch.Tensor]:
+    """The bundle's weights under LDM keys (CPU, contiguous; floating tensors in fp16 with `half`)."""
+
+    spec = spec_of_bundle(bundle)
+    modules = {"unet": bundle.unet, "vae": bundle.vae}
+    modules.update({f"text_encoder_{i}": te for i, te in enumerate(bundle.text_encoders)})
+    params = {name: dict(module.named_parameters()) for name, module in modules.items()}
+    state: dict[str, torch.Tensor] = {}
+    for key_map in key_plan(spec, modules):
+        tensors = [params[key_map.component][name].detach() for name in key_map.names]
+        state[key_map.ldm_key] = to_ldm_tensor(key_map, tensors)
+    extras = dict(bundle.ldm_extras)
+    if not extras and bundle.family != "sdxl":
+        config = bundle.noise_scheduler.config
+        extras = ldm_schedule_buffers(config.beta_start, config.beta_end, config.num_train_timesteps)
+    state.update(extras)
+    for key, tensor in state.items():
+        tensor = tensor.to("cpu")
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor.contiguous()
+    return state
+
+
+def save_checkpoint(
+    bundle: ModelBundle, path: Path, *, half: bool = False, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write `bundle` to `path` (.safetensors, or .ckpt as {"state_dict": ...}); a .yaml beside it when the
+    architecture is not a released one. Returns `path`."""
+    import torch
+
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".ckpt"):
+        raise CheckpointError(f"{path}: a checkpoint is saved as .safetensors or .ckpt, not {path.suffix!r}")
+    state = ldm_state_dict(bundle, half=half)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        else:
+            torch.save({"state_dict": state}, tmp)
+    spec = spec_of_bundle(bundle)
+    yaml_path = path.with_suffix(".yaml")
+    if not is_released_architecture(spec):
+        widths = [te.config["hidden_size"] for te in spec.text_encoders]
+        write_text_atomic(yaml_path, yaml_text(spec.family, spec.unet, spec.vae, spec.scheduler, widths))
+    return path
