@@ -1,0 +1,73 @@
+"""What the loop needs from several processes, done by hand so any method works under DDP.
+
+A method's `loss` calls its own modules, not DDP wrappers, so DDP's gradient hooks would never fire (they
+need the forward to go through the wrapper). Instead the loop starts every rank from rank 0's weights and
+averages the gradients itself once per optimizer step: one flat all-reduce, the same result as DDP.
+With one process every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
+    """Make every rank start from rank 0's weights."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the ranks (a missing gradient counts as zeros)."""
+    world = world_size()
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    if world_size() == 1:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / world_size()
+
+
+def any_rank(*flags: bool, device: torch.device) -> list[bool]:
+    """True where any rank says True: a request made to one process (interrupt, save) binds all of them."""
+    if world_size() == 1:
+        return list(flags)
+    votes = torch.tensor([float(f) for f in flags], device=device)
+    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in votes.tolist()]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """One entry per rank (all ranks get the full list)."""
+    if world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        torch.distributed.barrier()

@@ -1,0 +1,439 @@
+"""The one training loop every method uses (Accelerate; nanoGPT's order, one screen in `train`).
+
+Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one forward/backward each) ->
+average gradients over ranks -> NaN guard -> clip (unscaled) -> step -> zero grad -> method hook -> log ->
+save/preview when due -> stop? Saves come after the step because an artifact is named by the steps it holds.
+
+Data: a map-style dataset with `collate(items)` and `set_epoch(epoch)` whose per-item randomness derives
+from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The default plan is a shuffle seeded
+by (seed, epoch) cut into `batch_size` chunks, the last partial batch dropped (A1111's DataLoader uses
+`shuffle=True, drop_last=True`). An optimizer step takes `gradient_accumulation x processes` batches of
+the plan (rank r takes its own consecutive run); batches left over at the end of an epoch are skipped, as
+A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from liandan.errors import CheckpointError, ConfigError, DatasetError
+from liandan.progress import Control, ProgressEvent, Reporter
+from liandan.train import distributed
+from liandan.train.checkpointing import (
+    LoopPosition,
+    capture_rng,
+    find_state,
+    load_state,
+    preserved_rng,
+    restore_rng,
+    save_state,
+)
+from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
+from liandan.train.nan_guard import SNAPSHOT_EVERY, NanGuard, grads_are_finite
+from liandan.train.optimizers import build_optimizer, set_learning_rate
+from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
+from liandan.train.training_log import LossCsv, ProgressBar, TensorBoardLog
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from liandan.jobs import TrainSpec
+    from liandan.train.method import SavedArtifact, TrainingMethod
+
+log = logging.getLogger(__name__)
+
+BatchPlan = Callable[[int], list[list[int]]]
+
+
+@dataclass
+class TrainResult:
+    """`stopped_reason`: "max_steps" | "schedule_end" | "interrupted" | "early_stop" | "already_done"."""
+
+    step: int
+    start_step: int
+    stopped_reason: str
+    message: str
+    last_loss: float | None = None
+    artifacts: list[SavedArtifact] = field(default_factory=list)
+    rollbacks: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_reason == "interrupted"
+
+
+def default_batch_plan(num_items: int, batch_size: int, seed: int) -> BatchPlan:
+    def plan(epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([seed, epoch]).permutation(num_items).tolist()
+        return [order[i : i + batch_size] for i in range(0, num_items - batch_size + 1, batch_size)]
+
+    return plan
+
+
+def make_accelerator(spec: TrainSpec) -> Accelerator:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if spec.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision = 'fp16' needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
+    # An earlier job in this process (the WebUI runs many) froze the global state with its own settings.
+    AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=spec.mixed_precision,
+        gradient_accumulation_steps=spec.gradient_accumulation,
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _check_setup(accelerator: Accelerator, spec: TrainSpec) -> None:
+    if accelerator.gradient_accumulation_steps != spec.gradient_accumulation:
+        raise ConfigError(
+            f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} steps but the job "
+            f"asks for gradient_accumulation = {spec.gradient_accumulation}"
+        )
+    if spec.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("mixed_precision = 'fp16' needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
+
+
+class _Run:
+    """The loop's state and side work (saves, previews, logs); `train` below is the loop itself."""
+
+    def __init__(
+        self,
+        method: TrainingMethod,
+        spec: TrainSpec,
+        accelerator: Accelerator,
+        run_dir: Path,
+        reporter: Reporter,
+        control: Control,
+        loss_csv_name: str,
+        preview_prompt: str | None,
+        preview_seed: int,
+        self_test: bool,
+        progress_bar: bool,
+        tensorboard: bool,
+    ) -> None:
+        self.method, self.spec, self.accelerator, self.run_dir = method, spec, accelerator, run_dir
+        self.reporter, self.control = reporter, control
+        self.self_tested_step = -1
+        self.is_main = accelerator.is_main_process
+        self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
+        self.params = [p for g in method.parameter_groups() for p in g.params if p.requires_grad]
+        self.optimizer = accelerator.prepare(
+            build_optimizer(spec.optimizer, method.parameter_groups(), 0.0, spec.weight_decay)
+        )
+        self.position = LoopPosition(
+            method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
+        )
+        self.guard = NanGuard(spec.nan_policy, spec.mixed_precision)
+        self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
+        self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
+        self.progress_bar = progress_bar
+        self.artifacts: list[SavedArtifact] = []
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.is_main:
+            self.reporter(
+                ProgressEvent(
+                    kind, job=self.method.name, step=self.position.step, total=self.spec.max_steps, **fields
+                )
+            )
+
+    def optimizer_state(self) -> dict[str, Any]:
+        scaler = self.accelerator.scaler
+        return {"optimizer": self.optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {}}
+
+    def resume(self) -> bool:
+        folder = find_state(self.run_dir) if self.spec.resume else None
+        if folder is None:
+            return False
+        state = load_state(folder)
+        saved = state.position
+        if (saved.method_kind, saved.method_name) != (self.method.kind, self.method.name):
+            raise CheckpointError(
+                f"{folder} holds the state of {saved.method_kind} {saved.method_name!r}, not of "
+                f"{self.method.kind} {self.method.name!r}; use another log folder or set resume = false"
+            )
+        self.method.load_trainable_state(state.trainable)
+        self.optimizer.load_state_dict(state.optimizer_state["optimizer"])
+        if self.accelerator.scaler is not None and state.optimizer_state["scaler"]:
+            self.accelerator.scaler.load_state_dict(state.optimizer_state["scaler"])
+        rank = self.accelerator.process_index
+        if saved.world_size != self.accelerator.num_processes:
+            log.warning(
+                "resuming a %d-process run on %d processes: not bit-exact",
+                saved.world_size,
+                self.accelerator.num_processes,
+            )
+        restore_rng(state.rng_per_process[rank % len(state.rng_per_process)])
+        self.position = saved
+        self.position.world_size = self.accelerator.num_processes
+        if self.csv is not None:
+            self.csv.drop_rows_after(saved.step)
+        return True
+
+    def remember_good_state(self) -> None:
+        self.guard.remember(self.position.step, self.method.trainable_state(), self.optimizer_state())
+
+    def save(self, final: bool) -> None:
+        """Full state + artifact (+ self-test). Every rank takes part; only the main process writes."""
+        rng = distributed.gather_objects(capture_rng())
+        self.remember_good_state()
+        if self.is_main:
+            with preserved_rng():
+                save_state(
+                    self.run_dir, self.position, self.method.trainable_state(), self.optimizer_state(), rng
+                )
+                artifact = self.method.save(self.position.step, final)
+            self.artifacts.append(artifact)
+            self.emit("save", paths=tuple(artifact.paths), message="final" if final else "checkpoint")
+        distributed.barrier()
+
+    def preview(self, after_save: bool, periodic: bool) -> None:
+        """The self-test after a save and/or the periodic preview (one render of "with" serves both)."""
+        step = self.position.step
+        self_test = after_save and self.self_test and self.self_tested_step != step
+        if self.is_main and self.preview_prompt is not None and (self_test or periodic):
+            images = self.run_dir / "images"
+            with preserved_rng():
+                image = None
+                if self_test:
+                    self.self_tested_step = step
+                    result = run_self_test(self.method, self.preview_prompt, self.preview_seed, images, step)
+                    image = result.with_artifact
+                    self.emit("preview", paths=(result.path,), message="self-test")
+                    if result.identical:
+                        self.emit(
+                            "message", message=NO_CHANGE_WARNING.format(step=step), extra={"level": "warning"}
+                        )
+                if periodic:
+                    path = save_preview(
+                        self.method, self.preview_prompt, self.preview_seed, images, step, image
+                    )
+                    self.emit("preview", paths=(path,))
+            for module in self.method.trainable_modules():
+                module.train()  # a preview may have switched them to eval
+        distributed.barrier()
+
+    def log_step(self, loss: float, learn_rate: float, epoch_step: int) -> None:
+        step = self.position.step
+        if step % self.spec.log_every == 0:
+            if self.csv is not None:
+                self.csv.append(step, self.position.epoch, epoch_step, loss, learn_rate)
+            if self.tensorboard is not None:
+                self.tensorboard.add(step, loss, learn_rate)
+        self.emit("step", loss=loss, learn_rate=learn_rate)
+
+    def end_epoch(self) -> str | None:
+        """Early-stop bookkeeping; returns a stop message when the epoch loss stopped improving."""
+        pos, patience = self.position, self.spec.early_stop_epochs
+        message = None
+        if pos.epoch_loss_count:
+            mean = pos.epoch_loss_sum / pos.epoch_loss_count
+            if pos.best_epoch_loss is None or mean < pos.best_epoch_loss:
+                pos.best_epoch_loss, pos.epochs_without_improvement = mean, 0
+            else:
+                pos.epochs_without_improvement += 1
+            if patience and pos.epochs_without_improvement >= patience:
+                message = (
+                    f"early stop after epoch {pos.epoch}: the mean epoch loss has not improved for "
+                    f"{patience} epoch(s) (best {pos.best_epoch_loss:.7f}, last {mean:.7f})"
+                )
+        pos.epoch, pos.batch_index, pos.epoch_loss_sum, pos.epoch_loss_count = pos.epoch + 1, 0, 0.0, 0
+        return message
+
+
+def train(
+    method: TrainingMethod,
+    dataset: Any,
+    spec: TrainSpec,
+    *,
+    run_dir: Path,
+    reporter: Reporter,
+    control: Control,
+    batch_plan: BatchPlan | None = None,
+    loss_csv_name: str = "loss.csv",
+    preview_prompt: str | None = None,
+    preview_seed: int = 0,
+    self_test: bool = True,
+    accelerator: Accelerator | None = None,
+    progress_bar: bool = False,
+    tensorboard: bool = True,
+) -> TrainResult:
+    """Train `method` on `dataset` as `spec` says; results and state go under `run_dir`.
+
+    `preview_prompt` None turns previews and the self-test off. Raises TrainingStopped (NaN guard) and the
+    typed errors of bad settings; an "error" event is emitted before any exception leaves.
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or make_accelerator(spec)
+    _check_setup(accelerator, spec)
+    lr_schedule = learn_rate_schedule(
+        spec.learn_rate, spec.lr_scheduler, spec.max_steps, spec.lr_warmup_steps
+    )
+    clip_values = (
+        None
+        if spec.clip_grad_mode == "disabled"
+        else clip_value_schedule(spec.clip_grad_value, spec.max_steps)
+    )
+    plan_for = batch_plan or default_batch_plan(len(dataset), spec.batch_size, spec.seed)
+    set_seed(spec.seed, device_specific=True)
+    for module in method.trainable_modules():
+        module.train()
+        if spec.gradient_checkpointing:
+            _enable_gradient_checkpointing(module)
+    run = _Run(
+        method,
+        spec,
+        accelerator,
+        run_dir,
+        reporter,
+        control,
+        loss_csv_name,
+        preview_prompt,
+        preview_seed,
+        self_test,
+        progress_bar,
+        tensorboard,
+    )
+    try:
+        return _train_loop(run, dataset, plan_for, lr_schedule.rate_at, clip_values)
+    except Exception as e:
+        run.emit("error", message=str(e))
+        raise
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
+
+
+def _train_loop(
+    run: _Run, dataset: Any, plan_for: BatchPlan, rate_at: Callable[[int], float | None], clip_values: Any
+) -> TrainResult:
+    spec, accelerator, method = run.spec, run.accelerator, run.method
+    resumed = run.resume()
+    distributed.broadcast_parameters(run.params)
+    pos = run.position
+    start_step, accum = pos.step, spec.gradient_accumulation
+    per_step = accum * accelerator.num_processes
+    rank_offset = accelerator.process_index * accum
+    if rate_at(pos.step) is None:
+        return TrainResult(pos.step, start_step, "already_done", f"already trained to step {pos.step}")
+    run.remember_good_state()
+    run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
+    bar = ProgressBar(run.progress_bar and run.is_main, pos.step, spec.max_steps, method.name)
+    last_loss, reason, message = None, "", ""
+    while not reason:
+        dataset.set_epoch(pos.epoch)
+        plan = plan_for(pos.epoch)
+        if len(plan) < per_step:
+            raise DatasetError(
+                f"an epoch has {len(plan)} batch(es) but one step needs {per_step} "
+                f"(gradient_accumulation {accum} x {accelerator.num_processes} process(es)): "
+                "add images or repeats, or lower batch_size / gradient_accumulation"
+            )
+        while pos.batch_index + per_step <= len(plan):
+            lr = rate_at(pos.step)  # --- set lr
+            if lr is None:
+                reason = "max_steps" if pos.step >= spec.max_steps else "schedule_end"
+                break
+            set_learning_rate(run.optimizer, lr)
+            step_loss = torch.zeros((), device=accelerator.device)
+            first = pos.batch_index + rank_offset
+            for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
+                batch = _to_device(dataset.collate([dataset[i] for i in indices]), accelerator.device)
+                with accelerator.accumulate(method.trainable_modules()[0]):
+                    with accelerator.autocast():
+                        loss = method.loss(batch)
+                    accelerator.backward(loss)
+                step_loss += loss.detach().float() / accum
+            if not accelerator.sync_gradients:
+                raise RuntimeError("accelerate's accumulation counter is out of step with the loop")
+            distributed.average_gradients(run.params)
+            step_loss = distributed.mean_over_ranks(step_loss)
+            loss_ok = bool(torch.isfinite(step_loss))
+            if not loss_ok or (accelerator.scaler is None and not grads_are_finite(run.params)):
+                run.optimizer.zero_grad(set_to_none=True)  # --- NaN guard: skip, roll back or stop
+                snapshot = run.guard.bad_step(pos.step, "the loss" if not loss_ok else "a gradient", lr)
+                method.load_trainable_state(snapshot.trainable)
+                run.optimizer.load_state_dict(snapshot.optimizer_state["optimizer"])
+                pos.batch_index += per_step
+                run.emit(
+                    "message",
+                    message=f"non-finite step skipped; rolled back to step {snapshot.step}",
+                    extra={"level": "warning"},
+                )
+                continue
+            if clip_values is not None:  # --- clip (accelerate unscales fp16 gradients first)
+                clip = clip_values.value_at(pos.step)
+                if spec.clip_grad_mode == "norm":
+                    accelerator.clip_grad_norm_(run.params, clip)
+                else:
+                    accelerator.clip_grad_value_(run.params, clip)
+            run.optimizer.step()  # --- step, zero grad, hook
+            run.optimizer.zero_grad(set_to_none=True)
+            pos.step += 1
+            pos.batch_index += per_step
+            method.after_optimizer_step(pos.step)
+            run.guard.good_step()
+            last_loss = float(step_loss)  # --- log
+            pos.epoch_loss_sum += last_loss
+            pos.epoch_loss_count += 1
+            run.log_step(last_loss, lr, pos.batch_index // per_step - 1)
+            bar.update(last_loss, lr)
+            control = run.control
+            save_now, preview_now, stop_now = distributed.any_rank(
+                control.take_save_request(),
+                control.take_preview_request(),
+                control.interrupted,
+                device=accelerator.device,
+            )
+            save_due = save_now or (spec.save_every > 0 and pos.step % spec.save_every == 0)
+            preview_due = preview_now or (spec.preview_every > 0 and pos.step % spec.preview_every == 0)
+            if stop_now:  # --- stop? (an interrupt saves the final artifact below)
+                reason, message = "interrupted", f"interrupted at step {pos.step}"
+                break
+            if save_due:
+                run.save(final=False)
+            elif pos.step % SNAPSHOT_EVERY == 0:
+                run.remember_good_state()
+            if save_due or preview_due:
+                run.preview(after_save=save_due, periodic=preview_due)
+        else:
+            message = run.end_epoch() or ""
+            reason = "early_stop" if message else ""
+    bar.close()
+    message = message or (
+        f"finished: {spec.max_steps} steps"
+        if reason == "max_steps"
+        else f"the lr schedule ended at step {pos.step}"
+    )
+    run.save(final=True)
+    run.preview(after_save=True, periodic=False)
+    run.emit("done", message=message, loss=last_loss)
+    return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, run.guard.rollbacks)
+
+
+def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
+    for name in ("enable_gradient_checkpointing", "gradient_checkpointing_enable"):  # diffusers, transformers
+        if hasattr(module, name):
+            getattr(module, name)()
+            return
+    log.info("%s has no gradient checkpointing switch; training it without", type(module).__name__)

@@ -1,0 +1,120 @@
+"""A toy TrainingMethod and dataset for tests of the training loop (others may reuse them).
+
+The method is a tiny conv denoiser: it sees `latent + noise` and predicts the noise. The latents are smooth
+(upsampled 2x2 random fields), so a 3x3 conv can learn to separate them from the white noise: the loss falls
+clearly within a few dozen steps. Noise comes from the global torch RNG (so resume must restore it) unless
+`global_rng=False`, when each item carries its own noise derived from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from liandan.atomic_files import atomic_path
+from liandan.train.method import ParamGroup, SavedArtifact
+
+CHANNELS, SIZE = 4, 8
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, num_items: int = 8, seed: int = 0) -> None:
+        self.seed, self.epoch = seed, 0
+        generator = torch.Generator().manual_seed(seed)
+        coarse = torch.randn(num_items, CHANNELS, 2, 2, generator=generator)
+        self.latents = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        latent = self.latents[index]
+        if rng.random() < 0.5:  # a per-(epoch, item) flip, like the real datasets' augmentation
+            latent = latent.flip(-1)
+        noise = torch.from_numpy(rng.standard_normal(latent.shape).astype(np.float32))
+        return {"latent": latent, "noise": noise, "index": index}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "latents": torch.stack([item["latent"] for item in items]),
+            "noise": torch.stack([item["noise"] for item in items]),
+            "indices": [item["index"] for item in items],
+        }
+
+
+class ToyMethod:
+    kind = "toy"
+
+    def __init__(
+        self,
+        out_dir: Path,
+        name: str = "toy",
+        seed: int = 0,
+        global_rng: bool = True,
+        nan_on_loss_calls: set[int] | None = None,
+        preview_ignores_artifact: bool = False,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.name, self.out_dir = name, out_dir
+        self.net = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+        self.global_rng = global_rng
+        self.nan_on_loss_calls = nan_on_loss_calls or set()
+        self.preview_ignores_artifact = preview_ignores_artifact
+        self.loss_calls = 0
+        self.batch_sizes: list[int] = []
+        self.hook_steps: list[int] = []
+        self.saves: list[tuple[int, bool]] = []
+        self.previews: list[tuple[str, int, bool]] = []
+
+    def parameter_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("net", list(self.net.parameters()))]
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        return [self.net]
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        self.loss_calls += 1
+        latents = batch["latents"]
+        self.batch_sizes.append(len(latents))
+        noise = torch.randn_like(latents) if self.global_rng else batch["noise"]
+        prediction = self.net(latents + noise)
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        if self.loss_calls in self.nan_on_loss_calls:
+            loss = loss * float("nan")
+        return loss
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.hook_steps.append(step)
+
+    def save(self, step: int, final: bool) -> SavedArtifact:
+        self.saves.append((step, final))
+        path = self.out_dir / (f"{self.name}.safetensors" if final else f"{self.name}-{step}.safetensors")
+        with atomic_path(path) as tmp:
+            save_file(self.trainable_state(), str(tmp), metadata={"step": str(step)})
+        return SavedArtifact([path], step)
+
+    def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
+        self.previews.append((prompt, seed, enabled))
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, CHANNELS, SIZE, SIZE, generator=generator)
+        torch.randn(3)  # a preview that draws from the global RNG: the loop must shield training from it
+        if enabled and not self.preview_ignores_artifact:
+            with torch.no_grad():
+                x = x - self.net(x)
+        pixels = ((x[0, :3].clamp(-2, 2) + 2) * 63.75).to(torch.uint8).permute(1, 2, 0).numpy()
+        return Image.fromarray(pixels).resize((32, 32), Image.NEAREST)
