@@ -76,9 +76,9 @@ def plan_batches(
     """The batches of one epoch; a batch never mixes groups (buckets).
 
     Like A1111's GroupedBatchSampler, an epoch has `total // batch_size` batches, all full: each group is
-    shuffled and cut into full batches; the remaining batches are built from the groups' leftovers (the
-    group with most leftovers first), topped up with other images of the same group. With one group this is
-    A1111's drop_last: the few images past the last full batch change from epoch to epoch.
+    shuffled and cut into full batches; each remaining batch takes a group drawn in proportion to its
+    leftovers, uses those leftovers first and tops up with other images of the same group. With one group
+    this is A1111's drop_last: the few images past the last full batch change from epoch to epoch.
     """
     full: list[list[int]] = []
     leftovers: dict[Hashable, list[int]] = {}
@@ -92,7 +92,9 @@ def plan_batches(
     total = sum(len(g) for g in groups.values())
     extra = total // batch_size - len(full)
     for _ in range(extra):
-        key = max(leftovers, key=lambda k: len(leftovers[k]))
+        # A1111 picks the group with probability proportional to its leftovers: fair in expectation
+        keys = [k for k in leftovers if leftovers[k]]
+        (key,) = rng.choices(keys, weights=[len(leftovers[k]) for k in keys])
         batch, leftovers[key] = leftovers[key][:batch_size], leftovers[key][batch_size:]
         others = [i for i in groups[key] if i not in batch]
         need = batch_size - len(batch)
