@@ -1,0 +1,201 @@
+"""Transforms of the K and V inputs of a UNet's attention layers, as A1111 applies hypernetworks.
+
+For every attention layer whose K/V input width has a transform (the text context of cross-attention, the
+hidden states of self-attention), the inputs of `to_k` and `to_v` become `x + f(x) * strength`, each
+transform applied to the output of the previous one; Q is untouched. This is a diffusers attention
+processor installed per layer (keyed by module path) and removed exactly by `KVTransformHandle.remove()`.
+
+The processor computes attention itself with torch's scaled_dot_product_attention, following diffusers'
+`AttnProcessor2_0` step by step, so the result does not depend on the diffusers version and, with strength
+0, is bit-identical to the stock processor. It holds the transforms' modules without registering them in
+the UNet: the UNet's state_dict, parameters and `requires_grad` stay as they were, and the transforms'
+owner (a hypernetwork) keeps its own parameters for training and saving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+
+KVFunctions = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+@runtime_checkable
+class KVTransform(Protocol):
+    """What the hook needs from a hypernetwork: per-width K and V functions, and a live strength."""
+
+    strength: float
+
+    def kv_modules(self, width: int) -> KVFunctions | None:
+        """(k_fn, v_fn) for K/V inputs `width` wide, or None to leave such layers alone.
+
+        Each maps [batch, tokens, width] to the same shape; the hook adds `f(x) * strength` to `x`.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class _Stage:
+    transform: KVTransform
+    k_fn: Callable[[torch.Tensor], torch.Tensor]
+    v_fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _add_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, strength: float) -> torch.Tensor:
+    """x + fn(x) * strength, feeding fn its own parameter dtype (a float32 hypernetwork on an fp16 UNet)."""
+    param = next(iter(fn.parameters()), None) if isinstance(fn, nn.Module) else None
+    delta = fn(x if param is None else x.to(param.dtype))
+    return x + delta.to(x.dtype) * strength
+
+
+class KVTransformProcessor(nn.Module):
+    """Attention with transformed K/V inputs; everything else as diffusers' AttnProcessor2_0 computes it."""
+
+    def __init__(self, stages: Sequence[_Stage]) -> None:
+        super().__init__()
+        # a plain tuple: the modules stay out of the UNet's parameters and state_dict
+        self.stages: tuple[_Stage, ...] = tuple(stages)
+
+    def transform_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key_input = value_input = context
+        for stage in self.stages:
+            strength = float(stage.transform.strength)
+            if strength == 0.0:
+                continue
+            key_input = _add_scaled(stage.k_fn, key_input, strength)
+            value_input = _add_scaled(stage.v_fn, value_input, strength)
+        return key_input, value_input
+
+    def __call__(  # diffusers calls processors directly, with the Attention module first
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **_unused,
+    ) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        key_input, value_input = self.transform_kv(encoder_hidden_states)
+        key = attn.to_k(key_input)
+        value = attn.to_v(value_input)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
+    """The UNet's diffusers Attention modules by module path, with the width of their K/V input."""
+    from diffusers.models.attention_processor import Attention
+
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, Attention) and getattr(module, "to_k", None) is not None
+    }
+
+
+def kv_input_width(attn: nn.Module) -> int:
+    """Width of the `to_k`/`to_v` input: the context (cross-attention) or hidden states (self-attention)."""
+    return int(attn.to_k.in_features)
+
+
+class KVTransformHandle:
+    """Undo for `install_kv_transforms`: puts the original processor objects back."""
+
+    def __init__(self, unet: nn.Module, installed: dict[str, tuple[object, KVTransformProcessor]]) -> None:
+        self._unet = unet
+        self._installed = installed  # module path -> (original processor, ours)
+
+    @property
+    def layer_paths(self) -> list[str]:
+        return list(self._installed)
+
+    def remove(self) -> None:
+        """Restore the original processors. Several handles on one UNet must be removed last-first."""
+        layers = {name: self._unet.get_submodule(name) for name in self._installed}
+        for name, (_original, ours) in self._installed.items():
+            if layers[name].processor is not ours:
+                raise RuntimeError(
+                    f"attention layer {name} has another processor now: remove K/V hooks in reverse order"
+                )
+        for name, (original, _ours) in self._installed.items():
+            layers[name].set_processor(original)
+        self._installed = {}
+
+
+def install_kv_transforms(
+    unet: UNet2DConditionModel | nn.Module, transforms: Sequence[KVTransform]
+) -> KVTransformHandle:
+    """Apply `transforms` (in order) to the K/V inputs of every attention layer of a width they cover."""
+    for transform in transforms:
+        if not isinstance(transform, KVTransform):
+            raise TypeError(f"{transform!r} is not a KVTransform (needs `strength` and `kv_modules(width)`)")
+    installed: dict[str, tuple[object, KVTransformProcessor]] = {}
+    for name, attn in attention_layers(unet).items():
+        width = kv_input_width(attn)
+        stages = []
+        for transform in transforms:
+            functions = transform.kv_modules(width)
+            if functions is not None:
+                stages.append(_Stage(transform, *functions))
+        if not stages:
+            continue  # layers nothing applies to keep their own processor
+        processor = KVTransformProcessor(stages)
+        installed[name] = (attn.processor, processor)
+        attn.set_processor(processor)
+    return KVTransformHandle(unet, installed)
