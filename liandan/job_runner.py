@@ -8,8 +8,10 @@ message while the traceback goes to the log.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
+import pkgutil
 import queue
 import threading
 import time
@@ -46,6 +48,20 @@ def register_runner(kind: str, fn: JobFn) -> None:
 
 def registered_kinds() -> list[str]:
     return sorted(_RUNNERS)
+
+
+def load_methods() -> None:
+    """Import every module of `liandan.methods`, so their job specs and runners register themselves. A
+    module whose optional dependency is missing is skipped with a warning; any other error is a bug and
+    propagates."""
+    import liandan.methods
+
+    for module in pkgutil.iter_modules(liandan.methods.__path__):
+        name = f"liandan.methods.{module.name}"
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            log.warning("liandan: method module %s not loaded: %s", name, e)
 
 
 def run_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> Any:

@@ -1,0 +1,7 @@
+"""`python -m liandan` (and `accelerate launch -m liandan`)."""
+
+import sys
+
+from liandan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""`python -m liandan ...`: train from a job file, serve the standalone UI, write the tiny models, inspect a
+checkpoint. Starting it stays fast: torch, gradio and the methods are imported by the subcommand that runs.
+
+Other packages add subcommands through a module listed in COMMAND_MODULES exposing `add_parser(subparsers)`;
+the parser it adds sets `run=<function(args) -> exit code>` with `set_defaults`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from liandan.errors import ConfigError, LiandanError
+
+COMMAND_MODULES = ("liandan.preprocess.command",)
+DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "demo_ti.toml"
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m liandan",
+        description="Train Stable Diffusion embeddings, hypernetworks, LoRA and more, inside or outside "
+        "the AUTOMATIC1111 WebUI.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="run a job file (.toml/.json) on the standalone host")
+    train.add_argument("job", type=Path, help="the job file")
+    _add_data_dir(train)
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, dotted for nested ones (train.max_steps=10); values are TOML",
+    )
+    train.set_defaults(run=cmd_train)
+
+    ui = sub.add_parser("ui", help="serve the standalone web UI")
+    _add_data_dir(ui)
+    ui.add_argument("--port", type=int, default=7870)
+    ui.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
+    ui.set_defaults(run=cmd_ui)
+
+    tiny = sub.add_parser(
+        "tiny-model", help="write the tiny random SD1/SD2/SDXL checkpoints (for tests, demos)"
+    )
+    tiny.add_argument("--out", type=Path, default=Path("tiny-models"), help="folder to write them into")
+    tiny.set_defaults(run=cmd_tiny_model)
+
+    info = sub.add_parser(
+        "info", help="library versions, and what a checkpoint is (family, prediction, hash)"
+    )
+    info.add_argument("checkpoint", type=Path, nargs="?")
+    info.set_defaults(run=cmd_info)
+
+    demo = sub.add_parser(
+        "demo",
+        help=f"a short textual-inversion run on the tiny default model ({DEMO_JOB.name}; "
+        "needs the textual inversion method)",
+    )
+    _add_data_dir(demo)
+    demo.set_defaults(run=cmd_demo)
+
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="A1111-like folder tree ($LIANDAN_DATA_DIR or ./liandan-data)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LiandanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """["train.max_steps=10", "name=cat"] -> {"train": {"max_steps": 10}, "name": "cat"}. Values are read as
+    TOML (numbers, booleans, quoted strings, lists); anything else is taken as a plain string."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 (the WebUI's own)
+        import tomli as tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from liandan.job_runner import load_methods
+    from liandan.jobs import job_from_dict, job_to_dict, load_job_file
+
+    load_methods()
+    spec = load_job_file(args.job)
+    if args.overrides:
+        spec = job_from_dict(_merge(job_to_dict(spec), parse_overrides(args.overrides)))
+    return run_in_foreground(spec, args.data_dir)
+
+
+def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
+    """Run one job here with a progress bar; the first Ctrl+C asks the job to stop cleanly (it saves what it
+    has), a second one kills the process."""
+    from tqdm import tqdm
+
+    from liandan.host.standalone import StandaloneHost
+    from liandan.job_runner import run_job
+    from liandan.progress import Reporter
+
+    host = StandaloneHost(data_dir)
+    outputs: list[Path] = []
+    bar = tqdm(desc=spec.kind, unit="step", dynamic_ncols=True)
+
+    def show(event: Any) -> None:
+        if event.total and bar.total != event.total:
+            bar.total = event.total
+            bar.refresh()
+        if event.kind == "step":
+            bar.update(event.step - bar.n)
+            if event.loss is not None:
+                bar.set_postfix(loss=f"{event.loss:.4f}")
+        if event.kind in ("save", "done"):
+            outputs.extend(p for p in event.paths if p not in outputs)
+        if event.message:
+            bar.write(event.message)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        bar.write("interrupting: finishing the current step and saving (Ctrl+C again to kill)")
+        host.control.interrupt()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        run_job(spec, host, Reporter(show, host.reporter), host.control)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    for path in outputs:
+        print(f"wrote {path}")
+    print(f"logs in {spec.log_dir or host.folders.logs}")
+    if host.control.interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not DEMO_JOB.is_file():
+        raise ConfigError(
+            f"the demo job {DEMO_JOB} is not there yet: it comes with the textual inversion method"
+        )
+    args.job, args.overrides = DEMO_JOB, []
+    return cmd_train(args)
+
+
+# --- ui, tiny-model, info -------------------------------------------------------------------------------
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from liandan.host.standalone import StandaloneHost
+    from liandan.job_runner import JobRunner, load_methods
+    from liandan.ui.app import build_app, serve
+
+    load_methods()
+    host = StandaloneHost(args.data_dir)
+    runner = JobRunner(host)
+    print(f"liandan: data in {host.data_dir.resolve()}")
+    serve(build_app(host, runner), port=args.port, listen=args.listen)
+    runner.close(timeout=10)
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from liandan.models.tiny import write_tiny_models
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_tiny_models(args.out)
+    for path in sorted(args.out.iterdir()):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import liandan
+
+    print(f"liandan {liandan.__version__}")
+    if importlib.util.find_spec("liandan.versions") is not None:
+        from liandan.versions import library_versions
+
+        for name, version in library_versions().items():
+            print(f"{name} {version}")
+    if args.checkpoint is not None:
+        from liandan.models.loading import bundle_short_hash, load_bundle
+
+        if not args.checkpoint.exists():
+            raise ConfigError(f"checkpoint {args.checkpoint} does not exist")
+        bundle = load_bundle(args.checkpoint)
+        print(f"checkpoint {args.checkpoint}")
+        print(f"  family {bundle.family}")
+        print(f"  prediction {bundle.prediction_type}")
+        print(f"  short hash {bundle_short_hash(bundle) or '-'}")
+    return 0

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from liandan import cli, job_runner
+from liandan.errors import ConfigError, DatasetError
+from liandan.jobs import JOB_KINDS, JobSpec, register_job
+from liandan.progress import ProgressEvent
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class CliJob(JobSpec):
+    kind: ClassVar[str] = "cli_test_job"
+    steps: int = 3
+    behaviour: str = "ok"  # "ok" | "dataset_error" | "ctrl_c"
+
+
+if CliJob.kind not in JOB_KINDS:
+    register_job(CliJob)
+
+
+def cli_runner(spec: CliJob, host, reporter, control) -> None:
+    reporter(ProgressEvent("start", total=spec.steps))
+    for step in range(1, spec.steps + 1):
+        if spec.behaviour == "dataset_error":
+            raise DatasetError(f"{host.data_dir / 'pics'} holds no images (.png, .jpg, .webp)")
+        if spec.behaviour == "ctrl_c" and step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        if control.interrupted:
+            return
+        reporter(ProgressEvent("step", step=step, total=spec.steps, loss=1.0 / step))
+    out = host.folders.embeddings / "cat.safetensors"
+    reporter(ProgressEvent("done", step=spec.steps, total=spec.steps, paths=(out,)))
+
+
+@pytest.fixture(autouse=True)
+def _runner(monkeypatch):
+    monkeypatch.setattr(job_runner, "load_methods", lambda: None)  # the real methods are not under test here
+    job_runner.register_runner(CliJob.kind, cli_runner)
+    yield
+    job_runner._RUNNERS.pop(CliJob.kind, None)
+
+
+def _job_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(f'kind = "cli_test_job"\n{body}\n', encoding="utf-8")
+    return path
+
+
+def test_help_is_fast_and_imports_no_torch_or_gradio() -> None:
+    code = (
+        "import sys\nfrom liandan.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'gradio', 'diffusers') if m in sys.modules]\nassert not heavy, heavy\n"
+    )
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for command in ("train", "ui", "tiny-model", "info", "demo"):
+        assert command in result.stdout
+    assert time.perf_counter() - start < 5
+
+
+def test_parse_overrides_reads_toml_values_and_dotted_keys() -> None:
+    assert cli.parse_overrides(
+        ["train.max_steps=10", "train.learn_rate='0.1:5, 0.01'", "name=cat", "flip=0.5"]
+    ) == {
+        "train": {"max_steps": 10, "learn_rate": "0.1:5, 0.01"},
+        "name": "cat",
+        "flip": 0.5,
+    }
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        cli.parse_overrides(["max_steps"])
+
+
+def test_train_runs_the_job_with_overrides_and_prints_outputs(tmp_path: Path, capsys) -> None:
+    job = _job_file(tmp_path, "steps = 2")
+    code = cli.main(["train", str(job), "--data-dir", str(tmp_path / "data"), "--set", "steps=4"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'data' / 'embeddings' / 'cat.safetensors'}" in out
+    assert f"logs in {tmp_path / 'data' / 'textual_inversion'}" in out
+    assert "4/4" in err  # the progress bar ran to the overridden step count
+
+
+def test_user_errors_exit_1_with_the_message_and_no_traceback(tmp_path: Path, capsys) -> None:
+    job = _job_file(tmp_path, 'behaviour = "dataset_error"')
+    assert cli.main(["train", str(job), "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "pics holds no images" in err and "Traceback" not in err
+
+    assert cli.main(["train", str(_job_file(tmp_path, "stepz = 2"))]) == 1
+    assert "unknown setting(s) for CliJob: stepz" in capsys.readouterr().err
+    assert cli.main(["train", str(tmp_path / "missing.toml")]) == 1
+    assert "cannot read job file" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_job_cleanly(tmp_path: Path, capsys) -> None:
+    job = _job_file(tmp_path, 'behaviour = "ctrl_c"')
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["train", str(job), "--data-dir", str(tmp_path / "data")]) == cli.EXIT_INTERRUPTED
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_demo_says_what_is_missing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli, "DEMO_JOB", tmp_path / "examples" / "demo_ti.toml")
+    assert cli.main(["demo", "--data-dir", str(tmp_path / "data")]) == 1
+    assert "comes with the textual inversion method" in capsys.readouterr().err
+
+
+def test_demo_runs_its_job_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli, "DEMO_JOB", _job_file(tmp_path, "steps = 1"))
+    assert cli.main(["demo", "--data-dir", str(tmp_path / "data")]) == 0
+    assert "cat.safetensors" in capsys.readouterr().out
+
+
+def test_tiny_model_writes_into_out(tmp_path: Path, monkeypatch, capsys) -> None:
+    def write_tiny_models(folder: Path) -> None:
+        (folder / "tiny-sd1.safetensors").write_bytes(b"x")
+
+    tiny = types.SimpleNamespace(write_tiny_models=write_tiny_models)
+    monkeypatch.setitem(sys.modules, "liandan.models.tiny", tiny)
+    assert cli.main(["tiny-model", "--out", str(tmp_path / "m")]) == 0
+    assert f"wrote {tmp_path / 'm' / 'tiny-sd1.safetensors'}" in capsys.readouterr().out
+
+
+def test_info_prints_versions_and_refuses_a_missing_checkpoint(tmp_path: Path, capsys) -> None:
+    import liandan
+
+    assert cli.main(["info"]) == 0
+    assert f"liandan {liandan.__version__}" in capsys.readouterr().out
+    assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 1
+    assert "nope.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_info_describes_a_real_checkpoint(tmp_path: Path, capsys) -> None:
+    tiny = pytest.importorskip("liandan.models.tiny")
+    if not hasattr(tiny, "write_tiny_models"):
+        pytest.skip("liandan.models.tiny.write_tiny_models not written yet")
+    tiny.write_tiny_models(tmp_path)
+    checkpoint = sorted(tmp_path.glob("*.safetensors"))[0]
+    assert cli.main(["info", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "family sd" in out and "prediction " in out and "short hash " in out
+
+
+def test_other_packages_add_subcommands(monkeypatch, capsys) -> None:
+    module = types.ModuleType("fake_command")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_command", None)
+
+    def add_parser(subparsers) -> None:
+        hello = subparsers.add_parser("hello", help="say hello")
+        hello.set_defaults(run=lambda args: print("hello") or 0)
+
+    module.add_parser = add_parser
+    monkeypatch.setitem(sys.modules, "fake_command", module)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("fake_command", "no_such_module_anywhere"))
+    assert cli.main(["hello"]) == 0
+    assert capsys.readouterr().out == "hello\n"
