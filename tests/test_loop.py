@@ -1,0 +1,255 @@
+"""The training loop on the toy denoiser: learning, schedules, clipping, accumulation, resume, interrupts, NaNs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_toy_method import ToyDataset, ToyMethod
+
+from liandan.errors import ConfigError, DatasetError, TrainingStopped
+from liandan.jobs import TrainSpec
+from liandan.progress import Control, ProgressEvent, Reporter
+from liandan.train.loop import TrainResult, default_batch_plan, train
+
+
+def run(
+    tmp_path: Path,
+    spec: TrainSpec,
+    method: ToyMethod | None = None,
+    events: list[ProgressEvent] | None = None,
+    control: Control | None = None,
+    dataset: ToyDataset | None = None,
+    **kwargs,
+) -> tuple[ToyMethod, TrainResult]:
+    method = method or ToyMethod(tmp_path / "out")
+    reporter = Reporter(events.append if events is not None else lambda e: None)
+    result = train(
+        method,
+        dataset or ToyDataset(8),
+        spec,
+        run_dir=tmp_path / "run",
+        reporter=reporter,
+        control=control or Control(),
+        tensorboard=False,
+        **kwargs,
+    )
+    return method, result
+
+
+def csv_losses(tmp_path: Path) -> list[float]:
+    with (tmp_path / "run" / "loss.csv").open(newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def test_loss_falls_and_artifacts_are_written(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    spec = TrainSpec(learn_rate="0.02", max_steps=60, save_every=30)
+    method, result = run(tmp_path, spec, events=events)
+    losses = csv_losses(tmp_path)
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert result.stopped_reason == "max_steps" and result.step == 60
+    assert method.saves == [(30, False), (60, False), (60, True)]
+    assert (tmp_path / "out" / "toy.safetensors").is_file()
+    assert method.hook_steps == list(range(1, 61))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == 60
+    save_paths = [e.paths for e in events if e.kind == "save"]
+    assert save_paths[-1] == (tmp_path / "out" / "toy.safetensors",)
+
+
+def test_a1111_schedule_sets_rates_and_stops_training_at_its_end(tmp_path: Path) -> None:
+    spec = TrainSpec(learn_rate="0.01:3, 0.005:5", max_steps=100, save_every=0)
+    _, result = run(tmp_path, spec)
+    assert result.stopped_reason == "schedule_end" and result.step == 5
+    with (tmp_path / "run" / "loss.csv").open(newline="") as f:
+        rates = [row["learn_rate"] for row in csv.DictReader(f)]
+    assert rates == ["0.01", "0.01", "0.01", "0.005", "0.005"]
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_clipping_bounds_the_update(tmp_path: Path, mode: str) -> None:
+    # Plain SGD with lr 1: the weight change IS the (clipped) gradient.
+    def one_step(clip_mode: str) -> torch.Tensor:
+        spec = TrainSpec(learn_rate="1", optimizer="SGD", max_steps=1, clip_grad_mode=clip_mode,
+                         clip_grad_value="0.001", resume=False)  # fmt: skip
+        method = ToyMethod(tmp_path / "out")
+        before = torch.cat([p.detach().clone().reshape(-1) for p in method.net.parameters()])
+        run(tmp_path / clip_mode, spec, method=method)
+        return before - torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+
+    unclipped, clipped = one_step("disabled"), one_step(mode)
+    if mode == "value":
+        assert unclipped.abs().max() > 0.01
+        assert clipped.abs().max() <= 0.001 + 1e-6  # float32 rounding of w - (w - 0.001)
+    else:
+        assert unclipped.norm() > 0.01
+        assert clipped.norm() == pytest.approx(0.001, rel=1e-3)
+
+
+def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path) -> None:
+    def weights(batch_size: int, accumulation: int) -> torch.Tensor:
+        spec = TrainSpec(learn_rate="0.01", max_steps=4, batch_size=batch_size,
+                         gradient_accumulation=accumulation, save_every=0)  # fmt: skip
+        method = ToyMethod(tmp_path / "out", global_rng=False)
+        # The same pairs of items per step for both runs: a fixed plan, no shuffle.
+        plan = lambda epoch: (
+            [[i] for i in range(8)] if batch_size == 1 else [[i, i + 1] for i in range(0, 8, 2)]
+        )  # noqa: E731
+        run(tmp_path / f"{batch_size}x{accumulation}", spec, method=method, batch_plan=plan)
+        assert set(method.batch_sizes) == {batch_size}
+        return torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+
+    accumulated, batched = weights(1, 2), weights(2, 1)
+    assert torch.allclose(accumulated, batched, atol=1e-6)
+    assert not torch.equal(accumulated, ToyMethod(tmp_path).net.weight.reshape(-1)[:1])
+
+
+def test_resume_is_bit_exact(tmp_path: Path) -> None:
+    spec = TrainSpec(learn_rate="0.01", max_steps=12, batch_size=3, save_every=0, preview_every=5)
+    straight, _ = run(tmp_path / "straight", spec, preview_prompt="p")
+
+    control = Control()
+
+    def interrupt_at_7(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.step == 7:  # mid-epoch: 8 items / batch 3 = 2 steps per epoch
+            control.interrupt()
+
+    method = ToyMethod(tmp_path / "resumed" / "out")
+    result = train(method, ToyDataset(8), spec, run_dir=tmp_path / "resumed" / "run",
+                   reporter=Reporter(interrupt_at_7), control=control, preview_prompt="p",
+                   tensorboard=False)  # fmt: skip
+    assert result.interrupted and result.step == 7
+    assert method.saves[-1] == (7, True)
+    # A fresh process would build everything anew: a new method with other initial weights.
+    resumed, result = run(tmp_path / "resumed", spec, method=ToyMethod(tmp_path / "resumed" / "out", seed=99),
+                          preview_prompt="p")  # fmt: skip
+    assert result.start_step == 7 and result.step == 12
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)
+    assert csv_losses(tmp_path / "straight") == csv_losses(tmp_path / "resumed")
+
+
+def test_interrupt_saves_state_and_artifact_and_returns(tmp_path: Path) -> None:
+    control = Control()
+    control.interrupt()  # already set: the first step ends, then the loop stops
+    events: list[ProgressEvent] = []
+    method, result = run(tmp_path, TrainSpec(max_steps=50), events=events, control=control)
+    assert result.interrupted and result.step == 1
+    assert method.saves == [(1, True)]
+    assert (tmp_path / "run" / "state" / "meta.json").is_file()
+    assert events[-1].kind == "done" and "interrupted" in events[-1].message
+
+
+def test_save_and_preview_requests_are_honoured(tmp_path: Path) -> None:
+    control = Control()
+
+    def request(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.step == 2:
+            control.request_save()
+            control.request_preview()
+
+    method = ToyMethod(tmp_path / "out")
+    train(method, ToyDataset(8), TrainSpec(max_steps=4, save_every=0, preview_every=0),
+          run_dir=tmp_path / "run", reporter=Reporter(request), control=control, preview_prompt="a cat",
+          preview_seed=5, tensorboard=False)  # fmt: skip
+    assert method.saves == [(2, False), (4, True)]
+    assert (tmp_path / "run" / "images" / "toy-2.png").is_file()
+    assert (tmp_path / "run" / "images" / "toy-2-selftest.png").is_file()
+    assert ("a cat", 5, False) in method.previews
+
+
+def test_self_test_warns_when_the_artifact_changes_nothing(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    method = ToyMethod(tmp_path / "out", preview_ignores_artifact=True)
+    run(tmp_path, TrainSpec(max_steps=2, save_every=0), method=method, events=events, preview_prompt="p")
+    warnings = [e.message for e in events if e.kind == "message"]
+    assert any("changes nothing" in m for m in warnings)
+
+
+def test_nan_rollback_restores_weights_and_continues(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
+    initial = method.trainable_state()
+    restored: list[dict[str, torch.Tensor]] = []
+
+    def on_event(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.kind == "message" and "rolled back" in event.message:
+            restored.append(method.trainable_state())
+
+    train(method, ToyDataset(8), TrainSpec(learn_rate="0.01", max_steps=6, save_every=0),
+          run_dir=tmp_path / "run", reporter=Reporter(on_event), control=Control(), tensorboard=False)  # fmt: skip
+    assert len(restored) == 1  # rolled back to the snapshot taken at the start (step 0)
+    assert all(torch.equal(restored[0][k], initial[k]) for k in initial)
+    assert method.hook_steps == list(range(1, 7))  # the bad batch was skipped, training went on
+    assert all(torch.isfinite(p).all() for p in method.net.parameters())
+    assert method.loss_calls == 7
+
+
+def test_nan_three_rollbacks_in_a_row_stop_with_advice(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={2, 3, 4, 5})
+    with pytest.raises(TrainingStopped, match="lower the learning rate"):
+        run(tmp_path, TrainSpec(max_steps=20, save_every=0), method=method)
+    assert method.hook_steps == [1]
+
+
+def test_nan_policy_stop_stops_at_once(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={3})
+    with pytest.raises(TrainingStopped, match="at step 3"):
+        run(tmp_path, TrainSpec(max_steps=20, nan_policy="stop"), method=method, events=events)
+    assert events[-1].kind == "error"
+
+
+def test_early_stop_when_the_epoch_loss_stops_improving(tmp_path: Path) -> None:
+    # lr 0, the same data every epoch: no epoch beats the first one.
+    class SameEveryEpoch(ToyDataset):
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    spec = TrainSpec(learn_rate="0", max_steps=1000, batch_size=4, early_stop_epochs=2, save_every=0)
+    _, result = run(tmp_path, spec, method=ToyMethod(tmp_path / "out", global_rng=False),
+                    dataset=SameEveryEpoch(8), batch_plan=lambda epoch: [[0, 1, 2, 3], [4, 5, 6, 7]])  # fmt: skip
+    assert result.stopped_reason == "early_stop"
+    assert "not improved for 2 epoch(s)" in result.message
+    assert result.step == 6  # 2 steps per epoch, epochs 1 and 2 are no better than epoch 0
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
+    spec = TrainSpec(max_steps=3, save_every=0)
+    run(tmp_path, spec)
+    method, result = run(tmp_path, spec)
+    assert result.stopped_reason == "already_done" and method.loss_calls == 0
+
+
+def test_dataset_too_small_for_one_step(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="one step needs 4"):
+        run(tmp_path, TrainSpec(max_steps=3, batch_size=3, gradient_accumulation=4))
+
+
+def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="bf16"):
+        run(tmp_path, TrainSpec(mixed_precision="fp16"))
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW8bit", "Lion8bit", "Adafactor"])
+def test_other_optimizers_and_bf16_train(tmp_path: Path, optimizer: str) -> None:
+    spec = TrainSpec(
+        learn_rate="0.003", max_steps=30, optimizer=optimizer, mixed_precision="bf16", save_every=0
+    )
+    run(tmp_path, spec)
+    losses = csv_losses(tmp_path)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_default_batch_plan_is_seeded_and_drops_the_partial_batch() -> None:
+    plan = default_batch_plan(10, 3, seed=1)
+    assert plan(0) == plan(0) and plan(0) != plan(1)
+    assert [len(b) for b in plan(0)] == [3, 3, 3]
+    assert len({i for b in plan(0) for i in b}) == 9

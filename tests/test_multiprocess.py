@@ -1,0 +1,96 @@
+"""Two CPU processes through `accelerate launch`: identical weights on both ranks, only rank 0 writes files,
+and the result equals one process accumulating the same batches.
+
+With accelerate 0.21, `accelerate launch --cpu --num_processes 2` starts ONE process, so the test launches
+with `--multi_gpu` and the worker (this file run as a script) builds `Accelerator(cpu=True)` (gloo).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_toy_method import ToyDataset, ToyMethod
+from safetensors.torch import load_file, save_file
+
+from liandan.jobs import TrainSpec
+from liandan.progress import Control, Reporter
+from liandan.train.loop import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+def plan(epoch: int) -> list[list[int]]:
+    """A fixed plan so the 2-process and the 1-process runs see the same batches per step."""
+    return [[0, 1], [2, 3], [4, 5], [6, 7]] if epoch % 2 == 0 else [[6, 7], [4, 5], [2, 3], [0, 1]]
+
+
+def spec(accumulation: int) -> TrainSpec:
+    return TrainSpec(learn_rate="0.01", max_steps=STEPS, batch_size=2, gradient_accumulation=accumulation,
+                     save_every=3, preview_every=3)  # fmt: skip
+
+
+def worker(run_dir: Path, report_dir: Path) -> None:
+    """Runs in each launched process."""
+    from accelerate import Accelerator
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=1)
+    rank = accelerator.process_index
+    # Different initial weights per rank: the loop must start all ranks from rank 0's.
+    method = ToyMethod(run_dir / "out", seed=rank, global_rng=False)
+    result = train(method, ToyDataset(8), spec(1), run_dir=run_dir, reporter=Reporter(), control=Control(),
+                   batch_plan=plan, preview_prompt="p", accelerator=accelerator, tensorboard=False)  # fmt: skip
+    report_dir.mkdir(parents=True, exist_ok=True)
+    save_file(method.trainable_state(), str(report_dir / f"weights-{rank}.safetensors"))
+    report = {"saves": method.saves, "previews": len(method.previews), "step": result.step,
+              "world": accelerator.num_processes, "batch_sizes": method.batch_sizes}  # fmt: skip
+    (report_dir / f"report-{rank}.json").write_text(json.dumps(report))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path) -> None:
+    run_dir, report_dir = tmp_path / "run", tmp_path / "report"
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               __file__, str(run_dir), str(report_dir)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    reports = [json.loads((report_dir / f"report-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    assert reports[0]["step"] == reports[1]["step"] == STEPS
+    assert reports[0]["saves"] == [[3, False], [6, False], [6, True]] and reports[0]["previews"] > 0
+    assert reports[1]["saves"] == [] and reports[1]["previews"] == 0
+    weights = [load_file(str(report_dir / f"weights-{r}.safetensors")) for r in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with (run_dir / "loss.csv").open(newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, STEPS + 1))
+
+    # One process accumulating the two ranks' batches takes the same steps.
+    single = ToyMethod(tmp_path / "single" / "out", seed=0, global_rng=False)
+    train(single, ToyDataset(8), spec(2), run_dir=tmp_path / "single", reporter=Reporter(), control=Control(),
+          batch_plan=plan, tensorboard=False)  # fmt: skip
+    assert all(torch.allclose(single.trainable_state()[k], weights[0][k], atol=1e-6) for k in weights[0])
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), Path(sys.argv[2]))
