@@ -1,0 +1,171 @@
+"""Hypernetwork modules: A1111's layer layout, activations, inits, strength rule and validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from liandan.errors import ConfigError
+from liandan.models.hypernetwork_modules import (
+    Hypernetwork,
+    HypernetworkModule,
+    activation_classes,
+    check_sizes,
+    default_sizes,
+    parse_dropout_structure,
+    parse_layer_structure,
+)
+
+
+def _kinds(module: HypernetworkModule) -> list[str]:
+    return [type(layer).__name__ for layer in module.linear]
+
+
+def test_layer_order_matches_a1111_goldhn_b_layout() -> None:
+    module = HypernetworkModule(
+        32, [1, 2, 2, 1], "swish", "KaimingNormal", add_layer_norm=True, dropout_structure=[0, 0.3, 0.3, 0]
+    )
+    assert _kinds(module) == [
+        "Linear", "Hardswish", "LayerNorm", "Dropout",
+        "Linear", "Hardswish", "LayerNorm", "Dropout",
+        "Linear", "LayerNorm",
+    ]  # fmt: skip
+    assert {k.rsplit(".", 1)[0] for k in module.state_dict()} == {f"linear.{i}" for i in (0, 2, 4, 6, 8, 9)}
+
+
+def test_activate_output_and_linear() -> None:
+    assert _kinds(HypernetworkModule(8, [1, 2, 1], "relu", activate_output=True)) == [
+        "Linear", "ReLU", "Linear", "ReLU",
+    ]  # fmt: skip
+    assert _kinds(HypernetworkModule(8, [1, 2, 1], "linear")) == ["Linear", "Linear"]
+    assert _kinds(HypernetworkModule(8, [1, 1.5, 1], None)) == ["Linear", "Linear"]
+    assert HypernetworkModule(8, [1, 1.5, 1]).linear[0].out_features == 12
+
+
+def test_activation_names_as_a1111() -> None:
+    names = activation_classes()
+    assert names["swish"] is nn.Hardswish
+    assert names["linear"] is None
+    for name in (
+        "relu",
+        "leakyrelu",
+        "elu",
+        "tanh",
+        "sigmoid",
+        "gelu",
+        "silu",
+        "mish",
+        "hardswish",
+        "softsign",
+    ):
+        assert name in names
+    assert names["gelu"] is nn.GELU
+
+
+def test_normal_init_and_layernorm_init() -> None:
+    torch.manual_seed(0)
+    module = HypernetworkModule(256, [1, 2, 1], "relu", "Normal", add_layer_norm=True)
+    linear, norm = module.linear[0], module.linear[2]
+    assert abs(linear.weight.std().item() - 0.01) < 0.001
+    assert torch.count_nonzero(linear.bias) == 0
+    assert abs(norm.weight.std().item() - 0.01) < 0.002  # A1111 draws LayerNorm weights N(0, 0.01) too
+    kaiming = HypernetworkModule(256, [1, 2, 1], "relu", "KaimingNormal").linear[0]
+    assert abs(kaiming.weight.std().item() - (2 / 256) ** 0.5) < 0.01
+    xavier = HypernetworkModule(256, [1, 2, 1], "relu", "XavierUniform").linear[0]
+    assert xavier.weight.abs().max().item() <= (6 / (256 + 512)) ** 0.5 + 1e-6
+
+
+def test_forward_strength_applies_only_in_eval() -> None:
+    torch.manual_seed(0)
+    net = Hypernetwork("h", [16], [1, 2, 1], "relu", "XavierNormal")
+    k, _v = net.kv_modules(16)
+    x = torch.randn(2, 5, 16)
+    delta = k.linear(x)
+    net.strength = 0.5
+    assert torch.allclose(k(x), x + 0.5 * delta)
+    net.strength = 0.0
+    assert torch.equal(k(x), x)
+    net.train()
+    assert torch.allclose(k(x), x + delta)  # training ignores the strength (A1111)
+
+
+def test_hypernetwork_kv_lookup() -> None:
+    net = Hypernetwork("h", [8, 16], [1, 2, 1])
+    assert net.sizes == [8, 16]
+    assert net.kv_modules(32) is None
+    k, v = net.kv_modules(8)
+    assert k is not v
+    context = torch.randn(1, 3, 32)
+    k_in, v_in = net(context)
+    assert k_in is context and v_in is context
+    assert not net.training
+
+
+@pytest.mark.parametrize("text", ["1, 2", "2, 1", "1, abc, 1", "1, -2, 1", "1", "", "2, 2, 2", "1, 0, 1"])
+def test_bad_layer_structures(text: str) -> None:
+    with pytest.raises(ConfigError, match="layer structure"):
+        parse_layer_structure(text)
+
+
+def test_layer_structure_parses_ui_text() -> None:
+    assert parse_layer_structure("1, 2, 1") == [1.0, 2.0, 1.0]
+    assert parse_layer_structure("1,1.5 ,2,1") == [1.0, 1.5, 2.0, 1.0]
+
+
+def test_unknown_activation_lists_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"'swishy'.*leakyrelu.*swish"):
+        HypernetworkModule(8, [1, 2, 1], "swishy")
+
+
+def test_unknown_weight_init() -> None:
+    with pytest.raises(ConfigError, match="KaimingNormal"):
+        HypernetworkModule(8, [1, 2, 1], "relu", "Uniform")
+
+
+def test_dropout_structure_parsing() -> None:
+    # A1111's legacy default: dropout after hidden layers, after the last hidden one only if asked
+    assert parse_dropout_structure("", [1, 2, 2, 1], True, False) == [0, 0.3, 0, 0]
+    assert parse_dropout_structure("", [1, 2, 2, 1], True, True) == [0, 0.3, 0.3, 0]
+    assert parse_dropout_structure("", [1, 2, 1], True, True) == [0, 0.3, 0]
+    assert parse_dropout_structure("0, 0.3, 0.3, 0", [1, 2, 2, 1], False, False) == [0, 0, 0, 0]
+    assert parse_dropout_structure("0, 0.1, 0.2, 0", [1, 2, 2, 1], True, False) == [0, 0.1, 0.2, 0]
+
+
+@pytest.mark.parametrize("text", ["0, 0.3, 0", "0, 1, 0, 0", "0, -0.1, 0, 0", "0, x, 0, 0", "0.2, 0, 0, 0"])
+def test_bad_dropout_structures(text: str) -> None:
+    with pytest.raises(ConfigError, match="dropout structure"):
+        parse_dropout_structure(text, [1, 2, 2, 1], True, False)
+
+
+def test_sizes_against_model_widths() -> None:
+    check_sizes(default_sizes("sd1"), [320, 640, 1280, 768])
+    with pytest.raises(ConfigError, match=r"\[768\].*1024"):
+        check_sizes([768, 320], [320, 640, 1280, 1024])
+    with pytest.raises(ConfigError, match="no hypernetwork sizes"):
+        check_sizes([], [320])
+
+
+def test_default_sizes() -> None:
+    assert default_sizes("sd1") == (768, 320, 640, 1280)
+    assert 1024 in default_sizes("sd2")
+    assert set(default_sizes("sdxl")) == {640, 1280, 2048}
+    with pytest.raises(ConfigError):
+        default_sizes("sd3")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_default_sizes_are_the_attention_widths_of_the_real_configs(family: str) -> None:
+    import json
+    from pathlib import Path
+
+    import liandan.models
+
+    config = Path(liandan.models.__file__).parent / "configs" / f"{family}.json"
+    unet = json.loads(config.read_text())["unet"]
+    attention_channels = {
+        channels
+        for channels, kind in zip(unet["block_out_channels"], unet["down_block_types"])
+        if kind.startswith("CrossAttn")
+    }
+    assert set(default_sizes(family)) == attention_channels | {unet["cross_attention_dim"]}  # type: ignore[arg-type]
