@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from liandan.atomic_files import atomic_path, write_text_atomic
 from liandan.errors import CheckpointError
 from liandan.models.bundle import ModelBundle
-from liandan.models.ldm_layout import key_plan, to_ldm_tensor
+from liandan.models.ldm_layout import TEXT_PREFIXES, key_plan, to_ldm_tensor
 from liandan.models.ldm_yaml import yaml_text
 from liandan.models.model_spec import ModelSpec, spec_of_bundle, standard_spec
 
@@ -79,6 +79,22 @@ def ldm_schedule_buffers(beta_start: float, beta_end: float, steps: int) -> dict
     return {name: torch.tensor(array, dtype=torch.float32) for name, array in arrays.items()}
 
 
+def _regenerated_extras(bundle: ModelBundle, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """What released checkpoints carry besides weights: LDM's schedule buffers (SD1/SD2; sgm has none) and
+    the CLIP-L position ids (a saved buffer in the transformers that A1111 pins)."""
+    import torch
+
+    extras: dict[str, torch.Tensor] = {}
+    if bundle.family != "sdxl":
+        config = bundle.noise_scheduler.config
+        extras = ldm_schedule_buffers(config.beta_start, config.beta_end, config.num_train_timesteps)
+    for index, te in enumerate(spec.text_encoders):
+        if te.layout == "hf_clip":
+            key = f"{TEXT_PREFIXES[(spec.family, index)]}text_model.embeddings.position_ids"
+            extras[key] = torch.arange(te.config["max_position_embeddings"]).unsqueeze(0)
+    return extras
+
+
 def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torch.Tensor]:
     """The bundle's weights under LDM keys (CPU, contiguous; floating tensors in fp16 with `half`)."""
 
@@ -90,10 +106,7 @@ def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torc
     for key_map in key_plan(spec, modules):
         tensors = [params[key_map.component][name].detach() for name in key_map.names]
         state[key_map.ldm_key] = to_ldm_tensor(key_map, tensors)
-    extras = dict(bundle.ldm_extras)
-    if not extras and bundle.family != "sdxl":
-        config = bundle.noise_scheduler.config
-        extras = ldm_schedule_buffers(config.beta_start, config.beta_end, config.num_train_timesteps)
+    extras = dict(bundle.ldm_extras) or _regenerated_extras(bundle, spec)
     state.update(extras)
     for key, tensor in state.items():
         tensor = tensor.to("cpu")

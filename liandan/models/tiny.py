@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liandan.models.bundle import FAMILIES, Family, ModelBundle
@@ -135,3 +136,57 @@ def tiny_bundle(family: str, seed: int = 0) -> ModelBundle:
         name=f"liandan-tiny-{family}",
         info={"tiny_seed": str(seed)},
     )
+
+
+TINY_CLIP_FOLDER = "liandan-tiny-clip"
+
+
+def _tiny_clip_home(dest_dir: Path) -> Path:
+    """`models/` of the WebUI tree that `dest_dir` belongs to (A1111 resolves the yaml's `version` from its
+    root); a folder of its own when `dest_dir` is not models/Stable-diffusion."""
+    return dest_dir.parent if dest_dir.parent.name == "models" else dest_dir / "models"
+
+
+def _is_intact(path: Path, family: str) -> bool:
+    from safetensors import safe_open
+
+    if not path.with_suffix(".yaml").is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("liandan_tiny") == family
+    except Exception:  # noqa: BLE001 - any unreadable file is rewritten
+        return False
+
+
+def write_tiny_models(dest_dir: Path) -> dict[str, Path]:
+    """Write `liandan-tiny-sd1.safetensors` and `liandan-tiny-sdxl.safetensors` (seed 0, each with a .yaml)
+    into `dest_dir`, and the SD1 text encoder's CLIP folder as `models/liandan-tiny-clip` so a real A1111
+    loads the SD1 one too. Deterministic and idempotent (intact files are kept). Returns family -> path."""
+    from liandan.atomic_files import write_text_atomic
+    from liandan.models.ldm_yaml import yaml_text
+    from liandan.models.saving import save_checkpoint
+    from liandan.models.tokenizer import write_tokenizer_files
+
+    dest_dir = Path(dest_dir)
+    clip_folder = _tiny_clip_home(dest_dir) / TINY_CLIP_FOLDER
+    written: dict[str, Path] = {}
+    for family in ("sd1", "sdxl"):
+        path = dest_dir / f"liandan-tiny-{family}.safetensors"
+        written[family] = path
+        if _is_intact(path, family):
+            continue
+        bundle = tiny_bundle(family)
+        metadata = {"liandan_tiny": family, "note": f"tiny random {family.upper()}-layout test model, seed 0"}
+        save_checkpoint(bundle, path, metadata=metadata)
+        if family == "sd1":
+            spec = tiny_spec("sd1")
+            version = f"models/{TINY_CLIP_FOLDER}"
+            text = yaml_text("sd1", spec.unet, spec.vae, spec.scheduler, [32], clip_version=version)
+            write_text_atomic(path.with_suffix(".yaml"), text)
+    if not (clip_folder / "config.json").is_file():
+        config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}
+        config.update(tiny_spec("sd1").text_encoders[0].config)
+        write_tokenizer_files(clip_folder)
+        write_text_atomic(clip_folder / "config.json", json.dumps(config, indent=2))
+    return written
