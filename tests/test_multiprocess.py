@@ -35,8 +35,14 @@ def plan(epoch: int) -> list[list[int]]:
 
 
 def spec(accumulation: int) -> TrainSpec:
-    return TrainSpec(learn_rate="0.01", max_steps=STEPS, batch_size=2, gradient_accumulation=accumulation,
-                     save_every=3, preview_every=3)  # fmt: skip
+    return TrainSpec(
+        learn_rate="0.01",
+        max_steps=STEPS,
+        batch_size=2,
+        gradient_accumulation=accumulation,
+        save_every=3,
+        preview_every=3,
+    )
 
 
 def worker(run_dir: Path, report_dir: Path) -> None:
@@ -48,12 +54,27 @@ def worker(run_dir: Path, report_dir: Path) -> None:
     rank = accelerator.process_index
     # Different initial weights per rank: the loop must start all ranks from rank 0's.
     method = ToyMethod(run_dir / "out", seed=rank, global_rng=False)
-    result = train(method, ToyDataset(8), spec(1), run_dir=run_dir, reporter=Reporter(), control=Control(),
-                   batch_plan=plan, preview_prompt="p", accelerator=accelerator, tensorboard=False)  # fmt: skip
+    result = train(
+        method,
+        ToyDataset(8),
+        spec(1),
+        run_dir=run_dir,
+        reporter=Reporter(),
+        control=Control(),
+        batch_plan=plan,
+        preview_prompt="p",
+        accelerator=accelerator,
+        tensorboard=False,
+    )
     report_dir.mkdir(parents=True, exist_ok=True)
     save_file(method.trainable_state(), str(report_dir / f"weights-{rank}.safetensors"))
-    report = {"saves": method.saves, "previews": len(method.previews), "step": result.step,
-              "world": accelerator.num_processes, "batch_sizes": method.batch_sizes}  # fmt: skip
+    report = {
+        "saves": method.saves,
+        "previews": len(method.previews),
+        "step": result.step,
+        "world": accelerator.num_processes,
+        "batch_sizes": method.batch_sizes,
+    }
     (report_dir / f"report-{rank}.json").write_text(json.dumps(report))
 
 
@@ -67,11 +88,30 @@ def _free_port() -> int:
 def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path) -> None:
     run_dir, report_dir = tmp_path / "run", tmp_path / "report"
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               __file__, str(run_dir), str(report_dir)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    command = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        __file__,
+        str(run_dir),
+        str(report_dir),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -87,8 +127,16 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path) -> None:
 
     # One process accumulating the two ranks' batches takes the same steps.
     single = ToyMethod(tmp_path / "single" / "out", seed=0, global_rng=False)
-    train(single, ToyDataset(8), spec(2), run_dir=tmp_path / "single", reporter=Reporter(), control=Control(),
-          batch_plan=plan, tensorboard=False)  # fmt: skip
+    train(
+        single,
+        ToyDataset(8),
+        spec(2),
+        run_dir=tmp_path / "single",
+        reporter=Reporter(),
+        control=Control(),
+        batch_plan=plan,
+        tensorboard=False,
+    )
     assert all(torch.allclose(single.trainable_state()[k], weights[0][k], atol=1e-6) for k in weights[0])
 
 
