@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -140,6 +142,16 @@ def test_embedding_vectors_are_spliced_at_their_slots_and_get_gradient(sd1):
     torch.testing.assert_close(tokens[0, 7], word_table[EOS].detach())
     cond.context.sum().backward()
     assert vectors.grad is not None and vectors.grad.abs().sum() > 0
+
+
+def test_half_precision_encoder_takes_float32_vectors_with_gradient(sd1):
+    half = copy.deepcopy(sd1)
+    half.text_encoders[0].to(torch.bfloat16)
+    vectors = torch.randn(3, 32, requires_grad=True)
+    cond = PromptEncoder(half).encode(["(art:1.2) by goldti"], embeddings={"goldti": vectors})
+    assert cond.context.dtype == torch.bfloat16
+    cond.context.float().sum().backward()
+    assert vectors.grad is not None and vectors.grad.dtype == torch.float32 and vectors.grad.abs().sum() > 0
 
 
 def test_longest_embedding_name_wins(sd1):
