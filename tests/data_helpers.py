@@ -27,8 +27,9 @@ def tiny_vae(seed: int = 0):
     ).eval()
 
 
-def count_encodes(vae) -> list[int]:
-    """Patch `vae.encode` to record each call's batch size; returns the list it appends to."""
+def counted_vae(seed: int = 0):
+    """A tiny VAE whose `encode` records each call's batch size in the returned list."""
+    vae = tiny_vae(seed)
     calls: list[int] = []
     original = vae.encode
 
@@ -37,7 +38,7 @@ def count_encodes(vae) -> list[int]:
         return original(x, *args, **kwargs)
 
     vae.encode = encode
-    return calls
+    return vae, calls
 
 
 def gradient_image(size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Image.Image:
