@@ -1,0 +1,161 @@
+"""Widgets every method tab shares: the job status box with its progress bar, Interrupt and Resume, the loss
+curve and the preview gallery, all fed by one poll of the JobRunner (see `start_polling`).
+
+Written against Gradio 3.41 (A1111's), using only what 4.x still has (`gr.update`, `every=`). Gradio is
+imported here at module top: only the UI imports this module.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from liandan.job_runner import JobRunner, JobStatus
+
+if TYPE_CHECKING:
+    from liandan.host.base import Host
+
+POLL_SECONDS = 1.0
+MAX_PLOT_POINTS = 400  # the plot is resent on every poll: keep it small however long the run
+MAX_GALLERY = 12
+
+
+@dataclass
+class JobPanel:
+    """The status widgets of one tab, showing the newest job of `kind`."""
+
+    kind: str
+    status: Any
+    loss_plot: Any
+    gallery: Any
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [self.status, self.loss_plot, self.gallery]
+
+
+@dataclass
+class UIContext:
+    """What a tab gets: the host and runner as plain objects, and the callbacks tabs share. No globals."""
+
+    host: Host
+    runner: JobRunner
+    in_webui: bool = False
+    panels: list[JobPanel] = field(default_factory=list)
+    # called after a job writes a checkpoint, so the host's model dropdown can offer it (A1111: top-left)
+    on_checkpoints_changed: Callable[[], None] = lambda: None
+
+    def checkpoint_choices(self) -> list[str]:
+        return [ref.title for ref in self.host.list_checkpoints()]
+
+    def template_choices(self) -> list[str]:
+        """Prompt template files: the user's folder first, then the ones liandan ships."""
+        user = sorted(p.name for p in self.host.folders.templates.glob("*.txt"))
+        shipped_dir = importlib.resources.files("liandan.data") / "templates"
+        shipped = (
+            sorted(p.name for p in shipped_dir.iterdir() if p.name.endswith(".txt"))
+            if shipped_dir.is_dir()
+            else []
+        )
+        return user + [name for name in shipped if name not in user]
+
+
+def render_status(status: JobStatus | None) -> str:
+    """HTML for the status box: a progress bar and one line of text (plus the error, if any)."""
+    if status is None:
+        return '<div class="liandan-status"><p class="liandan-status-text">No job yet.</p></div>'
+    percent = 100.0 * status.step / status.total if status.total else 0.0
+    if status.state == "done":
+        percent = 100.0
+    parts = [status.state, f"step {status.step}/{status.total or '?'}"]
+    if status.loss is not None:
+        parts.append(f"loss {status.loss:.5f}")
+    text = " · ".join(parts)
+    rows = [
+        '<div class="liandan-progress">'
+        f'<div class="liandan-progress-bar" style="width:{percent:.1f}%"></div></div>',
+        f'<p class="liandan-status-text liandan-state-{status.state}">{html.escape(text)}</p>',
+    ]
+    if status.error:
+        rows.append(f'<p class="liandan-error">{html.escape(status.error)}</p>')
+    elif status.messages:
+        rows.append(f'<p class="liandan-message">{html.escape(status.messages[-1])}</p>')
+    if status.outputs:
+        names = ", ".join(html.escape(str(p)) for p in status.outputs[-3:])
+        rows.append(f'<p class="liandan-outputs">Saved: {names}</p>')
+    return f'<div class="liandan-status">{"".join(rows)}</div>'
+
+
+def loss_points(status: JobStatus | None) -> Any:
+    """The loss history as a DataFrame for gr.LinePlot, thinned to MAX_PLOT_POINTS; None without data."""
+    if status is None or not status.losses:
+        return None
+    import pandas as pd
+
+    losses = status.losses
+    stride = max(1, -(-len(losses) // MAX_PLOT_POINTS))  # ceiling: at most MAX_PLOT_POINTS kept
+    kept = list(losses[::stride])
+    if kept[-1] != losses[-1]:
+        kept.append(losses[-1])
+    return pd.DataFrame(kept, columns=["step", "loss"])
+
+
+def preview_paths(status: JobStatus | None) -> list[str]:
+    if status is None:
+        return []
+    return [str(p) for p in status.previews[-MAX_GALLERY:] if Path(p).is_file()]
+
+
+def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
+    """Status, Interrupt/Resume, loss curve and previews for jobs of `kind`; elem_ids start with `prefix`."""
+    with gr.Column(elem_id=f"{prefix}_job_panel", elem_classes=["liandan-job-panel"]):
+        status = gr.HTML(render_status(ctx.runner.status(kind=kind)), elem_id=f"{prefix}_status")
+        with gr.Row():
+            interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
+            resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
+        loss_plot = gr.LinePlot(
+            x="step", y="loss", title="Loss", label="Loss", elem_id=f"{prefix}_loss", width=420, height=240
+        )
+        gallery = gr.Gallery(label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto")
+
+    def on_interrupt() -> str:
+        ctx.runner.interrupt(_running_id(ctx.runner, kind))
+        return render_status(ctx.runner.status(kind=kind))
+
+    def on_resume() -> str:
+        ctx.runner.resume(kind)
+        return render_status(ctx.runner.status(kind=kind))
+
+    interrupt.click(on_interrupt, None, status, queue=False)
+    resume.click(on_resume, None, status, queue=False)
+    panel = JobPanel(kind, status, loss_plot, gallery)
+    ctx.panels.append(panel)
+    return panel
+
+
+def _running_id(runner: JobRunner, kind: str) -> str | None:
+    status = runner.status(kind=kind)
+    return status.id if status is not None and not status.is_finished else None
+
+
+def poll_values(ctx: UIContext) -> list[Any]:
+    """One value per output of every panel, in `ctx.panels` order."""
+    values: list[Any] = []
+    for panel in ctx.panels:
+        status = ctx.runner.status(kind=panel.kind)
+        values += [render_status(status), loss_points(status), preview_paths(status)]
+    return values
+
+
+def start_polling(ctx: UIContext, blocks: Any) -> None:
+    """One repeating load event for all panels of `blocks` (call it last, inside the Blocks). One poll, not
+    one per widget: every repeating event holds a queue slot for as long as the page is open."""
+    outputs = [component for panel in ctx.panels for component in panel.outputs]
+    if outputs:
+        blocks.load(lambda: poll_values(ctx), None, outputs, every=POLL_SECONDS, show_progress="hidden")

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import sys
+import threading
+import types
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from liandan import job_runner
+from liandan.host.standalone import StandaloneHost
+from liandan.job_runner import JobRunner
+from liandan.jobs import JobSpec
+from liandan.progress import ProgressEvent
+from liandan.ui import components, tabs
+from liandan.ui.app import build_app, serve
+
+
+@dataclass(frozen=True)
+class UiJob(JobSpec):
+    kind: ClassVar[str] = "ui_test_job"
+    steps: int = 3
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> StandaloneHost:
+    return StandaloneHost(tmp_path / "data")
+
+
+@pytest.fixture
+def runner(host: StandaloneHost):
+    runner = JobRunner(host)
+    yield runner
+    runner.close(timeout=5)
+
+
+def _config(app) -> dict:
+    return app.get_config_file()
+
+
+def _by_elem_id(app) -> dict[str, dict]:
+    return {c["props"].get("elem_id"): c for c in _config(app)["components"] if c["props"].get("elem_id")}
+
+
+def test_app_has_every_tab_in_order_with_elem_ids(host, runner) -> None:
+    app = build_app(host, runner)
+    labels = [c["props"]["label"] for c in _config(app)["components"] if c["type"] == "tabitem"]
+    assert labels == [t.title for t in tabs.TABS]
+    ids = _by_elem_id(app)
+    for tab in tabs.TABS:
+        assert f"liandan_tab_{tab.key}" in ids
+    for later in ("dreambooth", "apt", "aesthetic"):
+        assert "not in this release" in ids[f"liandan_{later}_notice"]["props"]["value"]
+
+
+def test_missing_tab_module_shows_a_notice_and_a_broken_one_an_error(host, runner, monkeypatch) -> None:
+    broken = types.ModuleType("broken_tab")
+    broken.__spec__ = importlib.machinery.ModuleSpec("broken_tab", None)
+
+    def build(ctx) -> None:
+        raise RuntimeError("boom")
+
+    broken.build = build
+    monkeypatch.setitem(sys.modules, "broken_tab", broken)
+    monkeypatch.setattr(
+        tabs,
+        "TABS",
+        (
+            tabs.TabDef("gone", "Gone", "liandan.ui.no_such_tab"),
+            tabs.TabDef("broken", "Broken", "broken_tab"),
+            tabs.TabDef("apt", "APT", "liandan.ui.apt_tab"),
+        ),
+    )
+    ids = _by_elem_id(build_app(host, runner))
+    assert "not part of this build yet" in ids["liandan_gone_missing"]["props"]["value"]
+    assert "failed to load: RuntimeError: boom" in ids["liandan_broken_failed"]["props"]["value"]
+    assert "liandan_apt_notice" in ids  # the tabs after the broken one were built
+
+
+def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, runner, monkeypatch) -> None:
+    preview = host.folders.logs / "p.png"
+    preview.write_bytes(b"png")
+    started, release = threading.Event(), threading.Event()
+
+    def run(spec, host_, reporter, control) -> None:
+        for step in range(1, spec.steps + 1):
+            reporter(ProgressEvent("step", step=step, total=spec.steps, loss=1.0 / step))
+        reporter(ProgressEvent("preview", step=spec.steps, paths=(preview, host.folders.logs / "gone.png")))
+        started.set()
+        release.wait(5)
+        if not control.interrupted:
+            reporter(ProgressEvent("done", step=spec.steps, total=spec.steps))
+
+    job_runner.register_runner(UiJob.kind, run)
+    monkeypatch.setattr(tabs, "TABS", (tabs.TabDef("job", "Job", "panel_tab"),))
+    module = types.ModuleType("panel_tab")
+    module.__spec__ = importlib.machinery.ModuleSpec("panel_tab", None)
+    module.build = lambda ctx: components.job_panel(ctx, UiJob.kind, "test")
+    monkeypatch.setitem(sys.modules, "panel_tab", module)
+    try:
+        app = build_app(host, runner)
+        poll_dep = next(d for d in app.dependencies if d["trigger"] == "load")
+        assert poll_dep["every"] == components.POLL_SECONDS
+        poll_fn = app.fns[app.dependencies.index(poll_dep)].fn  # gradio wraps it in a repeating generator
+        assert "No job yet" in next(poll_fn())[0]
+
+        job = runner.submit(UiJob(steps=3))
+        assert started.wait(5)
+        html, plot, gallery = next(poll_fn())
+        assert "running" in html and "step 3/3" in html and "loss 0.33333" in html
+        assert list(plot["loss"]) == [1.0, 0.5, 1 / 3]
+        assert gallery == [str(preview)]  # a preview file that vanished is left out
+
+        ids = _by_elem_id(app)
+        click = {
+            ids[name]["id"]: app.fns[i].fn
+            for i, d in enumerate(app.dependencies)
+            for name in ids
+            if d["trigger"] == "click" and ids[name]["id"] in d["targets"]
+        }
+        assert "running" in click[ids["test_interrupt"]["id"]]()
+        release.set()
+        assert runner.wait(job, timeout=5).state == "interrupted"
+        click[ids["test_resume"]["id"]]()
+        assert runner.status(kind=UiJob.kind).id != job
+    finally:
+        release.set()
+        job_runner._RUNNERS.pop(UiJob.kind, None)
+
+
+def test_render_status_escapes_and_shows_errors() -> None:
+    status = job_runner.JobStatus(id="x", kind="k", state="error", step=1, total=4, error="<bad> path")
+    html = components.render_status(status)
+    assert "&lt;bad&gt; path" in html and "<bad>" not in html
+    assert 'style="width:25.0%"' in html
+
+
+def test_loss_plot_is_thinned_but_keeps_the_last_point() -> None:
+    losses = tuple((i, float(i)) for i in range(1, 5001))
+    status = job_runner.JobStatus(id="x", kind="k", state="running", losses=losses)
+    frame = components.loss_points(status)
+    assert len(frame) <= components.MAX_PLOT_POINTS + 1
+    assert frame.iloc[-1]["step"] == 5000 and frame.iloc[0]["step"] == 1
+
+
+def test_template_choices_list_user_templates_first(host, runner) -> None:
+    (host.folders.templates / "mine.txt").write_text("a photo of [name]\n")
+    choices = components.UIContext(host=host, runner=runner).template_choices()
+    assert choices[0] == "mine.txt"
+
+
+def test_serve_answers_on_localhost(host, runner) -> None:
+    app = build_app(host, runner)
+    serve(app, port=0 or _free_port(), block=False)
+    try:
+        with urllib.request.urlopen(f"{app.local_url}config", timeout=10) as response:
+            config = json.load(response)
+        assert app.local_url.startswith("http://127.0.0.1:")
+        assert any(c["props"].get("elem_id") == "liandan_tabs" for c in config["components"])
+    finally:
+        app.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
