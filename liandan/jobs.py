@@ -192,6 +192,7 @@ class DataSpec(Spec):
     width: int = bounded(512, 64, 4096)
     height: int = bounded(512, 64, 4096)
     buckets: bool = False  # aspect-ratio buckets instead of one W×H
+    resize_mode: Literal["crop", "stretch"] = "crop"  # one W×H: centre crop, or A1111's stretch (no crop)
     template: str = "style_filewords.txt"  # a file in the templates folder, or a path
     filename_regex: str = ""
     join_string: str = " "

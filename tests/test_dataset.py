@@ -31,9 +31,7 @@ def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
 
 
 def _dataset(folder: Path, vae, *, batch_size: int = 2, seed: int = 0, **kwargs) -> TrainingDataset:
-    options = {
-        k: kwargs.pop(k) for k in ("cache_dir", "model_id", "templates_dir", "resize_mode") if k in kwargs
-    }
+    options = {k: kwargs.pop(k) for k in ("cache_dir", "model_id", "templates_dir") if k in kwargs}
     spec = DataSpec(folder=folder, width=kwargs.pop("width", 64), height=kwargs.pop("height", 64), **kwargs)
     return TrainingDataset(spec, name="goldti", vae=vae, batch_size=batch_size, seed=seed, **options)
 

@@ -43,9 +43,16 @@ import torch
 from torch.utils.data import Dataset
 
 from liandan.data import latent_cache
-from liandan.data.buckets import Geometry, ResizeMode, fit, make_buckets, nearest_bucket, plan_batches
+from liandan.data.buckets import Geometry, fit, make_buckets, nearest_bucket, plan_batches
 from liandan.data.captions import compile_filename_regex, read_caption
-from liandan.data.image_folder import FolderScan, ImageRecord, SkippedFile, open_image, scan_image_folder
+from liandan.data.image_folder import (
+    FolderScan,
+    ImageRecord,
+    SkippedFile,
+    describe,
+    open_image,
+    scan_image_folder,
+)
 from liandan.data.pixels import alpha_loss_weight, crop_and_flip, to_pixel_tensor
 from liandan.data.templates import PromptTemplate
 from liandan.errors import ConfigError, DatasetError, TrainingStopped
@@ -83,12 +90,10 @@ class TrainingDataset(Dataset):
         cache_dir: Path | None = None,
         model_id: str | None = None,
         templates_dir: Path | None = None,
-        resize_mode: ResizeMode = "crop",
     ) -> None:
         """`name` replaces [name]; `model_id` (e.g. the checkpoint's short hash) keys the disk cache, else a
         fingerprint of the VAE's weights does; `cache_dir` is required for latent_cache "disk";
-        `templates_dir` is the user's templates folder, searched before ours; `resize_mode` applies
-        without buckets ("crop" or A1111's "stretch")."""
+        `templates_dir` is the user's templates folder, searched before ours."""
         if spec.folder == Path():
             raise DatasetError("no dataset folder given")
         self.spec = spec
@@ -107,7 +112,7 @@ class TrainingDataset(Dataset):
         self.template = PromptTemplate.load(spec.template, templates_dir, spec.shuffle_tags, spec.tag_dropout)
         self.scan: FolderScan = scan_image_folder(spec.folder, spec.recursive)
         self.skipped: list[SkippedFile] = list(self.scan.skipped)
-        self.images = self._build_images(resize_mode)
+        self.images = self._build_images()
         self.batch_size = min(batch_size, len(self))  # A1111: min(batch_size, dataset length)
         self.flip_variants = [False, True] if 0 < spec.flip < 1 else [spec.flip == 1]
         self._cache = self._make_cache(cache_dir)
@@ -115,7 +120,7 @@ class TrainingDataset(Dataset):
             model_id if model_id or spec.latent_cache != "disk" else latent_cache.vae_fingerprint(vae)
         )
 
-    def _build_images(self, resize_mode: ResizeMode) -> list[DatasetImage]:
+    def _build_images(self) -> list[DatasetImage]:
         word_regex = compile_filename_regex(self.spec.filename_regex)
         target = (self.spec.width, self.spec.height)
         buckets = make_buckets(*target, step=BUCKET_STEP) if self.spec.buckets else []
@@ -129,7 +134,7 @@ class TrainingDataset(Dataset):
             if buckets:
                 geometry = fit(record.size, nearest_bucket(record.size, buckets), "crop")
             else:
-                geometry = fit(record.size, target, resize_mode)
+                geometry = fit(record.size, target, self.spec.resize_mode)
             images.append(DatasetImage(record, caption, geometry))
         if not images:
             raise DatasetError(f"no usable image in dataset folder {self.scan.folder}\n{self.report()}")
@@ -280,10 +285,8 @@ class TrainingDataset(Dataset):
         sizes: dict[tuple[int, int], int] = {}
         for image in self.images:
             sizes[image.geometry.target_size] = sizes.get(image.geometry.target_size, 0) + 1
-        lines = [f"{len(self.images)} image(s) in {self.scan.folder}, {len(self.skipped)} file(s) skipped"]
-        lines += [f"  {w}x{h}: {count} image(s)" for (w, h), count in sorted(sizes.items())]
-        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
-        return "\n".join(lines)
+        details = [f"  {w}x{h}: {count} image(s)" for (w, h), count in sorted(sizes.items())]
+        return describe(self.scan.folder, len(self.images), self.skipped, details)
 
 
 def preview_captions(dataset: TrainingDataset, n: int = 8, epoch: int = 0) -> list[str]:

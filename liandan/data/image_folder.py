@@ -46,10 +46,14 @@ class FolderScan:
     skipped: list[SkippedFile]
 
     def report(self) -> str:
-        """A few lines for the UI/CLI: how many images, and every skipped file with its reason."""
-        lines = [f"{len(self.images)} image(s) in {self.folder}, {len(self.skipped)} file(s) skipped"]
-        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
-        return "\n".join(lines)
+        return describe(self.folder, len(self.images), self.skipped)
+
+
+def describe(folder: Path, count: int, skipped: list[SkippedFile], details: list[str] | None = None) -> str:
+    """A few lines for the UI/CLI: how many images, `details`, and every skipped file with its reason."""
+    lines = [f"{count} image(s) in {folder}, {len(skipped)} file(s) skipped", *(details or [])]
+    lines += [f"  skipped {s.path}: {s.reason}" for s in skipped]
+    return "\n".join(lines)
 
 
 def decode_image(data: bytes) -> Image.Image:
