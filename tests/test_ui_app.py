@@ -172,3 +172,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_saved_checkpoint_marks_the_status_for_the_dropdown_refresh(tmp_path: Path) -> None:
+    ckpts = tmp_path / "models" / "Stable-diffusion"
+    saved = job_runner.JobStatus(id="db-1", kind="k", state="done", outputs=(ckpts / "mine.safetensors",))
+    assert 'class="liandan-refresh-checkpoints" data-key="db-1-1"' in components.render_status(saved, ckpts)
+    other = job_runner.JobStatus(id="ti-1", kind="k", state="done", outputs=(tmp_path / "emb.pt",))
+    assert "liandan-refresh-checkpoints" not in components.render_status(other, ckpts)

@@ -17,7 +17,7 @@ from liandan.errors import CheckpointError, LiandanError
 from liandan.host.base import Host
 from liandan.host.webui import WebUIHost, parse_version
 from liandan.job_runner import JobRunner
-from liandan.jobs import JobSpec
+from liandan.jobs import JOB_KINDS, JobSpec, register_job
 from liandan.progress import ProgressEvent
 
 STUB = Path(__file__).parent / "a1111_stub"
@@ -207,6 +207,10 @@ class CountJob(JobSpec):
     steps: int = 3
 
 
+if CountJob.kind not in JOB_KINDS:
+    register_job(CountJob)
+
+
 @pytest.fixture
 def count_job():
     """A job emitting `steps` steps; it waits at step 2 until the test lets it go on."""
@@ -257,3 +261,78 @@ def test_a1111_interrupt_button_stops_our_job(a1111, count_job) -> None:
     assert status.state == "interrupted" and status.step == 3  # noticed at the next event
     assert modules.shared.state.history == [("end", "liandan count", 3, 10)]
     runner.close(timeout=5)
+
+
+def test_unload_setting_off_keeps_the_webui_model_where_it_is(a1111, fake_loader) -> None:
+    modules = a1111()
+    modules.shared.opts.liandan_unload_webui_model = False
+    with WebUIHost().model_for_training():
+        assert modules.sd_models.model_data.sd_model.device == "cuda"
+    assert not [c for c in modules.CALLS if c[0] in ("unload_model_weights", "send_model_to_device")]
+
+
+# --- scripts/liandan.py, loaded the way A1111 loads extension scripts -----------------------------------
+
+
+@pytest.fixture
+def entry_script(a1111, count_job):
+    import importlib.util
+
+    modules = a1111()
+    spec = importlib.util.spec_from_file_location("liandan_entry", REPO / "scripts" / "liandan.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    yield script, modules
+    script.on_script_unloaded()
+
+
+def test_entry_script_registers_its_callbacks_and_settings(entry_script) -> None:
+    _, modules = entry_script
+    registered = {k: v for k, v in modules.script_callbacks.callbacks.items() if v}
+    assert set(registered) == {"ui_tabs", "ui_settings", "app_started", "script_unloaded"}
+    for callback in registered["ui_settings"]:
+        callback()
+    labels = modules.shared.opts.data_labels
+    assert labels["liandan_log_dir"].section == ("liandan", "Liandan")
+    assert modules.shared.opts.liandan_log_dir == "textual_inversion"
+    assert modules.shared.opts.liandan_unload_webui_model is True
+
+
+def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
+    script, _ = entry_script
+    ((blocks, title, elem_id),) = script.on_ui_tabs()
+    assert (title, elem_id) == ("Liandan", "liandan")
+    labels = [c["props"]["label"] for c in blocks.get_config_file()["components"] if c["type"] == "tabitem"]
+    assert labels[:3] == ["Textual Inversion", "Hypernetwork", "Preprocess & Caption"]
+
+
+def test_entry_script_rest_routes(entry_script, count_job) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    script, _ = entry_script
+    _, go_on = count_job
+    app = FastAPI()
+    script.on_app_started(None, app)  # --nowebui passes no Blocks
+    client = TestClient(app)
+    assert client.get("/liandan/v1/jobs").json() == {"jobs": []}
+
+    bad = client.post("/liandan/v1/jobs", json={"kind": "count_job", "stepz": 3})
+    assert bad.status_code == 422 and "unknown setting(s) for CountJob: stepz" in bad.json()["detail"]
+    assert client.post("/liandan/v1/jobs", json={"kind": "nope"}).status_code == 422
+
+    job_id = client.post("/liandan/v1/jobs", json={"kind": "count_job", "steps": 10}).json()["id"]
+    assert client.post("/liandan/v1/interrupt").json() == {"interrupted": True}
+    go_on.set()
+    status = script.runner().wait(job_id, timeout=10)
+    assert status.state == "interrupted"
+    assert client.get(f"/liandan/v1/jobs/{job_id}").json()["state"] == "interrupted"
+    assert client.get("/liandan/v1/jobs/other-1").status_code == 404
+
+
+def test_script_unloaded_stops_the_worker(entry_script) -> None:
+    script, _ = entry_script
+    job_runner_ = script.runner()
+    script.on_script_unloaded()
+    assert script._runner is None
+    assert job_runner_._worker is None or not job_runner_._worker.is_alive()

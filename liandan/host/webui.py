@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MIN_VERSION = (1, 7)  # preprocessing left the Train tab in 1.7.0; tested on 1.10.1 and dev (2026-03)
 LOG_DIR_OPTION = "liandan_log_dir"
+UNLOAD_OPTION = "liandan_unload_webui_model"
 
 # (module, attribute path) every call below relies on; checked once so a WebUI without them fails at start
 REQUIRED_API = (
@@ -179,13 +180,15 @@ class WebUIHost:
         `send_model_to_device` re-installs those hooks. (`reload_model_weights` would not do: for an
         unchanged checkpoint it returns at once and leaves the model on the CPU.)
         """
-        from modules import call_queue, devices, sd_models
+        from modules import call_queue, devices, sd_models, shared
 
         from liandan.models.loading import load_bundle
 
         ref = self.resolve_checkpoint(checkpoint)
         with call_queue.queue_lock:
             webui_model = sd_models.model_data.sd_model
+            if not getattr(shared.opts, UNLOAD_OPTION, True):  # the user has VRAM for both
+                webui_model = None
             if webui_model is not None:
                 sd_models.unload_model_weights(webui_model)
             devices.torch_gc()

@@ -66,8 +66,9 @@ class UIContext:
         return user + [name for name in shipped if name not in user]
 
 
-def render_status(status: JobStatus | None) -> str:
-    """HTML for the status box: a progress bar and one line of text (plus the error, if any)."""
+def render_status(status: JobStatus | None, checkpoints_dir: Path | None = None) -> str:
+    """HTML for the status box: a progress bar and one line of text (plus the error, if any). When the job
+    saved into `checkpoints_dir`, a marker tells javascript/liandan.js to refresh A1111's model dropdown."""
     if status is None:
         return '<div class="liandan-status"><p class="liandan-status-text">No job yet.</p></div>'
     percent = 100.0 * status.step / status.total if status.total else 0.0
@@ -89,6 +90,9 @@ def render_status(status: JobStatus | None) -> str:
     if status.outputs:
         names = ", ".join(html.escape(str(p)) for p in status.outputs[-3:])
         rows.append(f'<p class="liandan-outputs">Saved: {names}</p>')
+        if checkpoints_dir is not None and any(checkpoints_dir in p.parents for p in status.outputs):
+            key = html.escape(f"{status.id}-{len(status.outputs)}")
+            rows.append(f'<span class="liandan-refresh-checkpoints" data-key="{key}" hidden></span>')
     return f'<div class="liandan-status">{"".join(rows)}</div>'
 
 
@@ -149,7 +153,8 @@ def poll_values(ctx: UIContext) -> list[Any]:
     values: list[Any] = []
     for panel in ctx.panels:
         status = ctx.runner.status(kind=panel.kind)
-        values += [render_status(status), loss_points(status), preview_paths(status)]
+        html_status = render_status(status, ctx.host.folders.checkpoints)
+        values += [html_status, loss_points(status), preview_paths(status)]
     return values
 
 

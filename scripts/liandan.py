@@ -1,0 +1,101 @@
+"""A1111 entry point: the liandan tab, its settings, REST routes, and cleanup on UI reload.
+
+A1111 imports this file with the extension root on sys.path only during the import, so the `liandan`
+package is imported here at the top; its submodules stay importable later through the package's own path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules import script_callbacks, shared
+
+# every liandan module used later is imported now, while the extension root is on sys.path
+import liandan.host.webui
+import liandan.job_runner
+import liandan.jobs
+import liandan.ui.app
+import liandan.ui.components
+from liandan.errors import LiandanError
+
+SECTION = ("liandan", "Liandan")
+_runner: liandan.job_runner.JobRunner | None = None
+
+
+def runner() -> liandan.job_runner.JobRunner:
+    """The one job queue of this WebUI process, shared by the tab and the REST routes."""
+    global _runner
+    if _runner is None:
+        liandan.job_runner.load_methods()
+        _runner = liandan.job_runner.JobRunner(liandan.host.webui.WebUIHost())
+    return _runner
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    job_runner = runner()
+    ctx = liandan.ui.components.UIContext(host=job_runner.host, runner=job_runner, in_webui=True)
+    # A1111 injects style.css and javascript/liandan.js itself; the tab gets elem_id "tab_liandan"
+    return [(liandan.ui.app.build_ui(ctx), "Liandan", "liandan")]
+
+
+def on_ui_settings() -> None:
+    shared.opts.add_option(
+        liandan.host.webui.LOG_DIR_OPTION,
+        shared.OptionInfo(
+            "textual_inversion",
+            "Log directory of training jobs (relative to the WebUI data folder)",
+            section=SECTION,
+        ),
+    )
+    shared.opts.add_option(
+        liandan.host.webui.UNLOAD_OPTION,
+        shared.OptionInfo(
+            True,
+            "Move the WebUI's model to RAM while training (turn off only with VRAM to spare)",
+            section=SECTION,
+        ),
+    )
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """REST: GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id}, POST /liandan/v1/jobs (a job spec as JSON,
+    the same keys as a job file), POST /liandan/v1/interrupt."""
+    from fastapi import Body, HTTPException
+
+    @app.get("/liandan/v1/jobs")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [status.to_dict() for status in runner().jobs()]}
+
+    @app.get("/liandan/v1/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        status = runner().status(job_id)
+        if status is None:
+            raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
+        return status.to_dict()
+
+    @app.post("/liandan/v1/jobs")
+    def submit_job(spec: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008 - FastAPI's idiom
+        try:
+            job = liandan.jobs.job_from_dict(spec)
+        except LiandanError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        return {"id": runner().submit(job)}
+
+    @app.post("/liandan/v1/interrupt")
+    def interrupt() -> dict[str, bool]:
+        return {"interrupted": runner().interrupt()}
+
+
+def on_script_unloaded() -> None:
+    """A UI reload re-imports this file: stop our worker so no job outlives the runner that tracks it (we
+    patch nothing in A1111, so there is nothing else to undo)."""
+    global _runner
+    if _runner is not None:
+        _runner.close(timeout=30)
+        _runner = None
+
+
+script_callbacks.on_ui_tabs(on_ui_tabs)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_script_unloaded(on_script_unloaded)
