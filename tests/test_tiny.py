@@ -57,3 +57,40 @@ def test_tiny_families_have_the_documented_shapes():
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="sd3"):
         tiny_bundle("sd3")
+
+
+def test_write_tiny_models_is_deterministic_idempotent_and_loadable(tmp_path):
+    from liandan.models.loading import load_bundle
+    from liandan.models.tiny import write_tiny_models
+
+    checkpoints = tmp_path / "webui" / "models" / "Stable-diffusion"
+    paths = write_tiny_models(checkpoints)
+    assert sorted(p.name for p in paths.values()) == [
+        "liandan-tiny-sd1.safetensors",
+        "liandan-tiny-sdxl.safetensors",
+    ]
+    clip = tmp_path / "webui" / "models" / "liandan-tiny-clip"
+    assert (clip / "config.json").is_file() and (clip / "vocab.json").is_file()
+    assert "version: models/liandan-tiny-clip" in paths["sd1"].with_suffix(".yaml").read_text()
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths.values()}
+    assert write_tiny_models(checkpoints) == paths
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths.values()} == stamps
+
+    other = write_tiny_models(tmp_path / "elsewhere")  # the same tensors in another folder
+    assert _tensors(other["sd1"]) == _tensors(paths["sd1"])
+    paths["sdxl"].write_bytes(b"broken")
+    write_tiny_models(checkpoints)  # a damaged file is rewritten
+    assert _tensors(paths["sdxl"]) == _tensors(other["sdxl"])
+
+    sd1 = load_bundle(paths["sd1"])
+    assert sd1.info["clip_config"] == "models/liandan-tiny-clip"
+    assert torch.equal(sd1.unet.conv_in.weight, tiny_bundle("sd1").unet.conv_in.weight)
+    assert load_bundle(paths["sdxl"]).embedding_widths == [64, 128]
+
+
+def _tensors(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        # safetensors may order header keys differently run to run: compare contents
+        return {key: f.get_tensor(key).numpy().tobytes() for key in f.keys()}  # noqa: SIM118

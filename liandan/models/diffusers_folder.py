@@ -47,8 +47,9 @@ def load_diffusers_folder(
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable diffusers folder ({error})") from error
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    width = text_encoders[0].config.hidden_size
-    family: Family = "sdxl" if len(text_encoders) == 2 else ("sd2" if width == 1024 else "sd1")
+    # OpenCLIP (SD2) uses gelu where CLIP-L uses quick_gelu
+    open_clip = text_encoders[0].config.hidden_act == "gelu"
+    family: Family = "sdxl" if len(text_encoders) == 2 else ("sd2" if open_clip else "sd1")
     first_pad = OPEN_CLIP_PAD if family == "sd2" else CLIP_L_PAD
     tokenizers = [_tokenizer(path / "tokenizer", first_pad)]
     if family == "sdxl":
