@@ -38,14 +38,37 @@ def make_scheduler(bundle: ModelBundle, sampler: str):
 
     config = {**bundle.noise_scheduler.config, "prediction_type": bundle.prediction_type}
     if sampler == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
+        # "linspace": the starting noise is scaled by the first sigma, as in k-diffusion
+        return EulerAncestralDiscreteScheduler.from_config(config, timestep_spacing="linspace")
     if sampler == "euler":
-        return EulerDiscreteScheduler.from_config(config)
+        return EulerDiscreteScheduler.from_config(config, timestep_spacing="linspace")
     if sampler == "ddim":
         return DDIMScheduler.from_config(config, set_alpha_to_one=False)
     if sampler == "dpmpp_2m":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
     raise ConfigError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+
+
+def a1111_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas + a final 0, timesteps) of k-diffusion's default schedule, which A1111 uses for Euler and
+    Euler a: `steps` times evenly spaced from the last training step to 0, each given the sigma found by
+    interpolating log-sigma between the neighbouring training steps."""
+    import torch
+
+    alphas = alphas_cumprod.double()
+    log_sigmas = (((1 - alphas) / alphas) ** 0.5).log().float()  # A1111 holds them in float32
+    timesteps = torch.linspace(len(log_sigmas) - 1, 0, steps)
+    low, high, frac = timesteps.floor().long(), timesteps.ceil().long(), timesteps.frac()
+    sigmas = ((1 - frac) * log_sigmas[low] + frac * log_sigmas[high]).exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps
+
+
+def _set_timesteps(scheduler, sampler: str, steps: int, device: torch.device) -> None:
+    scheduler.set_timesteps(steps, device=device)
+    if sampler in ("euler", "euler_a"):
+        # diffusers' Euler schedulers step over the `sigmas`/`timesteps` they hold: give them A1111's
+        sigmas, timesteps = a1111_sigmas(scheduler.alphas_cumprod, steps)
+        scheduler.sigmas, scheduler.timesteps = sigmas, timesteps.to(device)
 
 
 @contextmanager
@@ -148,7 +171,7 @@ def generate_batch(
 
     unet = bundle.unet
     scheduler = make_scheduler(bundle, sampler)
-    scheduler.set_timesteps(steps, device=unet.device)
+    _set_timesteps(scheduler, sampler, steps, unet.device)
     guided = cfg_scale != 1.0
     with inference(unet, *bundle.text_encoders):
         texts = [*prompts, *negative_prompts] if guided else list(prompts)
