@@ -90,7 +90,9 @@ def make_blip_folder(folder: Path, seed: int = 0) -> Path:
     vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37,
               "image_size": 32, "patch_size": 8}  # fmt: skip
     torch.manual_seed(seed)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32))
+    model = BlipForConditionalGeneration(
+        BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

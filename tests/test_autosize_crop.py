@@ -13,7 +13,9 @@ def test_aspect_error_is_zero_for_matching_aspects() -> None:
 def test_maximize_area_and_minimize_error_choose_differently() -> None:
     settings = AutosizeSettings(min_dim=384, max_dim=768, max_area=640 * 640, error_threshold=0.2)
     by_area = choose_size((1000, 700), settings)
-    by_error = choose_size((1000, 700), AutosizeSettings(**{**settings.__dict__, "objective": "minimize_error"}))
+    by_error = choose_size(
+        (1000, 700), AutosizeSettings(**{**settings.__dict__, "objective": "minimize_error"})
+    )
     assert by_area is not None and by_error is not None
     assert by_area[0] * by_area[1] >= by_error[0] * by_error[1]
     assert aspect_error((1000, 700), *by_error) <= aspect_error((1000, 700), *by_area)

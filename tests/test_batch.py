@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from preprocess_models import make_deepbooru_file, make_wd14_folder
 
 from liandan.errors import ConfigError, DatasetError
 from liandan.preprocess.batch import SUMMARY_FILE, run_preprocess
 from liandan.preprocess.job import PreprocessJob
 from liandan.progress import Control, Reporter
-from preprocess_models import make_deepbooru_file, make_wd14_folder
 
 TAGS = ["long_hair", "hat", "smile"]
 
@@ -57,7 +57,7 @@ def test_resize_flip_caption_recursive_without_touching_the_source(source, model
         assert (out / f"{stem}.txt").read_text(encoding="utf-8") == expected
     recorded = json.loads((out / SUMMARY_FILE).read_text())
     assert recorded["origins"][str(out / "b-flip-h.png")] == str(source / "b.jpg")
-    assert [e.kind for e in events][0] == "start" and events[-1].kind == "done"
+    assert events[0].kind == "start" and events[-1].kind == "done"
     assert "3 processed" in events[-1].message
 
 
@@ -79,7 +79,7 @@ def test_in_place_captions_write_only_txt_files(source, models) -> None:
     assert changed == {"a photo, (1).txt"}  # b.txt kept, sub/ not recursed
     assert (source / "a photo, (1).txt").read_text() == "long hair, smile"
     assert all(p.suffix == ".txt" for p in summary.written)
-    with pytest.raises(ConfigError, match="only write .txt"):
+    with pytest.raises(ConfigError, match=r"only write \.txt"):
         run_preprocess(job.replace(resize_mode="crop"), models)
 
 
@@ -99,7 +99,9 @@ def test_joined_captioners_split_and_autosize(source, models, tmp_path) -> None:
     summary = run_preprocess(job, models)
     tiles = sorted((tmp_path / "o").glob("tall-split-*.png"))
     assert len(tiles) >= 3
-    assert (tmp_path / "o" / "tall-split-01.txt").read_text().startswith("long hair, smile, hatsune miku, 1girl")
+    assert (
+        (tmp_path / "o" / "tall-split-01.txt").read_text().startswith("long hair, smile, hatsune miku, 1girl")
+    )
     auto = job.replace(destination=tmp_path / "auto", split_oversized=False, crop="autosize", captioners=(),
                        autosize_error_threshold=0.0)  # fmt: skip
     summary = run_preprocess(auto, models)
@@ -112,7 +114,9 @@ def test_joined_captioners_split_and_autosize(source, models, tmp_path) -> None:
 def test_interrupt_stops_between_images(source, models, tmp_path) -> None:
     control = Control()
     control.interrupt()
-    summary = run_preprocess(PreprocessJob(source=source, destination=tmp_path / "o"), models, control=control)
+    summary = run_preprocess(
+        PreprocessJob(source=source, destination=tmp_path / "o"), models, control=control
+    )
     assert summary.interrupted and summary.processed == 0
 
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from preprocess_models import make_blip_folder
 
 from liandan.errors import CheckpointError
 from liandan.preprocess.blip import BlipCaptioner, BlipOptions
-from preprocess_models import make_blip_folder
 
 
 @pytest.fixture(scope="module")

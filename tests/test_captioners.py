@@ -3,11 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from preprocess_models import make_deepbooru_file, make_wd14_folder
 
 from liandan.errors import CheckpointError
 from liandan.preprocess.captioners import build_captioners, pick_device, tag_format
 from liandan.preprocess.job import PreprocessJob
-from preprocess_models import make_deepbooru_file, make_wd14_folder
 
 
 def test_builds_in_the_job_order_with_the_job_options(tmp_path) -> None:

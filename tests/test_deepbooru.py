@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from preprocess_models import make_deepbooru_file
 
 from liandan.errors import CheckpointError
 from liandan.preprocess.deepbooru import REAL_TAG_COUNT, DeepbooruCaptioner, DeepDanbooruModel, load_deepbooru
 from liandan.preprocess.tag_format import TagFormat
-from preprocess_models import make_deepbooru_file
 
 TAGS = ["long_hair", "hat", "red_(eyes)", "smile", "rating:safe", "sky"]
 
@@ -54,7 +54,7 @@ def test_batched_scores_equal_single_image_scores(tmp_path) -> None:
 
 def test_bad_files_are_typed_errors(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
         load_deepbooru(tmp_path / "junk.pt")
     torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="layout"):

@@ -14,7 +14,7 @@ from liandan.preprocess.tag_format import TagFormat
 
 
 def test_not_a_project_or_extra_missing(tmp_path, monkeypatch) -> None:
-    with pytest.raises(ConfigError, match="project.json"):
+    with pytest.raises(ConfigError, match=r"project\.json"):
         DeepDanbooruProjectCaptioner(tmp_path, TagFormat())
     (tmp_path / "project.json").write_text("{}")
     monkeypatch.setattr(deepdanbooru_project, "extra_available", lambda: False)

@@ -198,6 +198,7 @@ def _webui_pins(fixtures_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.webui_env
 @pytest.mark.skipif(not LOCAL_CPU_TORCH, reason="needs the local torch 2.13.0 CPU wheel in /opt/wheels")
 def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from preprocess_models import make_deepbooru_file
 
 from liandan.preprocess.batch import run_preprocess
 from liandan.preprocess.job import PreprocessJob
-from preprocess_models import make_deepbooru_file
 
 EXPECTED_SKIPS = {
     "truncated.png": "truncated or corrupt",

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from preprocess_models import make_wd14_folder
 
 from liandan.errors import CheckpointError
 from liandan.preprocess.wd14 import Wd14Captioner, Wd14Options, read_tags_csv
-from preprocess_models import make_wd14_folder
 
 
 @pytest.fixture(scope="module")

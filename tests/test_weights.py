@@ -34,7 +34,9 @@ def test_offline_or_failed_download_says_where_to_put_the_file(tmp_path, monkeyp
         ensure_weights(weight, tmp_path)
     assert str(tmp_path / "torch_deepdanbooru") in str(e.value) and "w.bin" in str(e.value)
     monkeypatch.setenv("LIANDAN_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"model-resnet_custom_v3\.pt was not found \(downloads are off\)"):
+    with pytest.raises(
+        CheckpointError, match=r"model-resnet_custom_v3\.pt was not found \(downloads are off\)"
+    ):
         ensure_weights(DEEPBOORU, tmp_path)
     assert not (tmp_path / "torch_deepdanbooru" / DEEPBOORU.name).exists()
 

@@ -1,13 +1,13 @@
 """`python -m liandan preprocess SOURCE DEST [options]`: every PreprocessJob field is an option.
 
-liandan/cli.py calls `add_parser(subparsers)`; the sub-command sets `func` to `run_command(args) -> int`.
+liandan/cli.py calls `add_parser(subparsers)`; the sub-command sets `run` to `run_command(args) -> int`
+(a LiandanError propagates: the CLI prints its message).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from pathlib import Path
@@ -31,7 +31,7 @@ def _option_for(parser: argparse.ArgumentParser, name: str, hint: Any, default: 
         parser.add_argument(flag, choices=get_args(hint), default=default)
     elif origin is tuple:
         choices = get_args(get_args(hint)[0])
-        parser.add_argument(flag, nargs="*", choices=choices or None, default=list(default), metavar="NAME")
+        parser.add_argument(flag, nargs="*", choices=choices or None, default=default, metavar="NAME")
     else:
         kind = hint if hint in (int, float, str, Path) else str
         parser.add_argument(flag, type=kind, default=default)
@@ -47,14 +47,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("source", type=Path, help="folder of pictures (only read)")
     parser.add_argument("destination", type=Path, help="output folder, outside the source")
-    parser.add_argument("--job", type=Path, help="a .toml/.json preprocess job; options given here override it")
-    parser.add_argument("--data-dir", type=Path, help="A1111-like data folder (its models/ holds the weights)")
+    parser.add_argument(
+        "--job", type=Path, help="a .toml/.json preprocess job; options given here override it"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="A1111-like data folder (its models/ holds the weights)"
+    )
     parser.add_argument("--models-dir", type=Path, help="A1111's models/ folder (default: <data dir>/models)")
     hints = typing.get_type_hints(PreprocessJob)
     for f in dataclasses.fields(PreprocessJob):
         if f.name not in _POSITIONAL and f.name not in _NOT_OPTIONS:
             _option_for(parser, f.name, hints[f.name], argparse.SUPPRESS)
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(run=run_command)
     return parser
 
 
@@ -83,10 +87,6 @@ def models_dir_from_args(args: argparse.Namespace) -> Path:
 def run_command(args: argparse.Namespace) -> int:
     from liandan.preprocess.batch import run_preprocess
 
-    try:
-        summary = run_preprocess(job_from_args(args), models_dir_from_args(args))
-    except LiandanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = run_preprocess(job_from_args(args), models_dir_from_args(args))
     print(summary.text())
     return 0
