@@ -33,7 +33,7 @@ def test_golden_files_load_with_identical_tensors_and_structure(fixtures_dir: Pa
     assert net.sizes == TINY_WIDTHS
     assert net.name == stem
     for width in TINY_WIDTHS:
-        for module, state in zip(net.kv_modules(width), raw[width]):
+        for module, state in zip(net.pair(width), raw[width]):
             ours = module.state_dict()
             assert list(ours) == list(state)
             for key, tensor in state.items():
@@ -84,7 +84,7 @@ def test_loaded_modules_compute_what_the_weights_say(fixtures_dir: Path) -> None
     x = torch.randn(1, 4, 32)
     hidden = x @ raw["linear.0.weight"].T + raw["linear.0.bias"]
     expected = x + (hidden @ raw["linear.1.weight"].T + raw["linear.1.bias"])
-    _k, v = net.kv_modules(32)
+    _k, v = net.pair(32)
     assert torch.allclose(v(x), expected, atol=1e-6)
 
 
@@ -102,7 +102,7 @@ def test_legacy_keys_and_defaults(tmp_path: Path) -> None:
     assert net.name == "old_style"  # no name in the file: the stem
     assert net.layer_structure == [1, 2, 1] and net.activation is None
     assert net.activate_output  # A1111's default for old files
-    assert torch.equal(net.kv_modules(8)[0].linear[1].weight, k["linear2.weight"])
+    assert torch.equal(net.pair(8)[0].linear[1].weight, k["linear2.weight"])
 
 
 def test_mismatched_weights_give_format_error(tmp_path: Path) -> None:

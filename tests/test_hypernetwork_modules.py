@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -79,7 +81,7 @@ def test_normal_init_and_layernorm_init() -> None:
 def test_forward_strength_applies_only_in_eval() -> None:
     torch.manual_seed(0)
     net = Hypernetwork("h", [16], [1, 2, 1], "relu", "XavierNormal")
-    k, _v = net.kv_modules(16)
+    k, _v = net.pair(16)
     x = torch.randn(2, 5, 16)
     delta = k.linear(x)
     net.strength = 0.5
@@ -93,8 +95,8 @@ def test_forward_strength_applies_only_in_eval() -> None:
 def test_hypernetwork_kv_lookup() -> None:
     net = Hypernetwork("h", [8, 16], [1, 2, 1])
     assert net.sizes == [8, 16]
-    assert net.kv_modules(32) is None
-    k, v = net.kv_modules(8)
+    assert net.pair(32) is None
+    k, v = net.pair(8)
     assert k is not v
     context = torch.randn(1, 3, 32)
     k_in, v_in = net(context)
@@ -157,7 +159,6 @@ def test_default_sizes() -> None:
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_default_sizes_are_the_attention_widths_of_the_real_configs(family: str) -> None:
     import json
-    from pathlib import Path
 
     import liandan.models
 
@@ -169,3 +170,47 @@ def test_default_sizes_are_the_attention_widths_of_the_real_configs(family: str)
         if kind.startswith("CrossAttn")
     }
     assert set(default_sizes(family)) == attention_channels | {unet["cross_attention_dim"]}  # type: ignore[arg-type]
+
+
+def test_kv_modules_follow_the_attention_hook_contract() -> None:
+    """The hook computes x + f(x) * strength from kv_modules: that must equal A1111's module output."""
+    from liandan.models.attention_hooks import KVTransform
+
+    torch.manual_seed(0)
+    net = Hypernetwork("h", [16], [1, 2, 1], "relu", "XavierNormal")
+    assert isinstance(net, KVTransform)
+    net.strength = 0.7
+    k_fn, v_fn = net.kv_modules(16)
+    k_module, v_module = net.pair(16)
+    x = torch.randn(2, 5, 16)
+    assert torch.allclose(x + k_fn(x) * net.strength, k_module(x))
+    assert torch.allclose(x + v_fn(x) * net.strength, v_module(x))
+    assert net.kv_modules(17) is None
+    net.train()
+    assert net.strength == 1.0  # A1111 trains at full strength
+    net.eval()
+    assert net.strength == 0.7
+
+
+@pytest.mark.slow
+def test_golden_hypernetwork_changes_the_tiny_unet_through_the_hooks(fixtures_dir: Path) -> None:
+    from liandan.formats.hypernetwork import load_hypernetwork
+    from liandan.models.attention_hooks import install_kv_transforms
+    from liandan.models.tiny import tiny_bundle
+
+    unet = tiny_bundle("sd1").unet.eval()
+    net = load_hypernetwork(fixtures_dir / "hypernetworks" / "goldhn_b.pt")
+    net.pair(32)[0].linear[0].weight.data *= 100  # goldhn_b is untrained (N(0, 0.01)): make it visible
+    torch.manual_seed(0)
+    latents, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        plain = unet(latents, 10, encoder_hidden_states=context).sample
+        handle = install_kv_transforms(unet, [net])
+        assert handle.layer_paths  # the 32/64/128 attention layers got the modules
+        net.strength = 0.0
+        zero = unet(latents, 10, encoder_hidden_states=context).sample
+        net.strength = 1.0
+        full = unet(latents, 10, encoder_hidden_states=context).sample
+        handle.remove()
+    assert torch.allclose(zero, plain, atol=1e-6)
+    assert (full - plain).abs().max() > 1e-4

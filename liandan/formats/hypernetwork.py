@@ -33,7 +33,7 @@ def hypernetwork_to_dict(hypernetwork: Hypernetwork) -> dict[Any, Any]:
     """The dict A1111's `Hypernetwork.save` writes, with plain float32 CPU tensors."""
     data: dict[Any, Any] = {}
     for width in hypernetwork.sizes:
-        k_module, v_module = hypernetwork.kv_modules(width)  # type: ignore[misc]
+        k_module, v_module = hypernetwork.pair(width)  # type: ignore[misc]
         data[width] = (_plain_state_dict(k_module), _plain_state_dict(v_module))
     data.update(
         {
@@ -121,7 +121,7 @@ def _load_pair(path: Path, hypernetwork: Hypernetwork, width: int, states: Any) 
         isinstance(states, tuple | list) and len(states) == 2 and all(isinstance(s, Mapping) for s in states)
     ):
         raise FormatError(f"{path}: width {width} should hold a (k, v) pair of state dicts")
-    for module, state in zip(hypernetwork.kv_modules(width), states):  # type: ignore[arg-type]
+    for module, state in zip(hypernetwork.pair(width), states):  # type: ignore[arg-type]
         renamed = {_LEGACY_KEYS.get(key, key): value for key, value in state.items()}
         try:
             module.load_state_dict(renamed)

@@ -193,8 +193,8 @@ class HypernetworkModule(nn.Module):
 class Hypernetwork(nn.Module):
     """K/V module pairs keyed by width, plus the metadata A1111 keeps in the file.
 
-    Attention hooks call `kv_modules(width)` with the width of an attention layer's K/V input and apply the
-    pair; `strength` (the `<hypernet:name:strength>` multiplier) is applied by the modules in eval mode.
+    Attention hooks (liandan.models.attention_hooks) call `kv_modules(width)` with the width of an attention
+    layer's K/V input and add `f(x) * strength`; `strength` is the `<hypernet:name:strength>` multiplier.
     `layer_structure` and `dropout_structure` keep the values as read from a file so they write back the same.
     """
 
@@ -252,7 +252,8 @@ class Hypernetwork(nn.Module):
 
     @property
     def strength(self) -> float:
-        return self._strength
+        """The multiplier the attention hooks apply; 1 while training, as A1111 trains at full strength."""
+        return 1.0 if self.training else self._strength
 
     @strength.setter
     def strength(self, value: float) -> None:
@@ -261,15 +262,22 @@ class Hypernetwork(nn.Module):
             if isinstance(module, HypernetworkModule):
                 module.multiplier = self._strength
 
-    def kv_modules(self, width: int) -> tuple[HypernetworkModule, HypernetworkModule] | None:
+    def pair(self, width: int) -> tuple[HypernetworkModule, HypernetworkModule] | None:
+        """The (k, v) residual modules of one width, or None."""
         if str(width) not in self.pairs:
             return None
-        pair = self.pairs[str(width)]
-        return pair[0], pair[1]
+        k_module, v_module = self.pairs[str(width)]
+        return k_module, v_module
+
+    def kv_modules(self, width: int) -> tuple[nn.Module, nn.Module] | None:
+        """The KVTransform interface of liandan.models.attention_hooks: the (k, v) MLPs `f`, without the
+        residual; the hook computes `x + f(x) * strength`."""
+        pair = self.pair(width)
+        return (pair[0].linear, pair[1].linear) if pair is not None else None
 
     def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_input, v_input) for an attention input; unchanged when there is no module of its width."""
-        pair = self.kv_modules(context.shape[-1])
+        pair = self.pair(context.shape[-1])
         if pair is None:
             return context, context
         return pair[0](context), pair[1](context)
