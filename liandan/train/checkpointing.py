@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
@@ -145,7 +146,7 @@ def load_state(folder: Path) -> LoadedState:
         trainable = load_file(str(folder / "trainable.safetensors"))
         optimizer_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(
             f"training state in {folder} cannot be read ({e}); delete that folder to start over, "
             "or set resume = false"
