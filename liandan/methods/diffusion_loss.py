@@ -1,0 +1,52 @@
+"""The denoising loss every Stable Diffusion method shares: noise the latents at a random timestep, predict
+with the UNet, compare with the target the model was trained for (epsilon or v)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from liandan.models.bundle import ModelBundle
+
+
+def diffusion_loss(
+    bundle: ModelBundle,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    loss_weight: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean loss over the batch. `loss_weight` ([B,1,h,w], e.g. from PNG alpha) weights each latent pixel,
+    normalised per sample so a mostly transparent image does not simply get a smaller loss."""
+    scheduler = bundle.noise_scheduler
+    unet = bundle.unet
+    dtype = next(unet.parameters()).dtype
+    latents = latents.to(device=unet.device, dtype=torch.float32)
+    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents.device)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
+    ).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if bundle.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+
+    kwargs: dict[str, Any] = {}
+    if added_cond_kwargs is not None:
+        kwargs["added_cond_kwargs"] = {k: v.to(unet.device, dtype) for k, v in added_cond_kwargs.items()}
+    prediction = unet(noisy.to(dtype), timesteps, context.to(unet.device, dtype), **kwargs).sample
+
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if loss_weight is None:
+        return error.mean()
+    weight = loss_weight.to(error.device, error.dtype)
+    per_sample = (error * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * error.shape[1]).clamp_min(
+        1e-8
+    )
+    return per_sample.mean()

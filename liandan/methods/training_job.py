@@ -1,0 +1,167 @@
+"""Running a training job, the same way for every method: resolve the model through the host, build and
+cache the dataset, hand the method to the one loop, record provenance, make the result usable at once.
+
+A method module supplies only `make_method(context) -> TrainingMethod`; this file owns the order of things.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from liandan.errors import DatasetError
+
+if TYPE_CHECKING:
+    from liandan.data.dataset import TrainingDataset
+    from liandan.host.base import ArtifactKind, CheckpointRef, Host
+    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
+    from liandan.models.bundle import ModelBundle
+    from liandan.progress import Control, Reporter
+    from liandan.train.loop import TrainResult
+    from liandan.train.method import TrainingMethod
+
+
+@dataclass
+class MethodContext:
+    """What a method is built from: the job, the model it trains on, its dataset and folders."""
+
+    job: JobSpec
+    host: Host
+    checkpoint: CheckpointRef
+    bundle: ModelBundle
+    dataset: TrainingDataset
+    run_dir: Path
+    device: torch.device
+
+
+def training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def find_run_dir(log_root: Path, name: str, resume: bool, today: dt.date | None = None) -> Path:
+    """A1111's `<log dir>/<YYYY-MM-DD>/<name>/`. A resumable run keeps the folder it started in, even on a
+    later day, so its saved state is found again."""
+    if resume:
+        earlier = sorted(log_root.glob(f"*/{name}/state"), key=lambda p: p.stat().st_mtime)
+        if earlier:
+            return earlier[-1].parent
+    return log_root / (today or dt.date.today()).isoformat() / name
+
+
+def build_dataset(
+    data: DataSpec, train: TrainSpec, *, name: str, bundle: ModelBundle, host: Host, model_id: str | None
+) -> TrainingDataset:
+    from liandan.data.dataset import TrainingDataset
+
+    return TrainingDataset(
+        data,
+        name=name,
+        vae=bundle.vae,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        cache_dir=host.folders.logs / ".latent_cache",
+        model_id=model_id,
+        templates_dir=host.folders.templates,
+    )
+
+
+def preview_prompt_and_seed(preview: PreviewSpec, dataset: TrainingDataset) -> tuple[str, int]:
+    """An empty preview prompt uses the template filled with the first image's caption, as A1111 does."""
+    prompt = preview.prompt or dataset.prompt(0, 0)
+    seed = preview.seed if preview.seed >= 0 else random.randrange(2**31)
+    return prompt, seed
+
+
+def run_training_job(
+    job: JobSpec,
+    host: Host,
+    reporter: Reporter,
+    control: Control,
+    *,
+    name: str,
+    artifact_kind: ArtifactKind,
+    loss_csv_name: str,
+    make_method: Callable[[MethodContext], TrainingMethod],
+    progress_bar: bool = False,
+) -> TrainResult:
+    """The whole job. The job spec must carry `train`, `data` and `preview` sections."""
+    from liandan.models.loading import bundle_short_hash
+    from liandan.progress import ProgressEvent
+    from liandan.provenance import provenance, write_provenance
+    from liandan.train.loop import train
+
+    train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
+    data_spec: DataSpec = job.data  # type: ignore[attr-defined]
+    preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
+    if not data_spec.folder.is_dir():
+        raise DatasetError(f"dataset folder {data_spec.folder} does not exist or is not a folder")
+
+    checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
+    run_dir = find_run_dir(job.log_dir or host.folders.logs, name, train_spec.resume)
+    reporter(
+        ProgressEvent("start", job=name, total=train_spec.max_steps, message=f"loading {checkpoint.title}")
+    )
+    device = training_device()
+    with host.model_for_training(checkpoint.path) as bundle:
+        short_hash = bundle_short_hash(bundle) or checkpoint.short_hash
+        dataset = build_dataset(
+            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=short_hash
+        )
+        if dataset.skipped:
+            reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
+        bundle.vae.to(device)
+        reporter(
+            ProgressEvent("message", job=name, message=f"caching latents of {len(dataset.images)} images")
+        )
+        dataset.cache_latents(should_stop=lambda: control.interrupted)
+        if train_spec.move_unused_to_cpu and not dataset.needs_vae:
+            bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
+        context = MethodContext(job, host, checkpoint, bundle, dataset, run_dir, device)
+        method = make_method(context)
+        prompt, seed = preview_prompt_and_seed(preview, dataset)
+        result = train(
+            method,
+            dataset,
+            train_spec,
+            run_dir=run_dir,
+            reporter=reporter,
+            control=control,
+            batch_plan=dataset.batch_plan,
+            loss_csv_name=loss_csv_name,
+            preview_prompt=prompt if preview.self_test or train_spec.preview_every else None,
+            preview_seed=seed,
+            self_test=preview.self_test,
+            progress_bar=progress_bar,
+        )
+    finals = [a for a in result.artifacts if a.info.get("final")]
+    model_info = {"title": checkpoint.title, "short_hash": short_hash, "family": bundle.family}
+    for artifact in finals[-1:]:
+        record = provenance(
+            job,
+            dataset_files=[image.record.path for image in dataset.images],
+            seed=train_spec.seed,
+            model=model_info,
+            extra={
+                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss}
+            },
+        )
+        write_provenance(artifact.paths[0], record)
+    host.refresh(artifact_kind)
+    paths = tuple(p for a in finals for p in a.paths)
+    reporter(
+        ProgressEvent(
+            "done",
+            job=name,
+            step=result.step,
+            total=train_spec.max_steps,
+            message=result.message,
+            paths=paths,
+        )
+    )
+    return result
