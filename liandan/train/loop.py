@@ -279,7 +279,10 @@ def train(
 ) -> TrainResult:
     """Train `method` on `dataset` as `spec` says; results and state go under `run_dir`.
 
-    `preview_prompt` None turns previews and the self-test off. Raises TrainingStopped (NaN guard) and the
+    The method's modules must already sit on `accelerator.device` (batches are moved there); under several
+    processes every rank starts from rank 0's weights and gradients are averaged by the loop (methods call
+    their own modules, so DDP wrappers are not used). `preview_prompt` None turns previews and the
+    self-test off. Raises TrainingStopped (NaN guard) and the
     typed errors of bad settings; an "error" event is emitted before any exception leaves.
     """
     from accelerate.utils import set_seed
@@ -334,8 +337,13 @@ def _train_loop(
     start_step, accum = pos.step, spec.gradient_accumulation
     per_step = accum * accelerator.num_processes
     rank_offset = accelerator.process_index * accum
+    accelerator.step = 0  # accelerate's micro-step counter: a reused Accelerator may hold an old count
+    modules = method.trainable_modules()
+    sync_target = modules[0] if modules else torch.nn.Identity()  # accelerate wants a module to no_sync on
     if rate_at(pos.step) is None:
-        return TrainResult(pos.step, start_step, "already_done", f"already trained to step {pos.step}")
+        message = f"nothing to do: already trained to step {pos.step}"
+        run.emit("done", message=message)
+        return TrainResult(pos.step, start_step, "already_done", message)
     run.remember_good_state()
     run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
     bar = ProgressBar(run.progress_bar and run.is_main, pos.step, spec.max_steps, method.name)
@@ -359,7 +367,7 @@ def _train_loop(
             first = pos.batch_index + rank_offset
             for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
                 batch = _to_device(dataset.collate([dataset[i] for i in indices]), accelerator.device)
-                with accelerator.accumulate(method.trainable_modules()[0]):
+                with accelerator.accumulate(sync_target):
                     with accelerator.autocast():
                         loss = method.loss(batch)
                     accelerator.backward(loss)
