@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from liandan.methods.diffusion_loss import diffusion_loss
+from liandan.models.tiny import tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return tiny_bundle("sd1")
+
+
+def _inputs(bundle, batch=2):
+    torch.manual_seed(0)
+    latents = torch.randn(batch, 4, 8, 8)
+    context = torch.randn(batch, 77, bundle.unet.config.cross_attention_dim, requires_grad=True)
+    return latents, context
+
+
+def test_same_generator_gives_the_same_loss_and_gradient_reaches_the_context(sd1) -> None:
+    latents, context = _inputs(sd1)
+    a = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1))
+    b = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.item() > 0
+    a.backward()
+    assert context.grad is not None and context.grad.abs().sum() > 0
+
+
+def test_v_prediction_uses_another_target(sd1) -> None:
+    latents, context = _inputs(sd1)
+    epsilon = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1))
+    sd1.prediction_type = "v_prediction"
+    try:
+        v = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1))
+    finally:
+        sd1.prediction_type = "epsilon"
+    assert not torch.allclose(epsilon, v)
+
+
+def test_uniform_loss_weight_equals_no_weight_and_zero_weight_masks(sd1) -> None:
+    latents, context = _inputs(sd1)
+    plain = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(2))
+    ones = torch.ones(2, 1, 8, 8)
+    weighted = diffusion_loss(
+        sd1, latents, context, loss_weight=ones, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.allclose(plain, weighted, rtol=1e-5)
+    # a half-transparent image: only the visible half counts, normalised, so the loss stays comparable
+    half = torch.zeros(2, 1, 8, 8)
+    half[..., :4] = 1
+    masked = diffusion_loss(
+        sd1, latents, context, loss_weight=half, generator=torch.Generator().manual_seed(2)
+    )
+    assert not torch.allclose(masked, plain) and 0.2 * plain < masked < 5 * plain
