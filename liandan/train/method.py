@@ -45,7 +45,9 @@ class TrainingMethod(Protocol):
         ...
 
     def trainable_modules(self) -> list[torch.nn.Module]:
-        """Modules holding trainable weights, handed to `accelerator.prepare` (DDP wraps these)."""
+        """Modules holding trainable weights. The loop switches them to train mode and, on several
+        processes, starts every rank from rank 0's weights and averages gradients itself (no DDP wrapper:
+        `loss` calls the method's own modules, which a wrapper would bypass)."""
         ...
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
