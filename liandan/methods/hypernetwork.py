@@ -1,0 +1,357 @@
+"""Hypernetworks: create one with A1111's options, and train it through the one loop.
+
+Trainable: the hypernetwork's K/V modules only; the UNet, text encoders and VAE are frozen in eval mode. The
+hypernetwork is installed on the UNet's attention layers (`install_kv_transforms`) for the job and removed
+afterwards. Conditioning is computed without gradient and cached per prompt string, as A1111 precomputes
+conds. Saves: the final file in `models/hypernetworks/<name>.pt`, step copies in `<run>/hypernetworks/`,
+each with A1111's `.optim` sidecar (optimizer name + state).
+
+Decisions where A1111 leaves room:
+- `sizes` empty: the attention widths the model really has. For real checkpoints that is exactly
+  `default_sizes(family)` (SD1 768, 320, 640, 1280; SD2 1024, 320, 640, 1280 - 768 never occurs in SD2;
+  SDXL 2048, 640, 1280); for the tiny test models it is their own small widths.
+- `dropout_structure` empty: no dropout when `use_dropout` is off (A1111's create writes zeros), otherwise
+  A1111's legacy default for the layer structure (`[0, 0.3, ..., 0.3 if last_layer_dropout else 0, 0]`).
+  A non-empty structure is used as written; `last_layer_dropout` then only describes it.
+- Sizes the model has none of are refused when creating; an existing file whose widths the model lacks
+  (another family) is refused for training with a FormatError (A1111 would silently skip those modules).
+- An existing `<name>.pt` is trained further (its step counts on) unless `overwrite`; a resumable run of the
+  job (its full-state checkpoint) always wins over `overwrite`: set `train.resume = false` to start over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from liandan.errors import ConfigError
+from liandan.formats.hypernetwork import (
+    load_hypernetwork,
+    save_hypernetwork,
+    save_hypernetwork_optimizer,
+)
+from liandan.job_runner import register_runner
+from liandan.jobs import HypernetworkJob
+from liandan.models.hypernetwork_modules import (
+    Hypernetwork,
+    check_activation,
+    check_sizes,
+    parse_dropout_structure,
+    parse_layer_structure,
+)
+from liandan.train.method import ParamGroup, SavedArtifact
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from liandan.host.base import Host
+    from liandan.methods.training_job import MethodContext
+    from liandan.models.bundle import ModelBundle
+    from liandan.progress import Control, Reporter
+    from liandan.train.loop import TrainResult
+
+LOSS_CSV = "hypernetwork_loss.csv"
+MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
+
+
+def model_attention_widths(bundle: ModelBundle) -> list[int]:
+    """The K/V input widths of the UNet's attention layers: what hypernetwork `sizes` can name."""
+    from liandan.models.attention_hooks import attention_layers, kv_input_width
+
+    return sorted({kv_input_width(attn) for attn in attention_layers(bundle.unet).values()})
+
+
+def check_options(job: HypernetworkJob) -> None:
+    """Everything about the new hypernetwork that can be checked without the model (fast, before loading)."""
+    if not job.name.strip():
+        raise ConfigError("a hypernetwork needs a name")
+    if any(c in job.name for c in '/\\:*?"<>|'):
+        raise ConfigError(f"hypernetwork name {job.name!r} contains a character not allowed in file names")
+    layers = parse_layer_structure(job.layer_structure)
+    check_activation(job.activation)
+    parse_dropout_structure(job.dropout_structure, layers, job.use_dropout, job.last_layer_dropout)
+
+
+def build_hypernetwork(job: HypernetworkJob, model_widths: Sequence[int]) -> Hypernetwork:
+    """A fresh hypernetwork with the job's options, for a model whose attention widths are `model_widths`."""
+    check_options(job)
+    layers = parse_layer_structure(job.layer_structure)
+    sizes = list(job.sizes) or list(model_widths)
+    check_sizes(sizes, model_widths)
+    dropout = parse_dropout_structure(job.dropout_structure, layers, job.use_dropout, job.last_layer_dropout)
+    return Hypernetwork(
+        name=job.name,
+        sizes=sizes,
+        layer_structure=layers,
+        activation=job.activation,
+        weight_init=job.weight_init,
+        add_layer_norm=job.layer_norm,
+        activate_output=job.activate_output,
+        use_dropout=job.use_dropout,
+        dropout_structure=dropout,
+    )
+
+
+def create_hypernetwork(host: Host, job: HypernetworkJob) -> Path:
+    """A1111's "Create hypernetwork": write `<hypernetworks>/<name>.pt` at step 0 for the job's model.
+
+    Refuses to replace an existing file unless `job.overwrite`."""
+    check_options(job)
+    path = host.folders.hypernetworks / f"{job.name}.pt"
+    if path.exists() and not job.overwrite:
+        raise ConfigError(f"hypernetwork {path} already exists; tick overwrite to replace it")
+    checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
+    with host.model_for_training(checkpoint.path) as bundle:
+        hypernetwork = build_hypernetwork(job, model_attention_widths(bundle))
+    save_hypernetwork(hypernetwork, path)
+    host.refresh("hypernetworks")
+    return path
+
+
+class HypernetworkMethod:
+    """The TrainingMethod of a hypernetwork (see the module docstring)."""
+
+    kind = "hypernetwork"
+
+    def __init__(
+        self,
+        context: MethodContext,
+        hypernetwork: Hypernetwork,
+        base_step: int = 0,
+        fixed_prompts: bool = False,
+    ) -> None:
+        from liandan.models.attention_hooks import install_kv_transforms
+        from liandan.models.conditioning import PromptEncoder
+
+        self.context = context
+        self.job: HypernetworkJob = context.job  # type: ignore[assignment]
+        self.bundle = context.bundle
+        self.name = hypernetwork.name
+        self.base_step = base_step  # steps the loaded file already had before this run
+        self.device = context.device
+        for module in [*self.bundle.text_encoders, self.bundle.unet, self.bundle.vae]:
+            module.requires_grad_(False)
+            module.eval()
+        self.bundle.unet.to(self.device)
+        for encoder in self.bundle.text_encoders:
+            encoder.to(self.device)
+        self.hypernetwork = hypernetwork.to(self.device)
+        self.hypernetwork.requires_grad_(True)
+        self.hypernetwork.train()  # dropout on; strength is 1 while training, as in A1111
+        self.encoder = PromptEncoder(self.bundle, clip_skip=self.job.clip_skip)
+        self.conds: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.handle = install_kv_transforms(self.bundle.unet, [self.hypernetwork])
+        if fixed_prompts:
+            self._precompute_conds()
+
+    # --- conditioning ----------------------------------------------------------------------------------
+
+    def _precompute_conds(self) -> None:
+        """Prompts that never vary: encode each once, then the text encoders may leave the GPU."""
+        dataset = self.context.dataset
+        for prompt in sorted({dataset.prompt(i, 0) for i in range(len(dataset.images))}):
+            self._cond([prompt])
+        if self.job.train.move_unused_to_cpu:
+            for encoder in self.bundle.text_encoders:
+                encoder.to("cpu")
+
+    def _cond(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditioning of a batch from the per-prompt cache; prompts of different chunk counts (over 75
+        tokens) are encoded together so they are padded alike, as A1111 does."""
+        with torch.no_grad():
+            for prompt in prompts:
+                if prompt not in self.conds:
+                    cond = self.encoder.encode([prompt])
+                    if len(self.conds) < MAX_CACHED_CONDS:
+                        self.conds[prompt] = (cond.context.to(self.device), _to(cond.pooled, self.device))
+                    else:
+                        return _pair(self.encoder.encode(prompts), self.device)
+            lengths = {self.conds[p][0].shape[1] for p in prompts}
+            if len(lengths) > 1:
+                return _pair(self.encoder.encode(prompts), self.device)
+            context = torch.cat([self.conds[p][0] for p in prompts])
+            pooled = self.conds[prompts[0]][1]
+            if pooled is not None:
+                pooled = torch.cat([self.conds[p][1] for p in prompts])  # type: ignore[misc]
+            return context, pooled
+
+    # --- TrainingMethod ----------------------------------------------------------------------------------
+
+    def parameter_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("hypernetwork", list(self.hypernetwork.parameters()))]
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        return [self.hypernetwork]
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        from liandan.methods.diffusion_loss import diffusion_loss
+        from liandan.models.conditioning import Conditioning, added_cond_kwargs
+
+        context, pooled = self._cond(list(batch["prompts"]))
+        extra = None
+        if self.bundle.is_sdxl:
+            time_ids = torch.cat(
+                [batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1
+            ).float()
+            extra = added_cond_kwargs(Conditioning(context, pooled), time_ids)
+        return diffusion_loss(
+            self.bundle, batch["latents"], context, added_cond_kwargs=extra, loss_weight=batch["loss_weight"]
+        )
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.hypernetwork.state_dict().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.hypernetwork.load_state_dict(state)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Nothing to restore: every hypernetwork weight trains."""
+
+    def save(self, step: int, final: bool) -> SavedArtifact:
+        hypernetwork = self.hypernetwork
+        hypernetwork.step = self.base_step + step
+        hypernetwork.sd_checkpoint = self.bundle.short_hash or self.context.checkpoint.short_hash
+        hypernetwork.sd_checkpoint_name = self.context.checkpoint.path.stem
+        if final:
+            path = self.context.host.folders.hypernetworks / f"{self.name}.pt"
+        else:
+            path = self.context.run_dir / "hypernetworks" / f"{self.name}-{hypernetwork.step}.pt"
+        save_hypernetwork(hypernetwork, path)
+        paths = [path]
+        optimizer_state = self._saved_optimizer_state(step)
+        if optimizer_state is not None:
+            paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, optimizer_state))
+        return SavedArtifact(paths, step, {"final": final})
+
+    def _saved_optimizer_state(self, step: int) -> dict[str, Any] | None:
+        """The optimizer state for the `.optim` sidecar. The loop writes its full state (optimizer included)
+        into `<run>/state` just before it asks the method to save, so that state is the optimizer's now;
+        read it there rather than reaching into the loop (None if it is not of this step)."""
+        from liandan.train.checkpointing import find_state
+
+        folder = find_state(self.context.run_dir)
+        if folder is None:
+            return None
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("step") != step:
+            return None
+        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        return saved.get("optimizer")
+
+    def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
+        """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
+        from liandan.models.attention_hooks import install_kv_transforms
+        from liandan.models.sampling import generate
+
+        preview = self.job.preview
+        self.hypernetwork.eval()
+        self.hypernetwork.strength = 1.0
+        vae_device = self.bundle.vae.device
+        self.bundle.vae.to(self.device)
+        if not enabled:
+            self.handle.remove()
+        try:
+            return generate(
+                self.bundle,
+                prompt,
+                preview.negative_prompt,
+                steps=preview.steps,
+                cfg_scale=preview.cfg_scale,
+                seed=seed,
+                width=preview.width,
+                height=preview.height,
+                sampler=preview.sampler,
+                clip_skip=self.job.clip_skip,
+            )
+        finally:
+            self.bundle.vae.to(vae_device)
+            if not enabled:
+                self.handle = install_kv_transforms(self.bundle.unet, [self.hypernetwork])
+
+    def close(self) -> None:
+        """Take the hypernetwork off the UNet."""
+        self.handle.remove()
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
+
+
+def _pair(cond: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return cond.context.to(device), _to(cond.pooled, device)
+
+
+def prompts_are_fixed(job: HypernetworkJob, template_lines: int) -> bool:
+    """True when every image always gets the same prompt: its conds can be computed once."""
+    return not job.data.shuffle_tags and job.data.tag_dropout == 0 and template_lines == 1
+
+
+def _base_step(hypernetwork: Hypernetwork, run_dir: Path, resuming: bool) -> int:
+    """Steps the file had before this run started; a resumed run's file already counts this run's steps."""
+    if not resuming:
+        return hypernetwork.step
+    from liandan.train.checkpointing import find_state
+
+    folder = find_state(run_dir)
+    state_step = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["step"] if folder else 0
+    return max(0, hypernetwork.step - state_step)
+
+
+def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
+    """Load the existing hypernetwork (train further) or create one, then wrap it for the loop."""
+    from liandan.train.checkpointing import find_state
+
+    job: HypernetworkJob = context.job  # type: ignore[assignment]
+    widths = model_attention_widths(context.bundle)
+    path = context.host.folders.hypernetworks / f"{job.name}.pt"
+    resuming = job.train.resume and find_state(context.run_dir) is not None
+    if path.is_file() and (resuming or not job.overwrite):
+        hypernetwork = load_hypernetwork(path, widths)
+        if hypernetwork.name != job.name:  # A1111 names a hypernetwork by its file
+            hypernetwork.name = job.name
+        base_step = _base_step(hypernetwork, context.run_dir, resuming)
+    else:
+        hypernetwork = build_hypernetwork(job, widths)
+        base_step = 0
+    fixed = prompts_are_fixed(job, len(context.dataset.template.lines))
+    return HypernetworkMethod(context, hypernetwork, base_step, fixed_prompts=fixed)
+
+
+def run_hypernetwork_job(
+    job: HypernetworkJob, host: Host, reporter: Reporter, control: Control, progress_bar: bool = False
+) -> TrainResult:
+    """The "hypernetwork" job: create or load `<name>.pt`, train it, save it where A1111 finds it."""
+    from liandan.methods.training_job import run_training_job
+
+    if not isinstance(job, HypernetworkJob):
+        raise ConfigError(f"the hypernetwork runner got a {type(job).__name__}")
+    check_options(job)
+    methods: list[HypernetworkMethod] = []
+
+    def make(context: MethodContext) -> HypernetworkMethod:
+        method = make_hypernetwork_method(context)
+        methods.append(method)
+        return method
+
+    try:
+        return run_training_job(
+            job,
+            host,
+            reporter,
+            control,
+            name=job.name,
+            artifact_kind="hypernetworks",
+            loss_csv_name=LOSS_CSV,
+            make_method=make,
+            progress_bar=progress_bar,
+        )
+    finally:
+        for method in methods:
+            method.close()
+
+
+register_runner(HypernetworkJob.kind, run_hypernetwork_job)  # type: ignore[arg-type]
