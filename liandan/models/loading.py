@@ -197,6 +197,9 @@ def load_bundle(
     if detected.family == "sd2" and "yaml" not in info and _is_v_prediction_sd2(unet):
         spec = spec.with_prediction("v_prediction")
         unet.register_to_config(upcast_attention=True)
+        for module in unet.modules():  # the flag is read per attention layer, set when it was built
+            if hasattr(module, "upcast_attention"):
+                module.upcast_attention = True
     info["family_probe"] = f"{detected.family}, {spec.prediction_type}"
     return assemble_bundle(
         spec, text_encoders, unet, vae, name=path.stem, source=path, info=info, ldm_extras=extras
