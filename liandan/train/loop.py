@@ -142,6 +142,9 @@ class _Run:
         self.position = LoopPosition(
             method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
         )
+        attach = getattr(method, "attach_optimizer", None)  # optional hook, see TrainingMethod
+        if attach is not None:
+            self.position.step = attach(self.optimizer)
         self.guard = NanGuard(spec.nan_policy, spec.mixed_precision)
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None

@@ -71,3 +71,8 @@ class TrainingMethod(Protocol):
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the trained artifact switched on or off (the output self-test)."""
         ...
+
+    # Optional, not part of the protocol check: `attach_optimizer(optimizer) -> int`, called once when the
+    # loop has built its optimizer (before resuming a saved run, which overrides both). The method may keep
+    # the optimizer (to write A1111's `.optim` sidecars), load an artifact's saved optimizer state into it,
+    # and returns the step to start counting from (an artifact trained earlier continues from its step).
