@@ -1,0 +1,264 @@
+"""Hypernetworks end to end on tiny models: create with every option, refuse bad input, train through the
+real runner (CSV, files, .optim, resume), and the strength contract on a generated image."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from a1111_safe_unpickler import check_pt
+
+from liandan.errors import ConfigError, FormatError
+from liandan.formats.hypernetwork import load_hypernetwork, load_hypernetwork_optimizer
+from liandan.host.standalone import StandaloneHost
+from liandan.jobs import DataSpec, HypernetworkJob, PreviewSpec, TrainSpec
+from liandan.methods.hypernetwork import (
+    LOSS_CSV,
+    build_hypernetwork,
+    check_options,
+    create_hypernetwork,
+    run_hypernetwork_job,
+)
+from liandan.models.attention_hooks import install_kv_transforms
+from liandan.models.sampling import generate
+from liandan.models.tiny import tiny_bundle, write_tiny_models
+from liandan.progress import Control, ProgressEvent, Reporter
+
+TINY_WIDTHS = [32, 64, 128]  # the fixtures' tiny SD1: context 32, self-attention 32/64/128
+
+
+@pytest.fixture
+def host(fixtures_dir: Path, tmp_path: Path) -> StandaloneHost:
+    return StandaloneHost(tmp_path / "data", checkpoint=fixtures_dir / "model" / "tiny-sd1.safetensors")
+
+
+@pytest.fixture
+def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", folder)
+    return folder
+
+
+def _job(train64: Path, **options) -> HypernetworkJob:
+    train = {"learn_rate": "0.0001", "max_steps": 4, "save_every": 2, "preview_every": 0}
+    train.update(options.pop("train", {}))
+    return HypernetworkJob(
+        name=options.pop("name", "hn"),
+        train=TrainSpec(**train),
+        data=DataSpec(
+            folder=train64, width=64, height=64, template=options.pop("template", "hypernetwork.txt")
+        ),
+        preview=PreviewSpec(steps=2, width=64, height=64, seed=3, self_test=False),
+        **options,
+    )
+
+
+# --- create -------------------------------------------------------------------------------------------
+
+
+CREATE_OPTIONS = [
+    {},
+    {"layer_structure": "1, 2, 2, 1", "activation": "swish", "weight_init": "KaimingNormal",
+     "layer_norm": True, "use_dropout": True, "dropout_structure": "0, 0.3, 0.3, 0"},
+    {"layer_structure": "1, 1.5, 0.5, 1", "activation": "relu", "weight_init": "XavierUniform"},
+    {"activation": "mish", "weight_init": "XavierNormal", "activate_output": True},
+    {"activation": "leakyrelu", "weight_init": "KaimingUniform", "sizes": (32, 128)},
+    {"layer_structure": "1, 2, 2, 1", "use_dropout": True, "last_layer_dropout": True},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", CREATE_OPTIONS)
+def test_create_writes_a_file_a1111_loads_with_the_chosen_options(host, options) -> None:
+    job = HypernetworkJob(name="made", **options)
+    path = create_hypernetwork(host, job)
+    assert path == host.folders.hypernetworks / "made.pt"
+    check_pt(path)  # A1111's safe unpickler accepts it
+    raw = torch.load(path, weights_only=True)
+    assert sorted(k for k in raw if isinstance(k, int)) == sorted(options.get("sizes", TINY_WIDTHS))
+    assert raw["name"] == "made" and raw["step"] == 0
+    assert raw["activation_func"] == options.get("activation", "linear")
+    assert raw["weight_initialization"] == options.get("weight_init", "Normal")
+    assert raw["is_layer_norm"] == options.get("layer_norm", False)
+    assert raw["activate_output"] == options.get("activate_output", False)
+    loaded = load_hypernetwork(path, TINY_WIDTHS)
+    expected_layers = [float(v) for v in options.get("layer_structure", "1, 2, 1").split(",")]
+    assert loaded.layer_structure == expected_layers
+    linears = [m for m in loaded.pair(32)[0].linear if isinstance(m, torch.nn.Linear)]
+    assert [lin.out_features for lin in linears] == [int(32 * v) for v in expected_layers[1:]]
+
+
+def test_dropout_structure_rules() -> None:
+    """ "" means zeros without dropout and A1111's legacy default with it; an explicit one is kept."""
+    assert build_hypernetwork(HypernetworkJob(name="a"), [32]).dropout_structure == [0, 0, 0]
+    job = HypernetworkJob(name="a", layer_structure="1, 2, 2, 1", use_dropout=True)
+    assert build_hypernetwork(job, [32]).dropout_structure == [0, 0.3, 0, 0]
+    job = job.replace(last_layer_dropout=True)
+    assert build_hypernetwork(job, [32]).dropout_structure == [0, 0.3, 0.3, 0]
+    job = job.replace(dropout_structure="0, 0.1, 0.2, 0")
+    hypernetwork = build_hypernetwork(job, [32])
+    assert hypernetwork.dropout_structure == [0, 0.1, 0.2, 0]
+    assert [m.p for m in hypernetwork.pair(32)[0].linear if isinstance(m, torch.nn.Dropout)] == [0.1, 0.2]
+
+
+def test_create_refuses_to_replace_unless_overwrite(host) -> None:
+    first = create_hypernetwork(host, HypernetworkJob(name="same"))
+    before = first.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        create_hypernetwork(host, HypernetworkJob(name="same", layer_structure="1, 3, 1"))
+    assert first.read_bytes() == before
+    create_hypernetwork(host, HypernetworkJob(name="same", layer_structure="1, 3, 1", overwrite=True))
+    assert load_hypernetwork(first).layer_structure == [1, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"layer_structure": "1, 2"}, "start and end with 1"),
+        ({"layer_structure": "2, 1"}, "start and end with 1"),
+        ({"layer_structure": "1, abc, 1"}, "'abc' is not a number"),
+        ({"layer_structure": "1, -2, 1"}, "-2.0 is out of range"),
+        ({"activation": "sparkle"}, "unknown hypernetwork activation 'sparkle'"),
+        ({"use_dropout": True, "dropout_structure": "0, 0.3, 0.3, 0"}, "has 4 entries"),
+        ({"use_dropout": True, "dropout_structure": "0, 1.0, 0"}, "not a probability"),
+        ({"use_dropout": True, "dropout_structure": "0, -0.1, 0"}, "not a probability"),
+        ({"name": ""}, "needs a name"),
+        ({"name": "a/b"}, "not allowed in file names"),
+    ],
+)
+def test_bad_options_are_refused_before_any_model_work(options, message) -> None:
+    job = HypernetworkJob(**{"name": "bad", **options})
+    with pytest.raises(ConfigError, match=message):
+        check_options(job)
+    # the runner refuses before it touches the host (which here does not even exist)
+    with pytest.raises(ConfigError, match=message):
+        run_hypernetwork_job(job, None, Reporter(), Control())  # type: ignore[arg-type]
+
+
+def test_sizes_the_model_lacks_are_refused(host) -> None:
+    with pytest.raises(ConfigError, match=r"sizes \[768\] do not exist in this model.*\[32, 64, 128\]"):
+        create_hypernetwork(host, HypernetworkJob(name="wide", sizes=(768, 32)))
+    assert not (host.folders.hypernetworks / "wide.pt").exists()
+
+
+def test_a_file_from_another_family_is_refused_for_training(tmp_path, fixtures_dir, train64) -> None:
+    """goldhn_a (tiny SD1: 32/64/128) on the tiny SDXL (64/128/192) has no layer of width 32."""
+    data = tmp_path / "xl"
+    models = write_tiny_models(data / "models" / "Stable-diffusion")
+    host = StandaloneHost(data, checkpoint=models["sdxl"])
+    shutil.copy(fixtures_dir / "hypernetworks" / "goldhn_a.pt", host.folders.hypernetworks / "goldhn_a.pt")
+    with pytest.raises(FormatError, match=r"another model family"):
+        run_hypernetwork_job(_job(train64, name="goldhn_a"), host, Reporter(), Control())
+
+
+# --- train --------------------------------------------------------------------------------------------
+
+
+def _csv_rows(run_root: Path) -> list[list[str]]:
+    (path,) = run_root.rglob(LOSS_CSV)
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_training_through_the_runner_writes_what_a1111_reads(host, train64) -> None:
+    created = build_hypernetwork(HypernetworkJob(name="hn"), TINY_WIDTHS).state_dict()
+    result = run_hypernetwork_job(_job(train64), host, Reporter(), Control())
+    assert (result.step, result.stopped_reason) == (4, "max_steps")
+
+    final = host.folders.hypernetworks / "hn.pt"
+    check_pt(final)
+    check_pt(Path(f"{final}.optim"))
+    trained = load_hypernetwork(final, TINY_WIDTHS)
+    assert trained.step == 4 and trained.name == "hn"
+    assert trained.sd_checkpoint == "86f83915b6" and trained.sd_checkpoint_name == "tiny-sd1"  # as A1111
+    name, optimizer_state = load_hypernetwork_optimizer(final)
+    assert name == "AdamW" and optimizer_state is not None
+    assert len(optimizer_state["param_groups"][0]["params"]) == len(list(trained.parameters()))
+    state = trained.state_dict()
+    assert created.keys() == state.keys()
+    assert any(not torch.equal(created[k], state[k]) for k in state)  # training moved the weights
+
+    rows = _csv_rows(host.folders.logs)
+    assert rows[0] == ["step", "epoch", "epoch_step", "loss", "learn_rate"]
+    assert [int(r[0]) for r in rows[1:]] == [1, 2, 3, 4]
+    (run_dir,) = {p.parent for p in host.folders.logs.rglob(LOSS_CSV)}
+    copies = sorted(p.name for p in (run_dir / "hypernetworks").iterdir())
+    assert copies == ["hn-2.pt", "hn-2.pt.optim", "hn-4.pt", "hn-4.pt.optim"]
+    assert load_hypernetwork(run_dir / "hypernetworks" / "hn-2.pt").step == 2
+
+
+def test_interrupted_run_resumes_and_an_existing_file_trains_on(host, train64) -> None:
+    control = Control()
+
+    def stop_at_two(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.step == 2:
+            control.interrupt()
+
+    job = _job(train64, train={"max_steps": 5, "save_every": 0})
+    first = run_hypernetwork_job(job, host, Reporter(stop_at_two), control)
+    assert (first.step, first.stopped_reason) == (2, "interrupted")
+    assert load_hypernetwork(host.folders.hypernetworks / "hn.pt").step == 2
+
+    resumed = run_hypernetwork_job(job, host, Reporter(), Control())
+    assert (resumed.start_step, resumed.step) == (2, 5)
+    assert load_hypernetwork(host.folders.hypernetworks / "hn.pt").step == 5
+    assert [int(r[0]) for r in _csv_rows(host.folders.logs)[1:]] == [1, 2, 3, 4, 5]
+
+    # a fresh run (no saved state) on the existing file continues its step count, as A1111's Train does
+    again = job.replace(train=job.train.replace(resume=False, max_steps=2))
+    run_hypernetwork_job(again, host, Reporter(), Control())
+    assert load_hypernetwork(host.folders.hypernetworks / "hn.pt").step == 7
+
+
+@pytest.mark.slow
+def test_sdxl_trains_a_few_steps(tmp_path, train64) -> None:
+    data = tmp_path / "xl"
+    models = write_tiny_models(data / "models" / "Stable-diffusion")
+    host = StandaloneHost(data, checkpoint=models["sdxl"])
+    job = _job(train64, name="xl", train={"max_steps": 2, "save_every": 0})
+    result = run_hypernetwork_job(job, host, Reporter(), Control())
+    assert result.step == 2
+    trained = load_hypernetwork(host.folders.hypernetworks / "xl.pt", [64, 128, 192])
+    assert trained.sizes == [64, 128, 192]
+
+
+@pytest.mark.slow
+def test_two_hundred_steps_make_the_loss_fall(host, train64) -> None:
+    """The issue's evidence run: 200 CPU steps on the tiny model, the loss falls."""
+    job = _job(
+        train64,
+        weight_init="KaimingNormal",
+        layer_structure="1, 2, 1",
+        template="none.txt",
+        train={"learn_rate": "0.0005", "max_steps": 200, "save_every": 0, "batch_size": 4, "seed": 1},
+    )
+    run_hypernetwork_job(job, host, Reporter(), Control())
+    losses = [float(r[3]) for r in _csv_rows(host.folders.logs)[1:]]
+    assert len(losses) == 200
+    first, last = sum(losses[:50]) / 50, sum(losses[-50:]) / 50
+    assert last < 0.9 * first, (first, last)
+
+
+# --- apply --------------------------------------------------------------------------------------------
+
+
+def test_strength_zero_is_bit_identical_to_none_and_strength_one_changes_the_image() -> None:
+    bundle = tiny_bundle("sd1")
+    widths = [32, 64, 128]
+    hypernetwork = build_hypernetwork(HypernetworkJob(name="look", weight_init="KaimingNormal"), widths)
+
+    def render():
+        return generate(bundle, "a photo", steps=3, cfg_scale=5.0, seed=11, width=64, height=64)
+
+    plain = render()
+    handle = install_kv_transforms(bundle.unet, [hypernetwork])
+    hypernetwork.strength = 0.0
+    off = render()
+    hypernetwork.strength = 1.0
+    on = render()
+    handle.remove()
+    assert off.tobytes() == plain.tobytes()
+    assert on.tobytes() != plain.tobytes()
+    assert render().tobytes() == plain.tobytes()  # removed exactly
