@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -197,11 +199,19 @@ def _webui_pins(fixtures_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def fresh_venv(tmp_path: Path) -> Iterator[Path]:
+    """A venv path, removed afterwards: pytest keeps recent tmp dirs, and this one weighs over a GB."""
+    venv = tmp_path / "venv"
+    yield venv
+    shutil.rmtree(venv, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.webui_env
 @pytest.mark.skipif(not LOCAL_CPU_TORCH, reason="needs the local torch 2.13.0 CPU wheel in /opt/wheels")
-def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
+def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp_path: Path) -> None:
+    venv = fresh_venv
     assert _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path).returncode == 0
     python = venv / "bin" / "python"
     pins = _webui_pins(fixtures_dir, tmp_path)
