@@ -1,0 +1,342 @@
+"""Textual inversion end to end on the tiny models: creation, a real run through the runner on the A1111
+fixtures' train64, the files A1111 and diffusers load, resume, interrupt, SDXL and SD2, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from a1111_safe_unpickler import check_pt
+from liandan.errors import ConfigError, DatasetError, FormatError, LiandanError
+from liandan.formats.embedding import (
+    Embedding,
+    load_embedding,
+    save_embedding_pt,
+    save_embedding_safetensors,
+)
+from liandan.host.standalone import StandaloneHost
+from liandan.job_runner import run_job
+from liandan.jobs import DataSpec, PreviewSpec, TextualInversionJob, TrainSpec
+from liandan.methods import textual_inversion  # noqa: F401 - registers the runner
+from liandan.methods.embedding_create import create_embedding, new_embedding
+from liandan.models.tiny import tiny_bundle
+from liandan.progress import Control, Reporter
+
+TINY_HASH_LEN = 10
+
+
+def make_job(folder: Path, name: str = "testti", **changes) -> TextualInversionJob:
+    train = {"learn_rate": "0.005", "max_steps": 4, "save_every": 2, "preview_every": 2, "seed": 0}
+    train.update(changes.pop("train", {}))
+    preview = {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": True}
+    preview.update(changes.pop("preview", {}))
+    data = {"folder": folder, "width": 64, "height": 64}
+    data.update(changes.pop("data", {}))
+    return TextualInversionJob(
+        name=name,
+        init_text="a photo",
+        vectors=3,
+        train=TrainSpec(**train),
+        data=DataSpec(**data),
+        preview=PreviewSpec(**preview),
+        **changes,
+    )
+
+
+def run(job: TextualInversionJob, host: StandaloneHost, control: Control | None = None, on_event=None):
+    events = []
+
+    def record(event) -> None:
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+
+    result = run_job(job, host, Reporter(record), control or Control())
+    return result, events
+
+
+@pytest.fixture
+def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", dest)
+    return dest
+
+
+# --- create -----------------------------------------------------------------------------------------
+
+
+def test_new_embedding_copies_the_init_texts_token_rows_like_a1111() -> None:
+    bundle = tiny_bundle("sd1")
+    ids = bundle.tokenizers[0]("a photo", add_special_tokens=False)["input_ids"]
+    table = bundle.text_encoders[0].get_input_embeddings().weight.detach()
+    embedding = new_embedding(bundle, "cat", "a photo", 5)
+    assert embedding.vectors["*"].shape == (5, 32) and embedding.step == 0
+    # A1111: vec[i] = embedded[i * tokens // vectors] for two tokens over five vectors: 0 0 0 1 1
+    for i, token in enumerate([0, 0, 0, 1, 1]):
+        assert torch.equal(embedding.vectors["*"][i], table[ids[token]])
+    # more tokens than vectors: cut to the first n tokens, as A1111's tokenizer call does
+    one = new_embedding(bundle, "cat", "a photo of a cat", 1)
+    assert torch.equal(one.vectors["*"][0], table[ids[0]])
+    assert not new_embedding(bundle, "zero", "", 2).vectors["*"].any()
+
+
+def test_sdxl_creates_a_clip_l_clip_g_pair_from_each_encoders_table() -> None:
+    bundle = tiny_bundle("sdxl")
+    embedding = new_embedding(bundle, "pair", "a photo", 2)
+    assert set(embedding.vectors) == {"clip_l", "clip_g"}
+    assert embedding.vectors["clip_l"].shape == (2, 64) and embedding.vectors["clip_g"].shape == (2, 128)
+    ids = bundle.tokenizers[1]("a photo", add_special_tokens=False)["input_ids"]
+    table_g = bundle.text_encoders[1].get_input_embeddings().weight.detach()
+    assert torch.equal(embedding.vectors["clip_g"][1], table_g[ids[1]])
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "...", " "])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        new_embedding(tiny_bundle("sd1"), name, "", 1)
+
+
+def test_names_are_sanitised_like_a1111() -> None:
+    assert new_embedding(tiny_bundle("sd1"), "my*cat?!", "", 1).name == "mycat"
+
+
+def test_create_embedding_writes_a_file_a1111_loads_and_refuses_to_clobber(tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    path = create_embedding(host, "newemb", "a photo", 2)
+    assert path == host.folders.embeddings / "newemb.pt"
+    check_pt(path)
+    loaded = load_embedding(path)
+    assert loaded.name == "newemb" and loaded.step == 0 and loaded.single.shape == (2, 32)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        create_embedding(host, "newemb", "other words", 4)
+    assert path.read_bytes() == before  # nothing lost
+    create_embedding(host, "newemb", "other words", 4, overwrite=True)
+    assert load_embedding(path).single.shape == (4, 32)
+    with pytest.raises(ConfigError, match="1 to 75"):
+        create_embedding(host, "big", "", 76)
+    with pytest.raises(ConfigError, match="out of range"):
+        TextualInversionJob(name="big", vectors=76)
+
+
+# --- training on the fixtures -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_writes_what_a1111_loads(train64: Path, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    job = make_job(train64, train={"max_steps": 8, "save_every": 4, "preview_every": 4})
+    result, events = run(job, host)
+    assert result.step == 8 and result.stopped_reason == "max_steps"
+
+    final = host.folders.embeddings / "testti.pt"
+    check_pt(final)  # A1111's safe unpickler accepts it
+    loaded = load_embedding(final)
+    created = new_embedding(tiny_bundle("sd1"), "testti", "a photo", 3)
+    assert loaded.name == "testti" and loaded.step == 8
+    assert loaded.sd_checkpoint is not None and len(loaded.sd_checkpoint) == TINY_HASH_LEN
+    assert loaded.sd_checkpoint_name == "liandan-tiny-sd1"
+    assert not torch.equal(loaded.single, created.single)  # it trained
+
+    run_dir = next(host.folders.logs.glob("*/testti"))
+    for step in (4, 8):
+        copy = run_dir / "embeddings" / f"testti-{step}.pt"
+        check_pt(copy)
+        check_pt(Path(f"{copy}.optim"))
+        assert load_embedding(copy).step == step
+        card = load_embedding(run_dir / "image_embeddings" / f"testti-{step}.png")
+        assert card.name == f"testti-{step}" and card.step == step
+        assert (run_dir / "images" / f"testti-{step}.png").is_file()
+        assert (run_dir / "images" / f"testti-{step}-selftest.png").is_file()
+    assert torch.equal(card.single, loaded.single)
+
+    with open(run_dir / "textual_inversion_loss.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "epoch", "epoch_step", "loss", "learn_rate"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, 9))
+    assert all(float(r[4]) == 0.005 for r in rows[1:])
+    # the self-test found the embedding changes a fixed-seed image
+    assert not any("did not change" in (e.message or "") for e in events)
+
+    from liandan.models.sampling import generate
+
+    bundle = tiny_bundle("sd1")
+    bundle_prompt = "a painting, art by testti"
+    kwargs = {"steps": 2, "cfg_scale": 7.0, "seed": 3, "width": 64, "height": 64}
+    plain = generate(bundle, bundle_prompt, **kwargs)
+    with_embedding = generate(bundle, bundle_prompt, embeddings={"testti": loaded.single}, **kwargs)
+    assert plain.tobytes() != with_embedding.tobytes()
+
+
+@pytest.mark.slow
+def test_training_further_continues_from_the_saved_step_and_optimizer_state(
+    train64: Path, tmp_path: Path
+) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    first = make_job(train64, train={"max_steps": 3, "save_every": 0, "resume": False},
+                     preview={"self_test": False}, save_png_cards=False)  # fmt: skip
+    run(first, host)
+    final = host.folders.embeddings / "testti.pt"
+    assert load_embedding(final).step == 3 and Path(f"{final}.optim").is_file()
+
+    again = first.replace(train=first.train.replace(max_steps=5), log_dir=tmp_path / "logs2")
+    result, events = run(again, host)
+    assert (result.start_step, result.step) == (3, 5)
+    assert any("continuing with the optimizer state" in (e.message or "") for e in events)
+    assert load_embedding(final).step == 5
+
+    done, _ = run(again, host)  # A1111: already at max steps, returns at once
+    assert done.stopped_reason == "already_done" and load_embedding(final).step == 5
+
+
+@pytest.mark.slow
+def test_interrupt_saves_and_the_same_job_resumes(train64: Path, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    control = Control()
+    job = make_job(train64, train={"max_steps": 6, "save_every": 0, "preview_every": 0},
+                   preview={"self_test": False}, save_png_cards=False)  # fmt: skip
+
+    def stop_at_two(event) -> None:
+        if event.kind == "step" and event.step == 2:
+            control.interrupt()
+
+    result, _ = run(job, host, control, stop_at_two)
+    assert result.stopped_reason == "interrupted" and result.step == 2
+    assert load_embedding(host.folders.embeddings / "testti.pt").step == 2
+    resumed, events = run(job, host)
+    assert (resumed.start_step, resumed.step) == (2, 6)
+    assert any(e.message == "resumed at step 2" for e in events)
+
+
+@pytest.mark.slow
+def test_sdxl_trains_a_pair(train64: Path, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    host.current_checkpoint()  # writes the tiny models
+    job = make_job(train64, model="liandan-tiny-sdxl", train={"max_steps": 2, "save_every": 0},
+                   preview={"self_test": False})  # fmt: skip
+    result, _ = run(job, host)
+    assert result.step == 2
+    saved = load_embedding(host.folders.embeddings / "testti.safetensors")  # A1111 .pt holds one tensor
+    assert saved.is_sdxl and saved.widths == [64, 128] and saved.step == 2
+    assert saved.sd_checkpoint_name == "liandan-tiny-sdxl"
+
+
+@pytest.mark.slow
+def test_sd2_v_prediction_trains(train64: Path, tmp_path: Path) -> None:
+    from liandan.models.saving import save_checkpoint
+
+    host = StandaloneHost(tmp_path / "data")
+    checkpoint = save_checkpoint(tiny_bundle("sd2"), host.folders.checkpoints / "tiny-sd2.safetensors")
+    job = make_job(train64, model=str(checkpoint), file_format="safetensors",
+                   train={"max_steps": 2, "save_every": 0}, preview={"self_test": False})  # fmt: skip
+    result, _ = run(job, host)
+    assert result.step == 2 and result.last_loss is not None
+    saved = load_embedding(host.folders.embeddings / "testti.safetensors")
+    assert saved.widths == [64] and saved.step == 2 and saved.sd_checkpoint_name == "tiny-sd2"
+
+
+@pytest.mark.slow
+def test_diffusers_load_textual_inversion_reads_our_file(tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    bundle = tiny_bundle("sd1")
+    vectors = torch.randn(3, 32)
+    path = save_embedding_pt(Embedding("ourti", {"*": vectors}, step=5), tmp_path / "ourti.pt")
+    pipe = StableDiffusionPipeline(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoders[0],
+        tokenizer=bundle.tokenizers[0],
+        unet=bundle.unet,
+        scheduler=DDIMScheduler.from_config(bundle.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    other = save_embedding_safetensors(Embedding("ourst", {"*": vectors}), tmp_path / "ourst.safetensors")
+    for file in (path, other):
+        token = file.stem
+        pipe.load_textual_inversion(str(file), token=token)
+        ids = pipe.tokenizer.convert_tokens_to_ids([token, f"{token}_1", f"{token}_2"])
+        table = pipe.text_encoder.get_input_embeddings().weight.detach()
+        assert torch.allclose(table[ids], vectors)
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+def test_empty_folder_is_a_dataset_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    host = StandaloneHost(tmp_path / "data")
+    with pytest.raises(DatasetError, match="no usable image"):
+        run(make_job(empty), host)
+    with pytest.raises(DatasetError, match="does not exist"):
+        run(make_job(tmp_path / "missing"), host)
+
+
+@pytest.mark.slow
+def test_broken_files_are_skipped_and_listed(train64: Path, tmp_path: Path) -> None:
+    good = (train64 / "img0.png").read_bytes()
+    (train64 / "truncated.png").write_bytes(good[: len(good) // 2])
+    (train64 / "fake.png").write_text("not an image")
+    host = StandaloneHost(tmp_path / "data")
+    job = make_job(train64, train={"max_steps": 1, "save_every": 0}, preview={"self_test": False},
+                   save_png_cards=False)  # fmt: skip
+    result, events = run(job, host)
+    assert result.step == 1
+    warnings = " ".join(
+        e.message for e in events if e.kind == "message" and e.extra.get("level") == "warning"
+    )
+    assert "truncated.png" in warnings and "fake.png" in warnings
+
+
+@pytest.mark.parametrize("schedule", ["0.1:abc", "0.1:500, 0.2:100", "", "abc"])
+def test_malformed_schedules_are_refused_before_loading(schedule: str, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    job = make_job(tmp_path, train={"learn_rate": schedule})
+    with pytest.raises(ConfigError, match="schedule"):
+        run(job, host)
+    assert not list(host.folders.checkpoints.iterdir())  # refused before any model was touched
+
+
+def test_an_embedding_of_another_family_is_refused(train64: Path, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    pair = Embedding("pairti", {"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 128)})
+    save_embedding_safetensors(pair, host.folders.embeddings / "pairti.safetensors")
+    with pytest.raises(FormatError, match="another model family"):
+        run(make_job(train64, name="pairti"), host)
+    # a vector of SD1 width on the SD2 model
+    from liandan.models.saving import save_checkpoint
+
+    sd2 = save_checkpoint(tiny_bundle("sd2"), host.folders.checkpoints / "tiny-sd2.safetensors")
+    save_embedding_pt(Embedding("wide", {"*": torch.zeros(2, 32)}), host.folders.embeddings / "wide.pt")
+    with pytest.raises(FormatError, match="another model family"):
+        run(make_job(train64, name="wide", model=str(sd2)), host)
+
+
+def test_a_pickled_payload_is_refused_and_never_run(train64: Path, tmp_path: Path) -> None:
+    import os
+
+    host = StandaloneHost(tmp_path / "data")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"string_to_param": {"*": Payload()}}, host.folders.embeddings / "evil.pt")
+    with pytest.raises(FormatError, match="refused"):
+        run(make_job(train64, name="evil"), host)
+    assert not marker.exists()
+
+
+def test_template_without_name_is_refused(train64: Path, tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    (host.folders.templates / "plain.txt").write_text("a picture of [filewords]\n")
+    with pytest.raises(LiandanError, match=r"\[name\]"):
+        run(make_job(train64, data={"template": "plain.txt"}), host)
