@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from a1111_safe_unpickler import check_pt
+
 from liandan.errors import ConfigError, DatasetError, FormatError, LiandanError
 from liandan.formats.embedding import (
     Embedding,
