@@ -38,14 +38,14 @@ from liandan.methods.embedding_create import (
     write_embedding,
 )
 from liandan.methods.training_job import MethodContext, run_training_job
-from liandan.progress import ProgressEvent
+from liandan.progress import ProgressEvent, Reporter
 from liandan.train.method import ParamGroup, SavedArtifact
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from liandan.host.base import Host
-    from liandan.progress import Control, Reporter
+    from liandan.progress import Control
     from liandan.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
@@ -277,20 +277,40 @@ def run_textual_inversion(
     if spec.overwrite:  # a fresh embedding must not pick up an earlier run's saved state
         spec = spec.replace(train=spec.train.replace(resume=False))
 
+    methods: list[TextualInversion] = []
+    losses: list[float] = []
+
     def make_method(context: MethodContext) -> TextualInversion:
         embedding, path = prepare_embedding(context, name)
-        return TextualInversion(context, embedding, path, reporter)
+        methods.append(TextualInversion(context, embedding, path, reporter))
+        return methods[-1]
 
-    return run_training_job(
+    def record(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.loss is not None:
+            losses.append(event.loss)
+        reporter(event)
+
+    result = run_training_job(
         spec,
         host,
-        reporter,
+        Reporter(record),
         control,
         name=name,
         artifact_kind="embeddings",
         loss_csv_name=LOSS_CSV,
         make_method=make_method,
     )
+    if methods and losses:
+        reporter(ProgressEvent("message", job=name, message=loss_summary(methods[0].final_path, losses)))
+    return result
+
+
+def loss_summary(path: Path, losses: list[float]) -> str:
+    """Where the embedding went and how the loss moved (means of the first and last tenth of the steps:
+    single-step losses jump with the random timestep)."""
+    window = max(1, len(losses) // 10)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    return f"embedding {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} step(s))"
 
 
 register_runner(TextualInversionJob.kind, run_textual_inversion)  # type: ignore[arg-type]
