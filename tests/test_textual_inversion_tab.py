@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from liandan.errors import ConfigError
+from liandan.formats.embedding import load_embedding
+from liandan.host.standalone import StandaloneHost
+from liandan.job_runner import JobRunner
+from liandan.methods import textual_inversion  # noqa: F401 - registers the runner
+from liandan.ui.components import UIContext
+from liandan.ui.textual_inversion_tab import PREFIX, build, job_from_form
+
+
+def test_form_values_become_a_job() -> None:
+    job = job_from_form({"name": "cat", "vectors": 4.0, "train.max_steps": 20.0, "data.folder": "imgs",
+                         "data.flip": 0.5, "log_dir": "", "preview.cfg_scale": 5})  # fmt: skip
+    assert job.name == "cat" and job.vectors == 4 and job.train.max_steps == 20
+    assert job.data.folder == Path("imgs") and job.data.flip == 0.5 and job.log_dir is None
+    assert job.preview.cfg_scale == 5.0
+    assert job.train.learn_rate == "0.005"  # the TI default survives a partial section
+    with pytest.raises(ConfigError):
+        job_from_form({"vectors": 76})
+
+
+class _Tab:
+    """The built tab's click handlers, called as Gradio would call them."""
+
+    def __init__(self, ctx: UIContext) -> None:
+        with gr.Blocks() as self.demo:
+            build(ctx)
+        self.by_id = {getattr(b, "elem_id", None): b for b in self.demo.blocks.values()}
+
+    def handler(self, button: str):
+        target = self.by_id[f"{PREFIX}_{button}"]
+        index, dependency = next(
+            (i, d) for i, d in enumerate(self.demo.dependencies) if target._id in d["targets"]
+        )
+        inputs = [self.demo.blocks[i] for i in dependency["inputs"]]
+        return self.demo.fns[index].fn, inputs
+
+    def call(self, button: str, **values):
+        fn, inputs = self.handler(button)
+        args = []
+        for block in inputs:
+            key = block.elem_id.removeprefix(f"{PREFIX}_")
+            args.append(values.get(key, block.value))
+        return fn(*args)
+
+
+@pytest.mark.slow
+def test_create_then_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", data)
+    host = StandaloneHost(tmp_path / "data")
+    runner = JobRunner(host)
+    tab = _Tab(UIContext(host=host, runner=runner))
+    for panel_part in ("status", "interrupt", "resume", "loss", "previews"):
+        assert f"{PREFIX}_{panel_part}" in tab.by_id
+
+    created, name_update = tab.call(
+        "create", create_name="tabti", create_init_text="a photo", create_vectors=2
+    )
+    assert "Created" in created and name_update["value"] == "tabti"
+    assert load_embedding(host.folders.embeddings / "tabti.pt").single.shape == (2, 32)
+    again, _ = tab.call("create", create_name="tabti")
+    assert "already exists" in again
+
+    message = tab.call("train", name="tabti", data_folder=str(data), data_width=64, data_height=64,
+                       train_max_steps=2, train_save_every=0, train_preview_every=1, preview_steps=2,
+                       preview_width=64, preview_height=64, preview_seed=1)  # fmt: skip
+    assert "Started" in message
+    status = runner.wait(runner.status(kind="textual_inversion").id, timeout=120)
+    assert status.state == "done", status.error
+    assert load_embedding(host.folders.embeddings / "tabti.pt").step == 2
+    assert status.previews and all(Path(p).is_file() for p in status.previews)
+    assert "loss" in status.messages[-1]
+    runner.close(timeout=5)
+
+
+def test_a_malformed_form_is_refused_before_queueing(tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    runner = JobRunner(host)
+    tab = _Tab(UIContext(host=host, runner=runner))
+    assert "liandan-error" in tab.call("train", name="x", train_max_steps=0)
+    assert "schedule" in tab.call("train", name="x", data_folder=str(tmp_path), train_learn_rate="0.1:abc")
+    assert runner.status(kind="textual_inversion") is None
+    bad, _ = tab.call("create", create_name="../x")
+    assert "must not contain" in bad
+    runner.close(timeout=5)
