@@ -1,0 +1,80 @@
+"""The Textual Inversion tab in headless Chromium: create an embedding, train a few steps, see the progress
+bar and a preview image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser_driver import Browser, find_chromium, free_port
+
+from liandan.formats.embedding import load_embedding
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    if find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: CI must install it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "LIANDAN_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "liandan", "ui", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=log, stderr=log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}config", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the UI did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()
+
+
+def test_create_train_and_see_progress_and_a_preview(served: str, fixtures_dir: Path, tmp_path: Path) -> None:
+    images = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", images)
+    with Browser(tmp_path) as browser:
+        browser.open(served)
+        browser.click_text("Textual Inversion")
+        browser.fill("#liandan_ti_create_name textarea", "browserti")
+        browser.fill("#liandan_ti_create_init_text textarea", "a photo")
+        browser.click("#liandan_ti_create")
+        browser.wait_for_text("Created", timeout=120)
+        browser.fill("#liandan_ti_data_folder textarea", str(images))
+        for field, value in [("data_width", 64), ("data_height", 64), ("train_max_steps", 3),
+                             ("train_save_every", 0), ("train_preview_every", 1), ("preview_steps", 2),
+                             ("preview_width", 64), ("preview_height", 64), ("preview_seed", 1)]:  # fmt: skip
+            browser.fill(f"#liandan_ti_{field} input[type=number]", str(value))
+        browser.click("#liandan_ti_train")
+        browser.wait_for_text("Started", timeout=30)
+        browser.wait_for_text("step 3/3", timeout=180)
+        browser.wait_for("#liandan_ti_status .liandan-progress-bar", timeout=10)
+        browser.wait_for("#liandan_ti_previews img", timeout=60)
+        browser.screenshot(tmp_path / "ti_tab.png")
+    embedding = load_embedding(tmp_path / "data" / "embeddings" / "browserti.pt")
+    assert embedding.step == 3
