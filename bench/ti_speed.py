@@ -1,0 +1,153 @@
+"""Textual-inversion step time: liandan's method against a plain diffusers-example loop at identical settings.
+
+    python -m bench.ti_speed --smoke                 # tiny SD1 at 64 px, one repeat: proves it runs
+    python -m bench.ti_speed --model tiny --size 64 128 --record
+    python -m bench.ti_speed --model sd15 --size 64 128 --repeats 3 --record   # random SD1.5-sized weights
+    python -m bench.ti_speed --device cuda --model sd15 --size 512 --batch 8    # (see bench/gpu_ti.py)
+
+Both sides do one optimizer step (batch of B, one prompt with the embedding's name, AdamW). liandan: the
+cached latents, frozen modules in eval mode, the vectors as the only parameters (TextualInversion.loss).
+Baseline, as diffusers' examples/textual_inversion does it: the VAE encodes the pixels every step, the
+placeholder token is added to the tokenizer, the whole token-embedding table takes gradients and AdamW
+steps, and the other rows are restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from bench.harness import BenchRow, append_result, benchmark_args, measure
+
+PROMPT = "a painting of a cat, art by benchti"
+LR = 0.005
+
+
+def build_bundle(model: str):
+    from liandan.models.model_spec import assemble_bundle, build_modules, standard_spec
+    from liandan.models.tiny import tiny_bundle
+
+    if model == "tiny":
+        return tiny_bundle("sd1")
+    spec = standard_spec("sd1")
+    torch.manual_seed(0)
+    text_encoders, unet, vae = build_modules(spec, empty=False)  # random init at full SD1.5 size
+    return assemble_bundle(spec, text_encoders, unet, vae, name="sd15-random")
+
+
+def liandan_step(
+    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+) -> Callable[[], None]:
+    from liandan.host.base import CheckpointRef
+    from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
+    from liandan.methods.embedding_create import new_embedding
+    from liandan.methods.textual_inversion import TextualInversion
+
+    job = TextualInversionJob(
+        name="benchti",
+        train=TrainSpec(mixed_precision=mixed_precision),
+        data=DataSpec(width=size, height=size),
+    )
+    dataset = _Prompts()
+    context = SimpleNamespace(
+        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
+        dataset=dataset, run_dir=Path(), device=device,
+    )  # fmt: skip
+    method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
+    optimizer = torch.optim.AdamW([p for g in method.parameter_groups() for p in g.params], lr=LR)
+    latent = size // bundle.vae_scale_factor
+    cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
+    batch_dict = {"latents": cached, "prompts": [PROMPT] * batch}
+
+    def step() -> None:
+        loss = method.loss(batch_dict)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+class _Prompts:
+    def __len__(self) -> int:
+        return 1
+
+    def prompt(self, index: int, epoch: int) -> str:
+        return PROMPT
+
+
+def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+    import copy
+
+    import torch.nn.functional as F
+
+    tokenizer = copy.deepcopy(bundle.tokenizers[0])
+    text_encoder, unet, vae = bundle.text_encoders[0], bundle.unet, bundle.vae
+    scheduler = bundle.noise_scheduler
+    tokenizer.add_tokens(["benchti"])
+    token_id = tokenizer.convert_tokens_to_ids("benchti")
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    for module in (unet, vae, text_encoder):
+        module.to(device).requires_grad_(False)
+    text_encoder.train()
+    table = text_encoder.get_input_embeddings()
+    table.weight.requires_grad_(True)
+    original = table.weight.detach().clone()
+    optimizer = torch.optim.AdamW([table.weight], lr=LR)
+    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    ids = tokenizer([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = ids.to(device)
+    keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
+    keep[token_id] = False
+
+    def step() -> None:
+        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        context = text_encoder(ids)[0]
+        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            table.weight[keep] = original[keep]
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    extra.add_argument("--size", type=int, nargs="+", default=[64, 128])
+    extra.add_argument("--batch", type=int, default=1)
+    extra.add_argument("--device", default="cpu")
+    known, rest = extra.parse_known_args(argv)
+    args = benchmark_args(rest, __doc__ or "")
+    sizes = [64] if args.smoke else known.size
+    model = "tiny" if args.smoke else known.model
+    device = torch.device(known.device)
+    for size in sizes:
+        times = {}
+        for label, make in (("liandan", liandan_step), ("diffusers-loop", diffusers_step)):
+            bundle = build_bundle(model)  # a fresh copy: the baseline resizes the token table
+            result = measure(make(bundle, size, known.batch, device), args.warmup, args.repeats)
+            times[label] = result.median_s
+            print(f"{label:15s} {model} {size}px bs{known.batch}: {result.summary()}")
+        ratio = times["liandan"] / times["diffusers-loop"]
+        print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
+        if args.record:
+            settings = f"sd1 {model} {size}px bs{known.batch} fp32 {device.type} AdamW"
+            result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
+                           f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
+            command = f"python -m bench.ti_speed --model {model} --size {size} --batch {known.batch} --record"
+            append_result(BenchRow("ti-step", settings, result_text), command=command)
+
+
+if __name__ == "__main__":
+    main()
