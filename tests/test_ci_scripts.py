@@ -40,11 +40,18 @@ def test_constraints_copy_matches_the_shared_one(fixtures_dir: Path) -> None:
     assert (CI / "webui-1.10.1-constraints.txt").read_text() == shared.read_text()
 
 
-def test_newest_stack_has_no_webui_only_packages() -> None:
-    names = {
-        re.split(r"[<>=;\s]", line, maxsplit=1)[0].lower()
-        for line in (CI / "requirements-newest.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    assert {"diffusers", "transformers", "accelerate", "torch"} <= names
+def _requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.partition("#")[0].strip()
+        if line.startswith("-r "):
+            names |= _requirement_names(path.parent / line[3:].strip())
+        elif line:
+            names.add(re.split(r"[<>=;\s]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_newest_stack_has_our_additions_and_no_webui_only_packages() -> None:
+    names = _requirement_names(CI / "requirements-newest.txt")
+    assert {"diffusers", "transformers", "accelerate", "torch", "peft", "bitsandbytes"} <= names
     assert not names & {"gradio", "torchvision", "open-clip-torch"}

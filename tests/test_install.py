@@ -61,7 +61,7 @@ def test_newer_stack_is_not_capped_and_cv2_is_installed_only_when_missing() -> N
         "bitsandbytes>=0.45.0",
         "tensorboard>=2.13.0",
         "onnxruntime>=1.17.0",
-        "opencv-python-headless>=4.8.0",
+        "opencv-python-headless>=4.8.0,<5",
     ]
 
 
@@ -248,7 +248,7 @@ def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.splitlines() == [
         "liandan: installing diffusers==0.31.0, peft==0.13.2, bitsandbytes>=0.45.0, tensorboard>=2.13.0, "
-        "onnxruntime>=1.17.0,<=1.26.0, opencv-python-headless>=4.8.0 (nothing installed is changed)"
+        "onnxruntime>=1.17.0,<=1.26.0, opencv-python-headless>=4.8.0,<5 (nothing installed is changed)"
     ]
     after = _freeze(python)
     assert before <= after, f"changed: {sorted(before - after)}"
