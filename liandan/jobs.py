@@ -302,8 +302,10 @@ class TextualInversionJob(JobSpec):
 @register_job
 @dataclass(frozen=True)
 class HypernetworkJob(JobSpec):
-    """Create (if missing or `overwrite`) and train a hypernetwork. Empty `sizes` means the model family's
-    defaults (SD1: 768, 320, 640, 1280; SD2 adds 1024)."""
+    """Create (if missing or `overwrite`) and train a hypernetwork; an existing `<name>.pt` trains on from its
+    step. Empty `sizes` means every attention width the model has (SD1: 768, 320, 640, 1280; SD2: 1024, 320,
+    640, 1280; SDXL: 2048, 640, 1280). Empty `dropout_structure`: zeros without `use_dropout`, else A1111's
+    default for the layer structure. See liandan/methods/hypernetwork.py for the rules."""
 
     kind: ClassVar[str] = "hypernetwork"
     name: str = ""
@@ -315,7 +317,7 @@ class HypernetworkJob(JobSpec):
     )
     layer_norm: bool = False
     use_dropout: bool = False
-    dropout_structure: str = ""  # empty: A1111's default for the layer structure
+    dropout_structure: str = ""  # "0, 0.3, 0"; empty: zeros, or A1111's default with use_dropout
     last_layer_dropout: bool = False
     activate_output: bool = False
     overwrite: bool = False
