@@ -282,3 +282,16 @@ def test_the_example_job_file_runs_from_the_cli(tmp_path, train64) -> None:
     final = tmp_path / "data" / "models" / "hypernetworks" / "tiny_hn.pt"
     check_pt(final)
     assert load_hypernetwork(final).step == 2
+
+
+def test_dropout_acts_only_in_training() -> None:
+    job = HypernetworkJob(
+        name="d", layer_structure="1, 2, 2, 1", use_dropout=True, dropout_structure="0, 0.5, 0.5, 0"
+    )
+    hypernetwork = build_hypernetwork(job, [32])
+    x = torch.randn(2, 5, 32)
+    k_module = hypernetwork.pair(32)[0]
+    hypernetwork.train()
+    assert not torch.equal(k_module(x), k_module(x))
+    hypernetwork.eval()
+    assert torch.equal(k_module(x), k_module(x))
