@@ -256,8 +256,20 @@ def job_to_dict(job: JobSpec) -> dict[str, Any]:
     return {"kind": job.kind, "spec_version": SPEC_VERSION, **job.to_dict()}
 
 
+def resolve_paths(spec: S, base: Path) -> S:
+    """Relative paths in a job file mean relative to that file's folder, wherever the command runs."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, Path) and value != Path() and not value.is_absolute():
+            changes[f.name] = base / value
+        elif isinstance(value, Spec):
+            changes[f.name] = resolve_paths(value, base)
+    return dataclasses.replace(spec, **changes)
+
+
 def load_job_file(path: Path) -> JobSpec:
-    """A job from a .toml or .json file."""
+    """A job from a .toml or .json file; its relative paths are taken from the file's folder."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -273,7 +285,7 @@ def load_job_file(path: Path) -> JobSpec:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return job_from_dict(data)
+    return resolve_paths(job_from_dict(data), path.resolve().parent)
 
 
 # --- job kinds -----------------------------------------------------------------------------------------

@@ -206,8 +206,9 @@ def test_interrupted_run_resumes_and_an_existing_file_trains_on(host, train64) -
     assert load_hypernetwork(host.folders.hypernetworks / "hn.pt").step == 5
     assert [int(r[0]) for r in _csv_rows(host.folders.logs)[1:]] == [1, 2, 3, 4, 5]
 
-    # a fresh run (no saved state) on the existing file continues its step count, as A1111's Train does
-    again = job.replace(train=job.train.replace(resume=False, max_steps=2))
+    # a fresh run (no saved state) on the existing file continues its step count up to max_steps, as
+    # A1111's Train does, starting from the optimizer state in the file's .optim sidecar
+    again = job.replace(train=job.train.replace(resume=False, max_steps=7))
     run_hypernetwork_job(again, host, Reporter(), Control())
     assert load_hypernetwork(host.folders.hypernetworks / "hn.pt").step == 7
 

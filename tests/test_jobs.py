@@ -22,7 +22,7 @@ def test_toml_job_round_trips_through_dict(tmp_path: Path) -> None:
     )
     job = load_job_file(path)
     assert isinstance(job, TextualInversionJob)
-    assert job.data.folder == Path("images") and job.data.flip == 0.5
+    assert job.data.folder == tmp_path / "images" and job.data.flip == 0.5
     assert job.train.learn_rate == "0.1:50, 0.01:100"
     assert job_from_dict(job_to_dict(job)) == job
 
@@ -56,3 +56,15 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path.write_text("kind = \n")
     with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML"):
         load_job_file(path)
+
+
+def test_relative_paths_are_taken_from_the_job_files_folder(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "job.toml"
+    path.write_text('kind = "textual_inversion"\nlog_dir = "logs"\n[data]\nfolder = "../images"\n')
+    job = load_job_file(path)
+    assert job.data.folder == tmp_path / "jobs" / "../images"
+    assert job.log_dir == tmp_path / "jobs" / "logs"
+    absolute = tmp_path / "elsewhere"
+    path.write_text(f'kind = "textual_inversion"\n[data]\nfolder = "{absolute.as_posix()}"\n')
+    assert load_job_file(path).data.folder == absolute

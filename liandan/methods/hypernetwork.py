@@ -21,7 +21,7 @@ Decisions where A1111 leaves room:
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ import torch
 from liandan.errors import ConfigError
 from liandan.formats.hypernetwork import (
     load_hypernetwork,
+    load_hypernetwork_optimizer,
     save_hypernetwork,
     save_hypernetwork_optimizer,
 )
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 
 LOSS_CSV = "hypernetwork_loss.csv"
 MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
+
+log = logging.getLogger(__name__)
 
 
 def model_attention_widths(bundle: ModelBundle) -> list[int]:
@@ -121,8 +124,8 @@ class HypernetworkMethod:
         self,
         context: MethodContext,
         hypernetwork: Hypernetwork,
-        base_step: int = 0,
         fixed_prompts: bool = False,
+        existing_file: Path | None = None,
     ) -> None:
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
@@ -131,7 +134,9 @@ class HypernetworkMethod:
         self.job: HypernetworkJob = context.job  # type: ignore[assignment]
         self.bundle = context.bundle
         self.name = hypernetwork.name
-        self.base_step = base_step  # steps the loaded file already had before this run
+        self.start_step = hypernetwork.step  # a file trained earlier counts on from its step, as in A1111
+        self.optimizer: Any = None
+        self.existing_file = existing_file  # the file trained earlier, whose `.optim` may be reused
         self.device = context.device
         for module in [*self.bundle.text_encoders, self.bundle.unet, self.bundle.vae]:
             module.requires_grad_(False)
@@ -208,12 +213,27 @@ class HypernetworkMethod:
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.hypernetwork.load_state_dict(state)
 
+    def attach_optimizer(self, optimizer: Any) -> int:
+        """The loop's hook: keep the optimizer for `.optim` sidecars and, for a file trained earlier, start
+        from its A1111 sidecar when that belongs to this file and this optimizer."""
+        self.optimizer = optimizer
+        if self.existing_file is not None:
+            name, state = load_hypernetwork_optimizer(self.existing_file)
+            if state is not None and name == self.job.train.optimizer:
+                try:
+                    optimizer.load_state_dict(state)
+                except (ValueError, KeyError, RuntimeError) as error:
+                    log.warning(
+                        "%s.optim does not fit this optimizer (%s); not used", self.existing_file, error
+                    )
+        return self.start_step
+
     def after_optimizer_step(self, step: int) -> None:
         """Nothing to restore: every hypernetwork weight trains."""
 
     def save(self, step: int, final: bool) -> SavedArtifact:
         hypernetwork = self.hypernetwork
-        hypernetwork.step = self.base_step + step
+        hypernetwork.step = step
         hypernetwork.sd_checkpoint = self.bundle.short_hash or self.context.checkpoint.short_hash
         hypernetwork.sd_checkpoint_name = self.context.checkpoint.path.stem
         if final:
@@ -222,25 +242,10 @@ class HypernetworkMethod:
             path = self.context.run_dir / "hypernetworks" / f"{self.name}-{hypernetwork.step}.pt"
         save_hypernetwork(hypernetwork, path)
         paths = [path]
-        optimizer_state = self._saved_optimizer_state(step)
-        if optimizer_state is not None:
-            paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, optimizer_state))
+        if self.optimizer is not None:
+            state = self.optimizer.state_dict()
+            paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, state))
         return SavedArtifact(paths, step, {"final": final})
-
-    def _saved_optimizer_state(self, step: int) -> dict[str, Any] | None:
-        """The optimizer state for the `.optim` sidecar. The loop writes its full state (optimizer included)
-        into `<run>/state` just before it asks the method to save, so that state is the optimizer's now;
-        read it there rather than reaching into the loop (None if it is not of this step)."""
-        from liandan.train.checkpointing import find_state
-
-        folder = find_state(self.context.run_dir)
-        if folder is None:
-            return None
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("step") != step:
-            return None
-        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        return saved.get("optimizer")
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
@@ -290,17 +295,6 @@ def prompts_are_fixed(job: HypernetworkJob, template_lines: int) -> bool:
     return not job.data.shuffle_tags and job.data.tag_dropout == 0 and template_lines == 1
 
 
-def _base_step(hypernetwork: Hypernetwork, run_dir: Path, resuming: bool) -> int:
-    """Steps the file had before this run started; a resumed run's file already counts this run's steps."""
-    if not resuming:
-        return hypernetwork.step
-    from liandan.train.checkpointing import find_state
-
-    folder = find_state(run_dir)
-    state_step = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["step"] if folder else 0
-    return max(0, hypernetwork.step - state_step)
-
-
 def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     """Load the existing hypernetwork (train further) or create one, then wrap it for the loop."""
     from liandan.train.checkpointing import find_state
@@ -313,12 +307,12 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
         hypernetwork = load_hypernetwork(path, widths)
         if hypernetwork.name != job.name:  # A1111 names a hypernetwork by its file
             hypernetwork.name = job.name
-        base_step = _base_step(hypernetwork, context.run_dir, resuming)
+        existing = path
     else:
         hypernetwork = build_hypernetwork(job, widths)
-        base_step = 0
+        existing = None
     fixed = prompts_are_fixed(job, len(context.dataset.template.lines))
-    return HypernetworkMethod(context, hypernetwork, base_step, fixed_prompts=fixed)
+    return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
 
 
 def run_hypernetwork_job(
