@@ -8,73 +8,26 @@ so the form and the spec cannot drift apart; their defaults come from the spec.
 from __future__ import annotations
 
 import html
-import typing
 from typing import Any
 
 import gradio as gr
 
 from liandan.errors import LiandanError
-from liandan.jobs import DataSpec, PreviewSpec, TextualInversionJob, TrainSpec
+from liandan.jobs import TextualInversionJob
 from liandan.ui.components import UIContext, job_panel
+from liandan.ui.spec_form import SpecForm
 
 PREFIX = "liandan_ti"
 CURRENT_MODEL = "(current model)"
-_DEFAULT = TextualInversionJob()
-_SECTIONS: dict[str, type] = {"train": TrainSpec, "data": DataSpec, "preview": PreviewSpec}
 
 
-def _owner_and_field(path: str) -> tuple[type, str]:
-    section, _, leaf = path.rpartition(".")
-    return (_SECTIONS[section] if section else TextualInversionJob), leaf
-
-
-def _default(path: str) -> Any:
-    value: Any = _DEFAULT
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _elem_id(path: str) -> str:
-    return f"{PREFIX}_{path.replace('.', '_')}"
-
-
-def _text(path: str, label: str, placeholder: str = "", lines: int = 1) -> Any:
-    value = _default(path)
-    return gr.Textbox("" if value is None else str(value), label=label, placeholder=placeholder,
-                      lines=lines, elem_id=_elem_id(path))  # fmt: skip
-
-
-def _number(path: str, label: str, step: float = 1) -> Any:
-    return gr.Number(_default(path), label=label, step=step, elem_id=_elem_id(path))
-
-
-def _check(path: str, label: str) -> Any:
-    return gr.Checkbox(value=_default(path), label=label, elem_id=_elem_id(path))
-
-
-def _choice(path: str, label: str) -> Any:
-    owner, leaf = _owner_and_field(path)
-    choices = list(typing.get_args(typing.get_type_hints(owner)[leaf]))
-    return gr.Radio(choices, value=_default(path), label=label, elem_id=_elem_id(path))
+def _form() -> SpecForm[TextualInversionJob]:
+    return SpecForm(TextualInversionJob, PREFIX)
 
 
 def job_from_form(values: dict[str, Any]) -> TextualInversionJob:
     """Widget values by field path → a validated job: numbers to the field's type, "" → None for options."""
-    data: dict[str, Any] = {}
-    for path, value in values.items():
-        owner, leaf = _owner_and_field(path)
-        hint = typing.get_type_hints(owner)[leaf]
-        if hint is int and value is not None:
-            value = int(value)
-        elif value == "" and type(None) in typing.get_args(hint):
-            value = None
-        node = data
-        *parents, _ = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return TextualInversionJob.from_dict(data)
+    return _form().to_spec(values)
 
 
 def _create_section(ctx: UIContext, model: Any) -> tuple[Any, Any]:
@@ -114,62 +67,55 @@ def _model_value(title: str | None) -> str:
 
 
 def _train_controls(ctx: UIContext) -> dict[str, Any]:
-    c: dict[str, Any] = {}
+    f = _form()
     with gr.Row():
-        c["name"] = _text("name", "Embedding to train (created with the settings above if missing)")
-        c["data.folder"] = _text("data.folder", "Dataset directory", "/path/to/images")
-        c["log_dir"] = _text("log_dir", "Log directory (empty: textual_inversion)")
+        f.text("name", "Embedding to train (created with the settings above if missing)")
+        f.text("data.folder", "Dataset directory", "/path/to/images")
+        f.text("log_dir", "Log directory (empty: textual_inversion)")
     with gr.Row():
         templates = ctx.template_choices()
-        c["data.template"] = gr.Dropdown(templates, value=_default("data.template"), label="Prompt template",
-                                         elem_id=_elem_id("data.template"))  # fmt: skip
-        c["train.learn_rate"] = _text("train.learn_rate", "Embedding learning rate", "0.005 or 0.1:500, 0.01")
-        c["train.max_steps"] = _number("train.max_steps", "Max steps")
+        f.dropdown("data.template", "Prompt template", templates)
+        f.text("train.learn_rate", "Embedding learning rate", "0.005 or 0.1:500, 0.01")
+        f.number("train.max_steps", "Max steps")
     with gr.Row():
-        c["train.batch_size"] = _number("train.batch_size", "Batch size")
-        c["train.gradient_accumulation"] = _number(
-            "train.gradient_accumulation", "Gradient accumulation steps"
-        )
-        c["data.width"] = _number("data.width", "Width", 8)
-        c["data.height"] = _number("data.height", "Height", 8)
-        c["data.buckets"] = _check("data.buckets", "Aspect-ratio buckets (any size)")
+        f.number("train.batch_size", "Batch size")
+        f.number("train.gradient_accumulation", "Gradient accumulation steps")
+        f.number("data.width", "Width", step=8)
+        f.number("data.height", "Height", step=8)
+        f.check("data.buckets", "Aspect-ratio buckets (any size)")
     with gr.Row():
-        c["train.clip_grad_mode"] = _choice("train.clip_grad_mode", "Gradient clipping")
-        c["train.clip_grad_value"] = _text("train.clip_grad_value", "Clip value")
-        c["data.latent_sampling"] = _choice("data.latent_sampling", "Latent sampling method")
+        f.radio("train.clip_grad_mode", "Gradient clipping")
+        f.text("train.clip_grad_value", "Clip value")
+        f.radio("data.latent_sampling", "Latent sampling method")
     with gr.Row():
-        c["data.shuffle_tags"] = _check("data.shuffle_tags", "Shuffle tags")
-        c["data.tag_dropout"] = gr.Slider(0, 1, value=0, step=0.05, label="Drop out tags",
-                                          elem_id=_elem_id("data.tag_dropout"))  # fmt: skip
-        c["data.flip"] = gr.Slider(0, 1, value=0, step=0.05, label="Horizontal flip probability",
-                                   elem_id=_elem_id("data.flip"))  # fmt: skip
-        c["data.use_alpha_weight"] = _check("data.use_alpha_weight", "Use PNG alpha as loss weight")
+        f.check("data.shuffle_tags", "Shuffle tags")
+        f.slider("data.tag_dropout", "Drop out tags", 0, 1, 0.05)
+        f.slider("data.flip", "Horizontal flip probability", 0, 1, 0.05)
+        f.check("data.use_alpha_weight", "Use PNG alpha as loss weight")
     with gr.Row():
-        c["data.filename_regex"] = _text("data.filename_regex", "Filename regex")
-        c["data.join_string"] = _text("data.join_string", "Join string")
+        f.text("data.filename_regex", "Filename regex")
+        f.text("data.join_string", "Join string")
     with gr.Row():
-        c["train.save_every"] = _number("train.save_every", "Save a copy of the embedding every N steps")
-        c["train.preview_every"] = _number("train.preview_every", "Save a preview image every N steps")
-        c["save_png_cards"] = _check("save_png_cards", "Save embedding PNG cards")
-        c["file_format"] = _choice("file_format", "Save as")
+        f.number("train.save_every", "Save a copy of the embedding every N steps")
+        f.number("train.preview_every", "Save a preview image every N steps")
+        f.check("save_png_cards", "Save embedding PNG cards")
+        f.radio("file_format", "Save as")
     with gr.Row():
-        c["train.early_stop_epochs"] = _number(
-            "train.early_stop_epochs", "Stop after N epochs without progress"
-        )
-        c["train.move_unused_to_cpu"] = _check("train.move_unused_to_cpu", "Move VAE and CLIP to RAM")
-        c["train.mixed_precision"] = _choice("train.mixed_precision", "Mixed precision")
-        c["clip_skip"] = _number("clip_skip", "CLIP skip")
+        f.number("train.early_stop_epochs", "Stop after N epochs without progress")
+        f.check("train.move_unused_to_cpu", "Move VAE and CLIP to RAM")
+        f.radio("train.mixed_precision", "Mixed precision")
+        f.number("clip_skip", "CLIP skip")
     with gr.Accordion("Preview", open=False):
-        c["preview.prompt"] = _text("preview.prompt", "Preview prompt (empty: from the template)")
-        c["preview.negative_prompt"] = _text("preview.negative_prompt", "Negative prompt")
+        f.text("preview.prompt", "Preview prompt (empty: from the template)")
+        f.text("preview.negative_prompt", "Negative prompt")
         with gr.Row():
-            c["preview.steps"] = _number("preview.steps", "Sampling steps")
-            c["preview.sampler"] = _choice("preview.sampler", "Sampler")
-            c["preview.cfg_scale"] = _number("preview.cfg_scale", "CFG scale", 0.5)
-            c["preview.seed"] = _number("preview.seed", "Seed (-1: random)")
-            c["preview.width"] = _number("preview.width", "Width", 8)
-            c["preview.height"] = _number("preview.height", "Height", 8)
-    return c
+            f.number("preview.steps", "Sampling steps")
+            f.radio("preview.sampler", "Sampler")
+            f.number("preview.cfg_scale", "CFG scale", step=0.5)
+            f.number("preview.seed", "Seed (-1: random)")
+            f.number("preview.width", "Width", step=8)
+            f.number("preview.height", "Height", step=8)
+    return f.controls
 
 
 def build(ctx: UIContext) -> None:
