@@ -3,8 +3,9 @@
 Uses Debian's /usr/bin/chromium and the `websockets` package (already in the venv): no playwright, no
 browser download. Selectors are CSS, looked up in the page and inside `gradio-app`'s shadow root if any.
 
-    with Browser(tmp_path) as browser:
-        browser.open("http://127.0.0.1:7870/")
+    require_chromium()
+    with standalone_ui(tmp_path) as url, Browser(tmp_path) as browser:
+        browser.open(url)
         browser.click_text("Hypernetwork")
         browser.fill("#liandan_hn_name textarea", "my-hn")
         browser.click("#liandan_hn_train")
@@ -21,10 +22,17 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -56,6 +64,49 @@ def free_port() -> int:
 
 class BrowserError(AssertionError):
     pass
+
+
+def require_chromium() -> str:
+    """Chromium's path; a test that needs it is skipped where it is missing, and fails under CI."""
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: CI must install it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return binary
+
+
+@contextmanager
+def standalone_ui(work_dir: Path, startup_timeout: float = 120) -> Iterator[str]:
+    """`python -m liandan ui` on a free port with its data in `work_dir/data` (an empty folder gets the tiny
+    default models on first use) and its log in `work_dir/server.log`; yields the URL once it serves."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "LIANDAN_DATA_DIR": str(work_dir / "data"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",  # the server trains on a shared CPU, as the tests do
+    }
+    log_path = work_dir / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "liandan", "ui", "--port", str(port)], cwd=REPO,
+                                  env=env, stdout=log, stderr=log)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + startup_timeout
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}config", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"the UI did not start:\n{log_path.read_text()[-3000:]}")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(20)
 
 
 class Browser:

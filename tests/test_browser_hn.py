@@ -4,52 +4,22 @@ Interrupt, Resume."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_driver import Browser, find_chromium, free_port
+from browser_driver import Browser, require_chromium, standalone_ui
 
 from liandan.formats.hypernetwork import load_hypernetwork
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def served(tmp_path: Path):
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: CI must install it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    data = tmp_path / "data"  # empty: the host writes the tiny default models on first use (SD1 is current)
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "LIANDAN_DATA_DIR": str(data),
-           "PYTHONPATH": str(REPO)}  # fmt: skip
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "liandan", "ui", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=log, stderr=log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}config", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the UI did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url, data
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
+    require_chromium()
+    with standalone_ui(tmp_path) as url:  # an empty data dir: the host writes the tiny default models
+        yield url, tmp_path / "data"
 
 
 def _status(browser: Browser) -> str:

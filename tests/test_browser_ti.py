@@ -3,56 +3,22 @@ bar and a preview image."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_driver import Browser, find_chromium, free_port
+from browser_driver import Browser, require_chromium, standalone_ui
 
 from liandan.formats.embedding import load_embedding
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def served(tmp_path: Path):
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: CI must install it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "LIANDAN_DATA_DIR": str(tmp_path / "data"),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "liandan", "ui", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=log, stderr=log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}config", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the UI did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    require_chromium()
+    with standalone_ui(tmp_path) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
 
 
 def test_create_train_and_see_progress_and_a_preview(served: str, fixtures_dir: Path, tmp_path: Path) -> None:
