@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from liandan.errors import ConfigError, FormatError
+from liandan.models.bundle import text_transformer
 from liandan.models.conditioning import (
     PromptEncoder,
     added_cond_kwargs,
@@ -43,7 +44,7 @@ def _id(bundle, word: str) -> int:
 def _token_embeddings_seen(encoder):
     """Record the token embeddings the transformer receives (its input minus the position embeddings)."""
     seen = []
-    embeddings = encoder.text_model.embeddings
+    embeddings = text_transformer(encoder).embeddings
 
     def hook(_module, _inputs, output):
         seen.append((output - embeddings.position_embedding.weight[: output.shape[1]]).detach())
@@ -171,7 +172,7 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(sd1):
         skipped = PromptEncoder(sd1, clip_skip=2).encode(["a cat"]).context
         ids = torch.tensor([PromptEncoder(sd1).tokenize("a cat").chunks[0].tokens])
         out = text_encoder(input_ids=ids, output_hidden_states=True)
-        expected = text_encoder.text_model.final_layer_norm(out.hidden_states[-2])
+        expected = text_transformer(text_encoder).final_layer_norm(out.hidden_states[-2])
     torch.testing.assert_close(last, out.last_hidden_state)
     torch.testing.assert_close(skipped, expected)
     assert not torch.allclose(last, skipped)
@@ -195,7 +196,9 @@ def test_sd2_pads_with_zero_after_eos_and_uses_the_penultimate_layer(sd2):
     assert (ids[0, 4:] == 0).all()
     with torch.no_grad():
         out = text_encoder(input_ids=ids, output_hidden_states=True)
-    torch.testing.assert_close(context, text_encoder.text_model.final_layer_norm(out.hidden_states[-2]))
+    torch.testing.assert_close(
+        context, text_transformer(text_encoder).final_layer_norm(out.hidden_states[-2])
+    )
 
 
 def test_sdxl_concatenates_both_encoders_and_pools_g(sdxl):

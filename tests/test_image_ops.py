@@ -25,7 +25,8 @@ def test_open_image_refuses_empty_and_non_images_with_the_reason(tmp_path) -> No
 
 
 def test_sixteen_bit_grey_keeps_its_tones() -> None:
-    grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16), "I;16")
+    grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))  # 16-bit grey: mode "I;16"
+    assert grey.mode == "I;16"
     rgb = to_rgb_or_rgba(grey)
     assert rgb.mode == "RGB"
     assert 120 <= rgb.getpixel((0, 0))[0] <= 135  # mid grey, not clipped to white

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from liandan.models.bundle import text_transformer
 from liandan.models.model_spec import assign_tensor, build_modules, spec_of_bundle, standard_spec
 from liandan.models.tiny import tiny_bundle
 
@@ -19,7 +20,7 @@ def test_empty_build_uses_no_memory_for_a_full_size_sdxl():
     assert all(p.is_meta for p in unet.parameters())
     assert sum(p.numel() for p in unet.parameters()) > 2_500_000_000
     # buffers stay real so the text encoders' position ids are usable
-    assert not text_encoders[0].text_model.embeddings.position_ids.is_meta
+    assert not text_transformer(text_encoders[0]).embeddings.position_ids.is_meta
 
 
 def test_assign_tensor_replaces_without_copy_and_rejects_unknown_names():

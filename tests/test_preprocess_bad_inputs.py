@@ -53,7 +53,7 @@ def make_corpus(folder: Path) -> None:
     (folder / "text.png").write_text("this is a text file")
     (folder / "bomb.png").write_bytes(_png_header_only(20000, 20000))
     Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(folder / "cmyk.jpg")  # red in CMYK
-    Image.fromarray(np.full((16, 16), 30000, dtype=np.uint16), "I;16").save(folder / "sixteen.png")
+    Image.fromarray(np.full((16, 16), 30000, dtype=np.uint16)).save(folder / "sixteen.png")  # 16-bit grey
     palette = Image.new("P", (16, 16), 1)
     palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
     palette.paste(0, (0, 0, 8, 16))

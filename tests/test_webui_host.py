@@ -278,6 +278,7 @@ def test_unload_setting_off_keeps_the_webui_model_where_it_is(a1111, fake_loader
 def entry_script(a1111, count_job):
     import importlib.util
 
+    pytest.importorskip("gradio", reason="the entry script builds Gradio tabs (not in the newest-stack job)")
     modules = a1111()
     spec = importlib.util.spec_from_file_location("liandan_entry", REPO / "scripts" / "liandan.py")
     script = importlib.util.module_from_spec(spec)

@@ -61,3 +61,9 @@ class ModelBundle:
         for module in [*self.text_encoders, self.unet, self.vae]:
             module.to(device=device, dtype=dtype)
         return self
+
+
+def text_transformer(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The CLIP text transformer (embeddings, encoder, final_layer_norm) inside a text encoder: transformers 5
+    dropped the `text_model` level from CLIPTextModel, CLIPTextModelWithProjection keeps it."""
+    return getattr(encoder, "text_model", encoder)

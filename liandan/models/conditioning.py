@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 from liandan.errors import ConfigError, FormatError
+from liandan.models.bundle import text_transformer
 
 if TYPE_CHECKING:
     import torch
@@ -347,7 +348,7 @@ class PromptEncoder:
         return _apply_emphasis(z, multipliers), pooled
 
     def _pick_layer(self, encoder_index: int, out, encoder) -> torch.Tensor:
-        final_norm = encoder.text_model.final_layer_norm
+        final_norm = text_transformer(encoder).final_layer_norm
         if self.bundle.family == "sd1":
             if self.clip_skip == 1:
                 return out.last_hidden_state

@@ -168,6 +168,12 @@ def _open_clip_key(name: str) -> tuple[str, Transform]:
     return f"{prefix}.{_OPEN_CLIP_LAYER[module]}.{leaf}", "copy"
 
 
+def hf_text_model_prefix(encoder: torch.nn.Module) -> str:
+    """What to put before an encoder's parameter names to get transformers 4's names: transformers 5 dropped
+    the `text_model.` level from CLIPTextModel (not from CLIPTextModelWithProjection)."""
+    return "" if hasattr(encoder, "text_model") else "text_model."
+
+
 def key_plan(spec: ModelSpec, modules: dict[str, torch.nn.Module]) -> list[KeyMap]:
     """Every parameter of `modules` ("unet", "vae", "text_encoder_<i>") with its LDM key, in module order."""
     plan: list[KeyMap] = []
@@ -184,11 +190,12 @@ def key_plan(spec: ModelSpec, modules: dict[str, torch.nn.Module]) -> list[KeyMa
         component = f"text_encoder_{index}"
         prefix = TEXT_PREFIXES[(spec.family, index)]
         packed: dict[str, list[str]] = {}
+        text_model_prefix = hf_text_model_prefix(modules[component])
         for name, _ in modules[component].named_parameters():
             if te_spec.layout == "hf_clip":
-                plan.append(KeyMap(prefix + name, component, (name,), "copy"))
+                plan.append(KeyMap(prefix + text_model_prefix + name, component, (name,), "copy"))
                 continue
-            ldm, transform = _open_clip_key(name)
+            ldm, transform = _open_clip_key(text_model_prefix + name)
             if transform == "qkv":
                 packed.setdefault(ldm, []).append(name)
                 if len(packed[ldm]) == 3:

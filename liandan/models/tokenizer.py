@@ -87,14 +87,10 @@ def write_tokenizer_files(dest: Path, pad_token: str = CLIP_L_PAD) -> Path:
 def _cached_tokenizer(pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
+    # from_pretrained on a folder reads the files the same way in transformers 4 and 5 (whose CLIPTokenizer
+    # constructor no longer takes file paths)
     with tempfile.TemporaryDirectory(prefix="liandan-tokenizer-") as tmp:
-        folder = write_tokenizer_files(Path(tmp), pad_token)
-        return CLIPTokenizer(
-            vocab_file=str(folder / "vocab.json"),
-            merges_file=str(folder / "merges.txt"),
-            pad_token=pad_token,
-            model_max_length=77,
-        )
+        return CLIPTokenizer.from_pretrained(str(write_tokenizer_files(Path(tmp), pad_token)))
 
 
 def clip_tokenizer(pad_token: str = CLIP_L_PAD) -> CLIPTokenizer:
