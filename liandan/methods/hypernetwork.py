@@ -249,31 +249,18 @@ class HypernetworkMethod:
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
+        from liandan.methods.training_job import render_preview
         from liandan.models.attention_hooks import install_kv_transforms
-        from liandan.models.sampling import generate
 
-        preview = self.job.preview
         self.hypernetwork.eval()
         self.hypernetwork.strength = 1.0
-        vae_device = self.bundle.vae.device
-        self.bundle.vae.to(self.device)
         if not enabled:
             self.handle.remove()
         try:
-            return generate(
-                self.bundle,
-                prompt,
-                preview.negative_prompt,
-                steps=preview.steps,
-                cfg_scale=preview.cfg_scale,
-                seed=seed,
-                width=preview.width,
-                height=preview.height,
-                sampler=preview.sampler,
-                clip_skip=self.job.clip_skip,
+            return render_preview(
+                self.bundle, self.job.preview, prompt, seed, self.device, clip_skip=self.job.clip_skip
             )
         finally:
-            self.bundle.vae.to(vae_device)
             if not enabled:
                 self.handle = install_kv_transforms(self.bundle.unet, [self.hypernetwork])
 

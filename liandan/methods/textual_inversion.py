@@ -37,7 +37,7 @@ from liandan.methods.embedding_create import (
     new_embedding,
     write_embedding,
 )
-from liandan.methods.training_job import MethodContext, run_training_job
+from liandan.methods.training_job import MethodContext, render_preview, run_training_job
 from liandan.progress import ProgressEvent, Reporter
 from liandan.train.method import ParamGroup, SavedArtifact
 
@@ -207,27 +207,9 @@ class TextualInversion:
         return self.job.preview.prompt or self.context.dataset.prompt(0, 0)
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
-        from liandan.models.sampling import generate
-
-        preview, vae = self.job.preview, self.bundle.vae
-        home = vae.device
-        vae.to(self.context.device)  # "move VAE to RAM" keeps it off the GPU between previews
-        try:
-            image = generate(
-                self.bundle,
-                prompt,
-                preview.negative_prompt,
-                steps=preview.steps,
-                cfg_scale=preview.cfg_scale,
-                seed=seed,
-                width=preview.width,
-                height=preview.height,
-                sampler=preview.sampler,
-                clip_skip=self.job.clip_skip,
-                embeddings={self.name: self.vectors.as_prompt_embedding()} if enabled else None,
-            )
-        finally:
-            vae.to(home)
+        embeddings = {self.name: self.vectors.as_prompt_embedding()} if enabled else None
+        image = render_preview(self.bundle, self.job.preview, prompt, seed, self.context.device,
+                               clip_skip=self.job.clip_skip, embeddings=embeddings)  # fmt: skip
         if enabled:
             self.last_preview = image
         return image

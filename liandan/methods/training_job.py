@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +18,13 @@ import torch
 from liandan.errors import DatasetError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from liandan.data.dataset import TrainingDataset
     from liandan.host.base import ArtifactKind, CheckpointRef, Host
     from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
     from liandan.models.bundle import ModelBundle
+    from liandan.models.conditioning import EmbeddingVectors
     from liandan.progress import Control, Reporter
     from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
@@ -76,6 +79,40 @@ def preview_prompt_and_seed(preview: PreviewSpec, dataset: TrainingDataset) -> t
     prompt = preview.prompt or dataset.prompt(0, 0)
     seed = preview.seed if preview.seed >= 0 else random.randrange(2**31)
     return prompt, seed
+
+
+def render_preview(
+    bundle: ModelBundle,
+    preview: PreviewSpec,
+    prompt: str,
+    seed: int,
+    device: torch.device,
+    *,
+    clip_skip: int,
+    embeddings: Mapping[str, EmbeddingVectors] | None = None,
+) -> Image.Image:
+    """One preview image with the job's preview settings. The VAE comes to `device` for the render and goes
+    back after: "move VAE and CLIP to RAM" keeps it off the GPU between previews."""
+    from liandan.models.sampling import generate
+
+    home = bundle.vae.device
+    bundle.vae.to(device)
+    try:
+        return generate(
+            bundle,
+            prompt,
+            preview.negative_prompt,
+            steps=preview.steps,
+            cfg_scale=preview.cfg_scale,
+            seed=seed,
+            width=preview.width,
+            height=preview.height,
+            sampler=preview.sampler,
+            clip_skip=clip_skip,
+            embeddings=embeddings,
+        )
+    finally:
+        bundle.vae.to(home)
 
 
 def run_training_job(
