@@ -76,8 +76,9 @@ def test_write_tiny_models_is_deterministic_idempotent_and_loadable(tmp_path):
     assert write_tiny_models(checkpoints) == paths
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths.values()} == stamps
 
-    other = write_tiny_models(tmp_path / "elsewhere")  # the same tensors in another folder
-    assert _tensors(other["sd1"]) == _tensors(paths["sd1"])
+    other = write_tiny_models(tmp_path / "elsewhere")  # the same bytes in another folder: the same A1111 hash
+    assert other["sd1"].read_bytes() == paths["sd1"].read_bytes()
+    assert other["sdxl"].read_bytes() == paths["sdxl"].read_bytes()
     paths["sdxl"].write_bytes(b"broken")
     write_tiny_models(checkpoints)  # a damaged file is rewritten
     assert _tensors(paths["sdxl"]) == _tensors(other["sdxl"])

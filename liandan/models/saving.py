@@ -7,6 +7,7 @@ architecture is not a released one, a same-named .yaml is written beside the fil
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,22 @@ def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torc
     return state
 
 
+def sort_safetensors_metadata(path: Path) -> None:
+    """Put the header's metadata in key order, in place. safetensors writes it from a hash map, in an order
+    that changes from run to run, so the same weights got another file hash (A1111's model hash) each time.
+    Reordering keys keeps the header's length, so the tensor data stays where it is."""
+    with path.open("r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:  # always equal in practice; never risk moving the data
+            f.seek(8)
+            f.write(text.ljust(size, b" "))
+
+
 def save_checkpoint(
     bundle: ModelBundle, path: Path, *, half: bool = False, metadata: dict[str, str] | None = None
 ) -> Path:
@@ -132,6 +149,7 @@ def save_checkpoint(
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
+            sort_safetensors_metadata(tmp)
         else:
             torch.save({"state_dict": state}, tmp)
     spec = spec_of_bundle(bundle)
