@@ -42,3 +42,37 @@ def test_missing_dataset_folder_is_refused_before_any_model_loads(tmp_path: Path
             make_method=never,
         )
     assert not list(host.folders.checkpoints.iterdir())  # nothing loaded, nothing written
+
+
+def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `accelerate launch` a bare "cuda" is GPU 0 on every rank: the method must be placed on the
+    device of the Accelerator the loop then trains with (made before the model loads)."""
+    import shutil
+
+    from liandan.train import loop
+    from liandan.train.loop import TrainResult
+
+    made, seen = [], {}
+    real_make = loop.make_accelerator
+
+    def make_accelerator(spec):
+        made.append(real_make(spec))
+        return made[-1]
+
+    def fake_train(method, dataset, spec, **kwargs):
+        seen["accelerator"] = kwargs.get("accelerator")
+        return TrainResult(0, 0, "max_steps", "done")
+
+    monkeypatch.setattr(loop, "make_accelerator", make_accelerator)
+    monkeypatch.setattr(loop, "train", fake_train)
+    folder = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", folder)
+    host = StandaloneHost(tmp_path / "data")
+    job = TextualInversionJob(name="cat", data=DataSpec(folder=folder, width=64, height=64))
+    contexts = []
+    run_training_job(job, host, Reporter(), Control(), name="cat", artifact_kind="embeddings",
+                     loss_csv_name="x.csv", make_method=contexts.append)  # fmt: skip
+    assert len(made) == 1 and seen["accelerator"] is made[0]
+    assert contexts[0].device == made[0].device and contexts[0].is_main

@@ -41,10 +41,7 @@ class MethodContext:
     dataset: TrainingDataset
     run_dir: Path
     device: torch.device
-
-
-def training_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    is_main: bool = True  # the process that writes files (rank 0)
 
 
 def find_run_dir(log_root: Path, name: str, resume: bool, today: dt.date | None = None) -> Path:
@@ -131,7 +128,7 @@ def run_training_job(
     from liandan.models.loading import bundle_short_hash
     from liandan.progress import ProgressEvent
     from liandan.provenance import provenance, write_provenance
-    from liandan.train.loop import train
+    from liandan.train.loop import make_accelerator, train
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
     data_spec: DataSpec = job.data  # type: ignore[attr-defined]
@@ -144,7 +141,10 @@ def run_training_job(
     reporter(
         ProgressEvent("start", job=name, total=train_spec.max_steps, message=f"loading {checkpoint.title}")
     )
-    device = training_device()
+    # made before the model: under `accelerate launch` its device is this rank's GPU (a bare "cuda" would
+    # put every rank on GPU 0), and the loop trains with this same Accelerator
+    accelerator = make_accelerator(train_spec)
+    device = accelerator.device
     with host.model_for_training(checkpoint.path) as bundle:
         short_hash = bundle_short_hash(bundle) or checkpoint.short_hash
         dataset = build_dataset(
@@ -159,7 +159,9 @@ def run_training_job(
         dataset.cache_latents(should_stop=lambda: control.interrupted)
         if train_spec.move_unused_to_cpu and not dataset.needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
-        context = MethodContext(job, host, checkpoint, bundle, dataset, run_dir, device)
+        context = MethodContext(
+            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process
+        )
         method = make_method(context)
         prompt, seed = preview_prompt_and_seed(preview, dataset)
         result = train(
@@ -174,6 +176,7 @@ def run_training_job(
             preview_prompt=prompt if preview.self_test or train_spec.preview_every else None,
             preview_seed=seed,
             self_test=preview.self_test,
+            accelerator=accelerator,
             progress_bar=progress_bar,
         )
     finals = [a for a in result.artifacts if a.info.get("final")]
