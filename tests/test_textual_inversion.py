@@ -283,3 +283,21 @@ def test_template_without_name_is_refused(train64: Path, tmp_path: Path) -> None
     (host.folders.templates / "plain.txt").write_text("a picture of [filewords]\n")
     with pytest.raises(LiandanError, match=r"\[name\]"):
         run(make_job(train64, data={"template": "plain.txt"}), host)
+
+
+def test_only_the_main_process_writes_a_new_embedding(tmp_path: Path) -> None:
+    """Under several processes every rank builds the method; one file write, by rank 0."""
+    from liandan.methods.textual_inversion import prepare_embedding
+    from liandan.methods.training_job import MethodContext
+
+    host = StandaloneHost(tmp_path / "data")
+    job = make_job(tmp_path)
+    bundle = tiny_bundle("sd1")
+
+    def context(is_main: bool) -> MethodContext:
+        return MethodContext(job, host, None, bundle, None, tmp_path / "run", torch.device("cpu"), is_main)  # type: ignore[arg-type]
+
+    embedding, path = prepare_embedding(context(is_main=False), "testti")
+    assert not path.exists() and embedding.single.shape[0] == 3
+    _, main_path = prepare_embedding(context(is_main=True), "testti")
+    assert main_path == path and torch.equal(load_embedding(path).single, embedding.single)

@@ -234,7 +234,9 @@ def prepare_embedding(context: MethodContext, name: str) -> tuple[Embedding, Pat
             target = embedding_file(folder, name, job.file_format, bundle.is_sdxl)
         return embedding, target
     embedding = new_embedding(bundle, name, job.init_text, job.vectors)
-    path = write_embedding(embedding, embedding_file(folder, name, job.file_format, bundle.is_sdxl))
+    path = embedding_file(folder, name, job.file_format, bundle.is_sdxl)
+    if context.is_main:  # on several processes every rank builds the same vectors; one writes them
+        write_embedding(embedding, path)
     return embedding, path
 
 
