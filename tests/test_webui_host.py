@@ -54,7 +54,9 @@ def fake_loader(monkeypatch):
 
         model = sd_models.model_data.sd_model
         loads.append((path, model.device if model else "", call_queue.queue_lock.locked()))
-        return SimpleNamespace(source=path, short_hash=None)
+        bundle = SimpleNamespace(source=path, short_hash=None)
+        bundle.to = lambda device: bundle
+        return bundle
 
     monkeypatch.setitem(sys.modules, "liandan.models.loading", SimpleNamespace(load_bundle=load_bundle))
     return loads
@@ -212,21 +214,23 @@ if CountJob.kind not in JOB_KINDS:
 
 
 @pytest.fixture
-def count_job():
-    """A job emitting `steps` steps; it waits at step 2 until the test lets it go on."""
+def count_job(fake_loader):
+    """A job emitting `steps` steps inside model_for_training, as a training job does; it waits at step 2
+    until the test lets it go on."""
     at_step_two = threading.Event()
     go_on = threading.Event()
 
     def run(spec, host, reporter, control):
-        reporter(ProgressEvent("start", job="count", total=spec.steps))
-        for step in range(1, spec.steps + 1):
-            if control.interrupted:
-                return
-            reporter(ProgressEvent("step", job="count", step=step, total=spec.steps, loss=0.25))
-            if step == 2:
-                at_step_two.set()
-                go_on.wait(5)
-        reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
+        with host.model_for_training():
+            reporter(ProgressEvent("start", job="count", total=spec.steps))
+            for step in range(1, spec.steps + 1):
+                if control.interrupted:
+                    return
+                reporter(ProgressEvent("step", job="count", step=step, total=spec.steps, loss=0.25))
+                if step == 2:
+                    at_step_two.set()
+                    go_on.wait(5)
+            reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
 
     job_runner.register_runner(CountJob.kind, run)
     yield at_step_two, go_on
@@ -244,7 +248,7 @@ def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
     assert state.textinfo == "count step 2/3, loss 0.25000"
     go_on.set()
     assert runner.wait(job, timeout=10).state == "done"
-    assert state.history == [("begin", "liandan count"), ("end", "liandan count", 3, 3)]
+    assert state.history == [("begin", "liandan"), ("end", "liandan count", 3, 3)]
     runner.close(timeout=5)
 
 
@@ -337,3 +341,43 @@ def test_script_unloaded_stops_the_worker(entry_script) -> None:
     script.on_script_unloaded()
     assert script._runner is None
     assert job_runner_._worker is None or not job_runner_._worker.is_alive()
+
+
+# --- A1111's shared.state and queue_lock belong to whoever holds the lock -------------------------------
+
+
+def test_state_is_only_touched_while_holding_the_generation_lock(a1111, fake_loader) -> None:
+    """A txt2img owns shared.state while it holds queue_lock: our job's events before we get the lock
+    (loading, "start") and after we let it go ("done") must leave that state alone."""
+    modules = a1111()
+    state = modules.shared.state
+    host = WebUIHost()
+    with modules.call_queue.queue_lock:  # a txt2img is generating
+        state.begin(job="txt2img")
+        state.job_count, state.sampling_step = 1, 7
+        state.interrupt()  # ... and the user pressed Interrupt for it
+        host.reporter(ProgressEvent("start", job="ti", total=10, message="loading"))
+        assert (state.job, state.job_count, state.sampling_step, state.interrupted) == ("txt2img", 1, 7, True)
+        assert not host.control.interrupted  # that Interrupt was for the txt2img, not for us
+        state.end()
+    state.history.clear()
+    with host.model_for_training():
+        assert state.history == [("begin", "liandan")]
+        host.reporter(ProgressEvent("start", job="ti", total=10))
+        host.reporter(ProgressEvent("step", job="ti", step=4, total=10, loss=0.5))
+        assert (state.job, state.job_no, state.job_count) == ("liandan ti", 4, 10)
+    # ended before the lock went back, so a txt2img waiting for it starts on a clean state
+    assert state.history[-1] == ("end", "liandan ti", 4, 10)
+    state.begin(job="txt2img")
+    host.reporter(ProgressEvent("done", job="ti", step=10, total=10))
+    assert state.job == "txt2img" and state.history[-1] == ("begin", "txt2img")
+
+
+@pytest.mark.parametrize("press", ["interrupt", "stop_generating"])
+def test_a1111_interrupt_while_training_stops_our_job(a1111, fake_loader, press: str) -> None:
+    modules = a1111()
+    host = WebUIHost()
+    with host.model_for_training():
+        getattr(modules.shared.state, press)()
+        host.reporter(ProgressEvent("step", job="ti", step=1, total=10))
+        assert host.control.interrupted

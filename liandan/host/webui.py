@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,8 @@ class WebUIHost:
         self.version = check_webui()
         self.reporter = Reporter(self._mirror_progress)
         self.control = Control()
+        # shared.state belongs to whoever holds A1111's queue_lock: we touch it only while we hold it
+        self._holding_lock: threading.Thread | None = None
 
     @property
     def folders(self) -> Folders:
@@ -180,12 +183,12 @@ class WebUIHost:
         `send_model_to_device` re-installs those hooks. (`reload_model_weights` would not do: for an
         unchanged checkpoint it returns at once and leaves the model on the CPU.)
         """
-        from modules import call_queue, devices, sd_models, shared
+        from modules import devices, sd_models, shared
 
         from liandan.models.loading import load_bundle
 
         ref = self.resolve_checkpoint(checkpoint)
-        with call_queue.queue_lock:
+        with self._generation_lock():
             webui_model = sd_models.model_data.sd_model
             if not getattr(shared.opts, UNLOAD_OPTION, True):  # the user has VRAM for both
                 webui_model = None
@@ -202,6 +205,24 @@ class WebUIHost:
                 devices.torch_gc()
                 if webui_model is not None:
                     sd_models.send_model_to_device(webui_model)
+
+    @contextlib.contextmanager
+    def _generation_lock(self) -> Iterator[None]:
+        """A1111's queue_lock (not reentrant), with shared.state ours from begin() to end() inside it, so a
+        txt2img waiting for the lock starts on a clean state. Re-entered by its holder, it only yields."""
+        from modules import call_queue, shared
+
+        if self._holding_lock is threading.current_thread():
+            yield
+            return
+        with call_queue.queue_lock:
+            shared.state.begin(job="liandan")
+            self._holding_lock = threading.current_thread()
+            try:
+                yield
+            finally:
+                self._holding_lock = None
+                shared.state.end()
 
     # --- after writing an artifact -------------------------------------------------------------------
 
@@ -227,12 +248,15 @@ class WebUIHost:
     # --- progress --------------------------------------------------------------------------------------
 
     def _mirror_progress(self, event: ProgressEvent) -> None:
-        """Drive A1111's shared.state (console, progress API) and bridge its Interrupt button to us."""
+        """Drive A1111's shared.state (console, progress API) and bridge its Interrupt button to us, only
+        while we hold its queue_lock: outside it the state is a running txt2img's."""
         from modules import shared
 
+        if self._holding_lock is not threading.current_thread():
+            return
         state = shared.state
         if event.kind == "start":
-            state.begin(job=f"liandan {event.job}".strip())
+            state.job = f"liandan {event.job}".strip()
         if event.total:
             state.job_count = event.total
         if event.kind == "step":
@@ -241,7 +265,6 @@ class WebUIHost:
             state.textinfo = f"{event.job} step {event.step}/{event.total}{loss}".strip()
         elif event.message:
             state.textinfo = event.message
-        if state.interrupted:
+        # Interrupt, and its second stage "stop generating" (1.8+)
+        if state.interrupted or getattr(state, "stopping_generation", False):
             self.control.interrupt()
-        if event.kind in ("done", "error"):
-            state.end()

@@ -13,6 +13,8 @@ class State:
 
     def __init__(self) -> None:
         self.interrupted = False
+        self.stopping_generation = False  # Interrupt's second stage in 1.8+ ("stop after this image")
+        self.skipped = False
         self.job = ""
         self.job_no = 0
         self.job_count = 0
@@ -22,7 +24,9 @@ class State:
         self.history: list[tuple] = []
 
     def begin(self, job: str = "(unknown)") -> None:
-        self.job, self.job_no, self.job_count, self.interrupted, self.textinfo = job, 0, -1, False, None
+        """Like A1111's: resets everything a running generation relies on (its Interrupt flags included)."""
+        self.job, self.job_no, self.job_count, self.textinfo = job, 0, -1, None
+        self.sampling_step, self.interrupted, self.stopping_generation, self.skipped = 0, False, False, False
         self.history.append(("begin", job))
 
     def end(self) -> None:
@@ -31,6 +35,9 @@ class State:
 
     def interrupt(self) -> None:
         self.interrupted = True
+
+    def stop_generating(self) -> None:
+        self.stopping_generation = True
 
 
 class OptionInfo:
