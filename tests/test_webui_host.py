@@ -381,3 +381,19 @@ def test_a1111_interrupt_while_training_stops_our_job(a1111, fake_loader, press:
         getattr(modules.shared.state, press)()
         host.reporter(ProgressEvent("step", job="ti", step=1, total=10))
         assert host.control.interrupted
+
+
+def test_refresh_holds_the_generation_lock_and_loads_no_model(a1111, monkeypatch) -> None:
+    """As A1111's POST /sdapi/v1/refresh-embeddings and refresh-checkpoints: under queue_lock, so a running
+    txt2img does not see its embeddings or checkpoint list vanish mid-generation."""
+    modules = a1111()
+    seen: list[bool] = []
+    monkeypatch.setattr(
+        modules.shared, "refresh_checkpoints", lambda: seen.append(modules.call_queue.queue_lock.locked())
+    )
+    host = WebUIHost()
+    host.refresh("checkpoints")
+    assert seen == [True]
+    modules.sd_models.model_data.sd_model = None  # still loading at start-up, or failed to load
+    host.refresh("embeddings")  # the embedding list is rebuilt when the model loads
+    assert ("load_model",) not in modules.CALLS

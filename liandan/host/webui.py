@@ -227,23 +227,30 @@ class WebUIHost:
     # --- after writing an artifact -------------------------------------------------------------------
 
     def refresh(self, kind: ArtifactKind) -> None:
-        """Make a new file usable in txt2img at once, without a restart."""
-        from modules import sd_hijack, shared
+        """Make a new file usable in txt2img at once, without a restart. Under A1111's queue_lock, as its own
+        /sdapi/v1/refresh-* routes do, so a running generation does not see its lists rebuilt under it."""
+        from modules import sd_hijack, sd_models, shared
 
-        if kind == "embeddings":
-            sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
-        elif kind == "hypernetworks":
-            shared.reload_hypernetworks()
-        elif kind == "checkpoints":
-            shared.refresh_checkpoints()  # the UI layer updates the top-left dropdown
-        elif kind == "lora":
-            # the built-in Lora extension's module, as its own script imported it
-            networks = sys.modules.get("networks")
-            if networks is not None and hasattr(networks, "list_available_networks"):
-                networks.list_available_networks()
-            else:
-                log.info("liandan: the Lora extension is not loaded; new LoRA files appear after its refresh")
-        # aesthetic embeddings are listed by our own script from the folder: nothing to refresh
+        with self._generation_lock():
+            if kind == "embeddings":
+                # reloading reads the model's vector width through shared.sd_model, which would load a
+                # checkpoint if none is loaded yet; A1111 reloads the embeddings itself after every load
+                if sd_models.model_data.sd_model is not None:
+                    sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+            elif kind == "hypernetworks":
+                shared.reload_hypernetworks()
+            elif kind == "checkpoints":
+                shared.refresh_checkpoints()  # the UI layer updates the top-left dropdown
+            elif kind == "lora":
+                # the built-in Lora extension's module, as its own script imported it
+                networks = sys.modules.get("networks")
+                if networks is not None and hasattr(networks, "list_available_networks"):
+                    networks.list_available_networks()
+                else:
+                    log.info(
+                        "liandan: the Lora extension is not loaded; new LoRA files appear after its refresh"
+                    )
+            # aesthetic embeddings are listed by our own script from the folder: nothing to refresh
 
     # --- progress --------------------------------------------------------------------------------------
 
