@@ -383,6 +383,27 @@ def test_a1111_interrupt_while_training_stops_our_job(a1111, fake_loader, press:
         assert host.control.interrupted
 
 
+def test_training_bundle_leaves_the_gpu_before_the_webui_model_returns(a1111, monkeypatch) -> None:
+    """The caller still holds the bundle (and an exception's traceback holds everything), so dropping our
+    reference frees nothing: the bundle is moved to the CPU before the WebUI model goes back to the GPU."""
+    modules = a1111()
+
+    class Bundle:
+        short_hash = None
+
+        def to(self, device: str):
+            modules.record("bundle.to", device)
+            return self
+
+    monkeypatch.setitem(
+        sys.modules, "liandan.models.loading", SimpleNamespace(load_bundle=lambda p: Bundle())
+    )
+    with pytest.raises(RuntimeError), WebUIHost().model_for_training():
+        raise RuntimeError("out of memory")
+    moves = [c for c in modules.CALLS if c[0] in ("bundle.to", "send_model_to_device")]
+    assert moves == [("bundle.to", "cpu"), ("send_model_to_device", "to(device)")]
+
+
 def test_refresh_holds_the_generation_lock_and_loads_no_model(a1111, monkeypatch) -> None:
     """As A1111's POST /sdapi/v1/refresh-embeddings and refresh-checkpoints: under queue_lock, so a running
     txt2img does not see its embeddings or checkpoint list vanish mid-generation."""

@@ -175,7 +175,7 @@ class WebUIHost:
     @contextlib.contextmanager
     def model_for_training(self, checkpoint: Path | None = None) -> Iterator[ModelBundle]:
         """Hold A1111's generation lock, move the WebUI model off the GPU, train on our own bundle, and
-        bring the WebUI model back whatever happens.
+        bring the WebUI model back whatever happens (our bundle leaves the GPU first).
 
         The lock makes a txt2img started meanwhile wait (as A1111's own training does) instead of moving
         the model back under us. Unloading and restoring go through A1111's functions because they know
@@ -195,16 +195,23 @@ class WebUIHost:
             if webui_model is not None:
                 sd_models.unload_model_weights(webui_model)
             devices.torch_gc()
+            bundle = None
             try:
                 bundle = load_bundle(ref.path)
                 if bundle.short_hash is None:
                     bundle.short_hash = ref.short_hash
                 yield bundle
             finally:
-                bundle = None  # let the training copy go before the WebUI model returns to the GPU
-                devices.torch_gc()
-                if webui_model is not None:
-                    sd_models.send_model_to_device(webui_model)
+                try:
+                    # the caller (and a traceback) still reference the bundle: dropping ours frees nothing,
+                    # so its weights leave the GPU explicitly before the WebUI model comes back
+                    if bundle is not None:
+                        bundle.to("cpu")
+                finally:
+                    bundle = None
+                    devices.torch_gc()
+                    if webui_model is not None:
+                        sd_models.send_model_to_device(webui_model)
 
     @contextlib.contextmanager
     def _generation_lock(self) -> Iterator[None]:
