@@ -52,3 +52,42 @@ def test_uniform_loss_weight_equals_no_weight_and_zero_weight_masks(sd1) -> None
         sd1, latents, context, loss_weight=half, generator=torch.Generator().manual_seed(2)
     )
     assert not torch.allclose(masked, plain) and 0.2 * plain < masked < 5 * plain
+
+
+def test_gradient_checkpointing_of_a_frozen_eval_unet_recomputes_blocks_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TI/HN train through a frozen UNet in eval mode: checkpointing must still happen there, and change
+    neither the loss nor the gradient."""
+    import torch.utils.checkpoint
+
+    from liandan.methods.diffusion_loss import set_unet_gradient_checkpointing
+
+    bundle = tiny_bundle("sd1")
+    bundle.unet.requires_grad_(False).eval()
+    real_checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+
+    def loss_and_grad():
+        latents, context = _inputs(bundle)
+        loss = diffusion_loss(bundle, latents, context, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return loss.detach(), context.grad
+
+    plain_loss, plain_grad = loss_and_grad()
+    assert not calls
+    set_unet_gradient_checkpointing(bundle.unet, True)
+    checkpointed_loss, checkpointed_grad = loss_and_grad()
+    assert calls, "no UNet block was checkpointed"
+    assert torch.equal(plain_loss, checkpointed_loss) and torch.allclose(plain_grad, checkpointed_grad)
+    assert not any(isinstance(m, torch.nn.Dropout) and m.training for m in bundle.unet.modules())
+
+    set_unet_gradient_checkpointing(bundle.unet, False)
+    calls.clear()
+    loss_and_grad()
+    assert not calls

@@ -297,3 +297,19 @@ def test_dropout_acts_only_in_training() -> None:
     assert not torch.equal(k_module(x), k_module(x))
     hypernetwork.eval()
     assert torch.equal(k_module(x), k_module(x))
+
+
+def test_gradient_checkpointing_reaches_the_frozen_unet(host, train64, monkeypatch) -> None:
+    """The hypernetwork's own layers are small: the switch must act on the UNet it trains through."""
+    import torch.utils.checkpoint
+
+    real_checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+    job = _job(train64, train={"max_steps": 1, "save_every": 0, "gradient_checkpointing": True})
+    result = run_hypernetwork_job(job, host, Reporter(), Control())
+    assert result.step == 1 and calls

@@ -301,3 +301,23 @@ def test_only_the_main_process_writes_a_new_embedding(tmp_path: Path) -> None:
     assert not path.exists() and embedding.single.shape[0] == 3
     _, main_path = prepare_embedding(context(is_main=True), "testti")
     assert main_path == path and torch.equal(load_embedding(path).single, embedding.single)
+
+
+def test_gradient_checkpointing_reaches_the_frozen_unet(
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedding itself has nothing to checkpoint: the switch must act on the UNet it trains through."""
+    import torch.utils.checkpoint
+
+    real_checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+    job = make_job(train64, train={"max_steps": 1, "save_every": 0, "preview_every": 0,
+                                   "gradient_checkpointing": True},
+                   preview={"self_test": False}, save_png_cards=False)  # fmt: skip
+    result, _ = run(job, StandaloneHost(tmp_path / "data"))
+    assert result.step == 1 and calls

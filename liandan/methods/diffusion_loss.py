@@ -50,3 +50,21 @@ def diffusion_loss(
         1e-8
     )
     return per_sample.mean()
+
+
+def set_unet_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> None:
+    """Recompute the frozen UNet's block activations in the backward pass (TrainSpec.gradient_checkpointing):
+    for TI and hypernetworks the big activations are the UNet's, not the trainable module's.
+
+    diffusers 0.31 checkpoints a block only while that block is in training mode, and a frozen UNet is in
+    eval mode; so the blocks with a checkpointing switch (and only they: dropout and every other layer stay
+    in eval) get `training = True`. Their own forward reads the flag for nothing else, so results do not
+    change. Newer diffusers checkpoint whenever gradients are on. Off: the switch is cleared, so a bundle
+    reused by a later job does not keep it."""
+    if not enabled:
+        unet.disable_gradient_checkpointing()
+        return
+    unet.enable_gradient_checkpointing()
+    for module in unet.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.training = True

@@ -127,6 +127,7 @@ class HypernetworkMethod:
         fixed_prompts: bool = False,
         existing_file: Path | None = None,
     ) -> None:
+        from liandan.methods.diffusion_loss import set_unet_gradient_checkpointing
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
 
@@ -144,6 +145,7 @@ class HypernetworkMethod:
         self.bundle.unet.to(self.device)
         for encoder in self.bundle.text_encoders:
             encoder.to(self.device)
+        set_unet_gradient_checkpointing(self.bundle.unet, self.job.train.gradient_checkpointing)
         self.hypernetwork = hypernetwork.to(self.device)
         self.hypernetwork.requires_grad_(True)
         self.hypernetwork.train()  # dropout on; strength is 1 while training, as in A1111

@@ -29,7 +29,7 @@ from liandan.formats.embedding import (
 )
 from liandan.job_runner import register_runner
 from liandan.jobs import TextualInversionJob
-from liandan.methods.diffusion_loss import diffusion_loss
+from liandan.methods.diffusion_loss import diffusion_loss, set_unet_gradient_checkpointing
 from liandan.methods.embedding_create import (
     embedding_file,
     existing_embedding_file,
@@ -99,6 +99,7 @@ class TextualInversion:
             module.requires_grad_(False)
             module.eval()
             module.to(context.device, dtype)
+        set_unet_gradient_checkpointing(self.bundle.unet, job.train.gradient_checkpointing)
         self.bundle.vae.requires_grad_(False)
         self.bundle.vae.eval()
         self.vectors = EmbeddingVectors(embedding.vectors).to(context.device)
