@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.security import HTTPBasicCredentials  # FastAPI resolves the annotation by module name
 from modules import script_callbacks, shared
 
 # every liandan module used later is imported now, while the extension root is on sys.path
@@ -57,23 +58,51 @@ def on_ui_settings() -> None:
     )
 
 
+def _api_auth(credentials_text: str | None) -> list[Any]:
+    """Dependencies checking --api-auth ("user:password,...") as A1111's own API does; none without it."""
+    if not credentials_text:
+        return []
+    from secrets import compare_digest
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic
+
+    allowed = dict(entry.split(":", 1) for entry in credentials_text.split(",") if ":" in entry)
+
+    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
+        password = allowed.get(credentials.username)
+        if password is None or not compare_digest(credentials.password, password):
+            raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                headers={"WWW-Authenticate": "Basic"})  # fmt: skip
+
+    return [Depends(check)]
+
+
 def on_app_started(demo: Any, app: Any) -> None:
     """REST: GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id}, POST /liandan/v1/jobs (a job spec as JSON,
-    the same keys as a job file), POST /liandan/v1/interrupt."""
-    from fastapi import Body, HTTPException
+    the same keys as a job file), POST /liandan/v1/interrupt.
 
-    @app.get("/liandan/v1/jobs")
+    The routes read and write any folder, so like A1111's own API they exist only with --api (or
+    --nowebui, where `demo` is None), behind --api-auth when it is set: gradio's login never covers
+    routes added to its app."""
+    from fastapi import APIRouter, Body, HTTPException
+
+    if demo is not None and not getattr(shared.cmd_opts, "api", False):
+        return
+    router = APIRouter(dependencies=_api_auth(getattr(shared.cmd_opts, "api_auth", None)))
+
+    @router.get("/liandan/v1/jobs")
     def list_jobs() -> dict[str, Any]:
         return {"jobs": [status.to_dict() for status in runner().jobs()]}
 
-    @app.get("/liandan/v1/jobs/{job_id}")
+    @router.get("/liandan/v1/jobs/{job_id}")
     def get_job(job_id: str) -> dict[str, Any]:
         status = runner().status(job_id)
         if status is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
         return status.to_dict()
 
-    @app.post("/liandan/v1/jobs")
+    @router.post("/liandan/v1/jobs")
     def submit_job(spec: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008 - FastAPI's idiom
         try:
             job = liandan.jobs.job_from_dict(spec)
@@ -81,9 +110,11 @@ def on_app_started(demo: Any, app: Any) -> None:
             raise HTTPException(status_code=422, detail=str(e)) from e
         return {"id": runner().submit(job)}
 
-    @app.post("/liandan/v1/interrupt")
+    @router.post("/liandan/v1/interrupt")
     def interrupt() -> dict[str, bool]:
         return {"interrupted": runner().interrupt()}
+
+    app.include_router(router)
 
 
 def on_script_unloaded() -> None:

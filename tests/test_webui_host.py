@@ -318,7 +318,7 @@ def test_entry_script_rest_routes(entry_script, count_job) -> None:
     script, _ = entry_script
     _, go_on = count_job
     app = FastAPI()
-    script.on_app_started(None, app)  # --nowebui passes no Blocks
+    script.on_app_started(None, app)  # --nowebui passes no Blocks and serves the API
     client = TestClient(app)
     assert client.get("/liandan/v1/jobs").json() == {"jobs": []}
 
@@ -418,3 +418,23 @@ def test_refresh_holds_the_generation_lock_and_loads_no_model(a1111, monkeypatch
     modules.sd_models.model_data.sd_model = None  # still loading at start-up, or failed to load
     host.refresh("embeddings")  # the embedding list is rebuilt when the model loads
     assert ("load_model",) not in modules.CALLS
+
+
+def test_entry_script_rest_routes_follow_the_webui_api_flags(entry_script) -> None:
+    """The routes read and write any folder: like A1111's own API they exist only with --api (or
+    --nowebui), and --api-auth guards them; gradio's --gradio-auth never covers routes added to the app."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    script, modules = entry_script
+    app = FastAPI()
+    script.on_app_started(object(), app)  # the UI, started without --api
+    assert TestClient(app).get("/liandan/v1/jobs").status_code == 404
+
+    modules.shared.cmd_opts.api, modules.shared.cmd_opts.api_auth = True, "ann:secret,bob:pw"
+    app = FastAPI()
+    script.on_app_started(object(), app)
+    client = TestClient(app)
+    assert client.get("/liandan/v1/jobs").status_code == 401
+    assert client.get("/liandan/v1/jobs", auth=("ann", "wrong")).status_code == 401
+    assert client.get("/liandan/v1/jobs", auth=("bob", "pw")).json() == {"jobs": []}

@@ -32,11 +32,12 @@ def configure(
     paths.data_path = str(root)
     paths.models_path = str(root / "models")
     parser = argparse.ArgumentParser()
-    for flag in ("--medvram", "--lowvram", "--xformers", "--opt-sdp-attention"):
+    for flag in ("--medvram", "--lowvram", "--xformers", "--opt-sdp-attention", "--api", "--nowebui"):
         parser.add_argument(flag, action="store_true")
     parser.add_argument("--embeddings-dir", default=str(root / "embeddings"))
     parser.add_argument("--hypernetwork-dir", default=str(root / "models" / "hypernetworks"))
     parser.add_argument("--ckpt-dir", default=None)
+    parser.add_argument("--api-auth", default=None)  # "user:password,user2:password2"
     parser.add_argument(
         "--textual-inversion-templates-dir", default=str(root / "textual_inversion_templates")
     )
