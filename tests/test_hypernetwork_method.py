@@ -313,3 +313,34 @@ def test_gradient_checkpointing_reaches_the_frozen_unet(host, train64, monkeypat
     job = _job(train64, train={"max_steps": 1, "save_every": 0, "gradient_checkpointing": True})
     result = run_hypernetwork_job(job, host, Reporter(), Control())
     assert result.step == 1 and calls
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_frozen_modules_take_the_mixed_precision_dtype_whatever_the_checkpoint_held(
+    host, train64, mixed_precision
+) -> None:
+    """A checkpoint stored in half precision must not train in half without mixed precision (no loss
+    scaling); with bf16 the frozen UNet is held in bf16 and the loss runs under autocast. The
+    hypernetwork's own weights stay float32 either way."""
+    from liandan.data.dataset import TrainingDataset
+    from liandan.methods.hypernetwork import HypernetworkMethod
+    from liandan.methods.training_job import MethodContext
+
+    job = _job(train64, train={"mixed_precision": mixed_precision})
+    bundle = tiny_bundle("sd1").to("cpu", torch.bfloat16)  # as an fp16/bf16 checkpoint loads
+    dataset = TrainingDataset(job.data, name="hn", vae=tiny_bundle("sd1").vae)
+    context = MethodContext(job, host, None, bundle, dataset, host.folders.logs, torch.device("cpu"))  # type: ignore[arg-type]
+    method = HypernetworkMethod(context, build_hypernetwork(job, TINY_WIDTHS))
+    try:
+        expected = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+        frozen = [bundle.unet, *bundle.text_encoders]
+        assert all(p.dtype == expected for module in frozen for p in module.parameters())
+        assert all(p.dtype == torch.float32 for p in method.hypernetwork.parameters())
+        batch = dataset.collate([dataset[0], dataset[1]])
+        with torch.autocast("cpu", torch.bfloat16, enabled=mixed_precision == "bf16"):
+            loss = method.loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.hypernetwork.parameters())
+    finally:
+        method.close()

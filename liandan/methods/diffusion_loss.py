@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
 
 
+def frozen_weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen UNet and text encoders: the mixed-precision dtype (autocast computes in it
+    anyway), else float32, also for a checkpoint stored in fp16, which would otherwise run in fp16 without
+    mixed precision's loss scaling."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
 def diffusion_loss(
     bundle: ModelBundle,
     latents: torch.Tensor,

@@ -127,7 +127,7 @@ class HypernetworkMethod:
         fixed_prompts: bool = False,
         existing_file: Path | None = None,
     ) -> None:
-        from liandan.methods.diffusion_loss import set_unet_gradient_checkpointing
+        from liandan.methods.diffusion_loss import frozen_weight_dtype, set_unet_gradient_checkpointing
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
 
@@ -142,9 +142,10 @@ class HypernetworkMethod:
         for module in [*self.bundle.text_encoders, self.bundle.unet, self.bundle.vae]:
             module.requires_grad_(False)
             module.eval()
-        self.bundle.unet.to(self.device)
-        for encoder in self.bundle.text_encoders:
-            encoder.to(self.device)
+        # frozen weights in the mixed-precision dtype, as for TI; the hypernetwork itself stays float32
+        dtype = frozen_weight_dtype(self.job.train.mixed_precision)
+        for module in [self.bundle.unet, *self.bundle.text_encoders]:
+            module.to(self.device, dtype)
         set_unet_gradient_checkpointing(self.bundle.unet, self.job.train.gradient_checkpointing)
         self.hypernetwork = hypernetwork.to(self.device)
         self.hypernetwork.requires_grad_(True)

@@ -29,7 +29,11 @@ from liandan.formats.embedding import (
 )
 from liandan.job_runner import register_runner
 from liandan.jobs import TextualInversionJob
-from liandan.methods.diffusion_loss import diffusion_loss, set_unet_gradient_checkpointing
+from liandan.methods.diffusion_loss import (
+    diffusion_loss,
+    frozen_weight_dtype,
+    set_unet_gradient_checkpointing,
+)
 from liandan.methods.embedding_create import (
     embedding_file,
     existing_embedding_file,
@@ -51,7 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOSS_CSV = "textual_inversion_loss.csv"  # A1111's name
-_WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class EmbeddingVectors(torch.nn.Module):
@@ -94,7 +97,7 @@ class TextualInversion:
         from liandan.models.conditioning import PromptEncoder
 
         # frozen, in eval mode (no dropout); the weights may sit in the mixed-precision dtype
-        dtype = _WEIGHT_DTYPES.get(job.train.mixed_precision, torch.float32)
+        dtype = frozen_weight_dtype(job.train.mixed_precision)
         for module in [*self.bundle.text_encoders, self.bundle.unet]:
             module.requires_grad_(False)
             module.eval()
