@@ -67,6 +67,8 @@ def test_destination_inside_or_equal_to_source_is_refused(source, models) -> Non
             run_preprocess(PreprocessJob(source=source, destination=destination), models)
     with pytest.raises(DatasetError, match="does not exist"):
         run_preprocess(PreprocessJob(source=source / "nope", destination=source.parent / "o"), models)
+    with pytest.raises(ConfigError, match="choose a source folder"):  # a field left empty in the tab
+        run_preprocess(PreprocessJob(destination=source.parent / "o"), models)
 
 
 def test_in_place_captions_write_only_txt_files(source, models) -> None:

@@ -23,6 +23,7 @@ def test_controls_take_the_spec_defaults_and_elem_ids_from_the_path() -> None:
         rate = form.text("train.learn_rate", "Learning rate", "1e-5")
         steps = form.number("train.max_steps", "Max steps", precision=0)
         log_dir = form.text("log_dir", "Log directory")
+        folder = form.text("data.folder", "Dataset directory")
         optimizer = form.radio("train.optimizer", "Optimizer")
         init = form.dropdown("weight_init", "Init")
         activation = form.dropdown("activation", "Activation", ["linear", "relu"])
@@ -33,14 +34,15 @@ def test_controls_take_the_spec_defaults_and_elem_ids_from_the_path() -> None:
     assert (rate.elem_id, rate.label, rate.placeholder) == ("p_train_learn_rate", "Learning rate", "1e-5")
     assert steps.value == 1000 and steps.precision == 0 and steps.elem_id == "p_train_max_steps"
     assert log_dir.value == ""  # None shows as an empty box
+    assert folder.value == ""  # so does a folder not chosen yet (Path()), never "."
     assert _values(optimizer.choices) == form.choices("train.optimizer") and optimizer.value == "AdamW"
     assert "Lion" in form.choices("train.optimizer")
     assert _values(init.choices) == form.choices("weight_init") and init.value == "Normal"
     assert _values(activation.choices) == ["linear", "relu"] and activation.value == "linear"
     assert flip.value == 0.0 and flip.maximum == 1 and norm.value is False
     assert sizes.elem_id == "p_sizes"
-    built = ["train.learn_rate", "train.max_steps", "log_dir", "train.optimizer", "weight_init", "activation",
-             "data.flip", "layer_norm", "sizes"]  # fmt: skip
+    built = ["train.learn_rate", "train.max_steps", "log_dir", "data.folder", "train.optimizer",
+             "weight_init", "activation", "data.flip", "layer_norm", "sizes"]  # fmt: skip
     assert list(form.controls) == built
     assert form.controls["sizes"] is sizes
 

@@ -82,6 +82,8 @@ class _Pending:
 
 def check_folders(job: PreprocessJob) -> tuple[Path, Path]:
     """Resolved (source, destination); refuses anything that could write into the source."""
+    if job.source == Path():  # an empty field, not "the folder the program happens to run in"
+        raise ConfigError("choose a source folder: the folder of pictures to prepare")
     source = job.source.expanduser().resolve()
     if not source.is_dir():
         raise DatasetError(f"source folder {job.source} does not exist or is not a folder")

@@ -6,6 +6,7 @@ one validated spec. A tab that builds its form this way cannot drift from the sp
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import gradio as gr
@@ -62,10 +63,11 @@ class SpecForm(Generic[S]):
 
     def text(self, path: str, label: str, placeholder: str = "", **options: Any) -> Any:
         value = self.default(path)
+        unset = value is None or value == Path()  # a folder not chosen yet shows empty, not "."
         return self.add(
             path,
             gr.Textbox(
-                "" if value is None else str(value),
+                "" if unset else str(value),
                 label=label,
                 placeholder=placeholder,
                 elem_id=self.elem_id(path),
