@@ -9,6 +9,8 @@ from liandan.jobs import DataSpec, TextualInversionJob
 from liandan.methods.training_job import find_run_dir, run_training_job
 from liandan.progress import Control, Reporter
 
+EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
 
 def test_run_dir_is_dated_like_a1111(tmp_path: Path) -> None:
     day = dt.date(2026, 11, 25)
@@ -76,3 +78,54 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
                      loss_csv_name="x.csv", make_method=contexts.append)  # fmt: skip
     assert len(made) == 1 and seen["accelerator"] is made[0]
     assert contexts[0].device == made[0].device and contexts[0].is_main
+
+
+def test_accumulation_beyond_an_epoch_is_lowered_like_a1111(tmp_path: Path) -> None:
+    """4 images at batch 1 hold 4 batches an epoch: accumulating 8 is lowered to 4, with a message, instead
+    of refusing the dataset."""
+    from liandan.methods.textual_inversion import run_textual_inversion
+    from liandan.progress import ProgressEvent
+
+    host = StandaloneHost(tmp_path / "data")
+    defaults = TextualInversionJob()
+    job = TextualInversionJob(
+        name="small",
+        train=defaults.train.replace(max_steps=1, gradient_accumulation=8, save_every=0, preview_every=0),
+        data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64),
+        preview=defaults.preview.replace(self_test=False),
+    )
+    events: list[ProgressEvent] = []
+    result = run_textual_inversion(job, host, Reporter(events.append), Control())
+    assert result.step == 1
+    assert any("gradient accumulation lowered to 4" in e.message for e in events)
+
+
+def test_a_half_precision_vae_caches_latents_in_float32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 checkpoints load a half VAE, and SDXL's turns latents into NaN in half precision."""
+    import contextlib
+
+    import torch
+
+    from liandan.train import loop
+    from liandan.train.loop import TrainResult
+
+    host = StandaloneHost(tmp_path / "data")
+    real = host.model_for_training
+
+    @contextlib.contextmanager
+    def half_vae(checkpoint=None):
+        with real(checkpoint) as bundle:
+            bundle.vae.to(torch.float16)
+            yield bundle
+
+    monkeypatch.setattr(host, "model_for_training", half_vae)
+    monkeypatch.setattr(loop, "train", lambda *a, **k: TrainResult(0, 0, "max_steps", "done"))
+    job = TextualInversionJob(name="cat", data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64))
+    contexts = []
+    run_training_job(job, host, Reporter(), Control(), name="cat", artifact_kind="embeddings",
+                     loss_csv_name="x.csv", make_method=contexts.append)  # fmt: skip
+    latents = contexts[0].dataset[0]["latents"]
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+    assert next(contexts[0].bundle.vae.parameters()).dtype == torch.float32

@@ -71,6 +71,13 @@ def build_dataset(
     )
 
 
+def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
+    """A1111 lowers gradient accumulation to what an epoch holds (len // batch_size) instead of refusing a
+    small dataset; so do we, counting the batches every process takes per step."""
+    most = max(1, batches_per_epoch // processes)
+    return spec if spec.gradient_accumulation <= most else spec.replace(gradient_accumulation=most)
+
+
 def preview_prompt_and_seed(preview: PreviewSpec, dataset: TrainingDataset) -> tuple[str, int]:
     """An empty preview prompt uses the template filled with the first image's caption, as A1111 does."""
     prompt = preview.prompt or dataset.prompt(0, 0)
@@ -152,7 +159,16 @@ def run_training_job(
         )
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
-        bundle.vae.to(device)
+        train_spec = cap_accumulation(train_spec, len(dataset.batch_plan(0)), accelerator.num_processes)
+        if train_spec.gradient_accumulation != job.train.gradient_accumulation:  # type: ignore[attr-defined]
+            accelerator.gradient_accumulation_steps = train_spec.gradient_accumulation
+            message = (
+                f"gradient accumulation lowered to {train_spec.gradient_accumulation}: one epoch of this "
+                "dataset holds no more batches (as A1111 does)"
+            )
+            reporter(ProgressEvent("message", job=name, message=message, extra={"level": "warning"}))
+        # float32: a half-precision VAE (SDXL's above all) turns latents into NaN
+        bundle.vae.to(device, torch.float32)
         reporter(
             ProgressEvent("message", job=name, message=f"caching latents of {len(dataset.images)} images")
         )
