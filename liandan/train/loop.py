@@ -447,4 +447,5 @@ def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
         if hasattr(module, name):
             getattr(module, name)()
             return
-    log.info("%s has no gradient checkpointing switch; training it without", type(module).__name__)
+    # small trainables (embedding vectors, a hypernetwork) have none: their methods checkpoint the frozen UNet
+    log.debug("%s has no gradient checkpointing switch of its own", type(module).__name__)
