@@ -91,3 +91,18 @@ def test_gradient_checkpointing_of_a_frozen_eval_unet_recomputes_blocks_with_the
     calls.clear()
     loss_and_grad()
     assert not calls
+
+
+def test_freeze_for_training_freezes_casts_and_lays_the_unet_out_channels_last() -> None:
+    from liandan.jobs import TrainSpec
+    from liandan.methods.diffusion_loss import freeze_for_training
+
+    bundle = tiny_bundle("sd1")
+    bundle.unet.train()
+    freeze_for_training(bundle, torch.device("cpu"), TrainSpec(mixed_precision="bf16"))
+    modules = [*bundle.text_encoders, bundle.unet, bundle.vae]
+    assert not any(p.requires_grad for m in modules for p in m.parameters())
+    assert not any(m.training for m in modules)
+    assert bundle.unet.conv_in.weight.dtype == torch.bfloat16
+    assert bundle.vae.encoder.conv_in.weight.dtype == torch.float32  # the VAE is not the method's to cast
+    assert bundle.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

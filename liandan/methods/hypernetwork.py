@@ -127,7 +127,7 @@ class HypernetworkMethod:
         fixed_prompts: bool = False,
         existing_file: Path | None = None,
     ) -> None:
-        from liandan.methods.diffusion_loss import frozen_weight_dtype, set_unet_gradient_checkpointing
+        from liandan.methods.diffusion_loss import freeze_for_training
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
 
@@ -139,14 +139,7 @@ class HypernetworkMethod:
         self.optimizer: Any = None
         self.existing_file = existing_file  # the file trained earlier, whose `.optim` may be reused
         self.device = context.device
-        for module in [*self.bundle.text_encoders, self.bundle.unet, self.bundle.vae]:
-            module.requires_grad_(False)
-            module.eval()
-        # frozen weights in the mixed-precision dtype, as for TI; the hypernetwork itself stays float32
-        dtype = frozen_weight_dtype(self.job.train.mixed_precision)
-        for module in [self.bundle.unet, *self.bundle.text_encoders]:
-            module.to(self.device, dtype)
-        set_unet_gradient_checkpointing(self.bundle.unet, self.job.train.gradient_checkpointing)
+        freeze_for_training(self.bundle, self.device, self.job.train)  # the hypernetwork stays float32
         self.hypernetwork = hypernetwork.to(self.device)
         self.hypernetwork.requires_grad_(True)
         self.hypernetwork.train()  # dropout on; strength is 1 while training, as in A1111

@@ -29,11 +29,7 @@ from liandan.formats.embedding import (
 )
 from liandan.job_runner import register_runner
 from liandan.jobs import TextualInversionJob
-from liandan.methods.diffusion_loss import (
-    diffusion_loss,
-    frozen_weight_dtype,
-    set_unet_gradient_checkpointing,
-)
+from liandan.methods.diffusion_loss import diffusion_loss, freeze_for_training
 from liandan.methods.embedding_create import (
     embedding_file,
     existing_embedding_file,
@@ -96,15 +92,7 @@ class TextualInversion:
 
         from liandan.models.conditioning import PromptEncoder
 
-        # frozen, in eval mode (no dropout); the weights may sit in the mixed-precision dtype
-        dtype = frozen_weight_dtype(job.train.mixed_precision)
-        for module in [*self.bundle.text_encoders, self.bundle.unet]:
-            module.requires_grad_(False)
-            module.eval()
-            module.to(context.device, dtype)
-        set_unet_gradient_checkpointing(self.bundle.unet, job.train.gradient_checkpointing)
-        self.bundle.vae.requires_grad_(False)
-        self.bundle.vae.eval()
+        freeze_for_training(self.bundle, context.device, job.train)
         self.vectors = EmbeddingVectors(embedding.vectors).to(context.device)
         self.encoder = PromptEncoder(self.bundle, clip_skip=job.clip_skip)
         self._check_prompts_use_name()
