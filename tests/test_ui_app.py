@@ -154,6 +154,24 @@ def test_template_choices_list_user_templates_first(host, runner) -> None:
     assert choices[0] == "mine.txt"
 
 
+def test_model_dropdown_follows_the_host_and_maps_to_a_job_model(host, runner) -> None:
+    import gradio as gr
+
+    (host.folders.checkpoints / "mine.safetensors").write_bytes(b"")
+    webui_ctx = components.UIContext(host=host, runner=runner, in_webui=True)
+    with gr.Blocks():
+        standalone = components.model_dropdown(components.UIContext(host=host, runner=runner), "p")
+        in_webui = components.model_dropdown(webui_ctx, "q")
+    assert [c[0] if isinstance(c, tuple) else c for c in standalone.choices] == [
+        components.CURRENT_MODEL,
+        "mine.safetensors",
+    ]
+    assert len(in_webui.choices) == 1  # inside A1111 the top-left dropdown chooses the model
+    assert standalone.elem_id == "p_model" and standalone.value == components.CURRENT_MODEL
+    assert components.job_model(components.CURRENT_MODEL) == components.job_model(None) == ""
+    assert components.job_model("mine.safetensors") == "mine.safetensors"
+
+
 def test_serve_answers_on_localhost(host, runner) -> None:
     app = build_app(host, runner)
     serve(app, port=0 or _free_port(), block=False)

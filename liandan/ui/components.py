@@ -66,6 +66,21 @@ class UIContext:
         return user + [name for name in shipped if name not in user]
 
 
+CURRENT_MODEL = "(current model)"
+
+
+def model_dropdown(ctx: UIContext, prefix: str) -> Any:
+    """The model a job trains on. Inside A1111 that is the checkpoint of its top-left dropdown; standalone,
+    the current one or any checkpoint of the data dir."""
+    choices = [CURRENT_MODEL] if ctx.in_webui else [CURRENT_MODEL, *ctx.checkpoint_choices()]
+    return gr.Dropdown(choices, value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model")
+
+
+def job_model(title: str | None) -> str:
+    """A job spec's `model` from the dropdown: "" means the host's current model."""
+    return "" if not title or title == CURRENT_MODEL else title
+
+
 def render_status(status: JobStatus | None, checkpoints_dir: Path | None = None) -> str:
     """HTML for the status box: a progress bar and one line of text (plus the error, if any). When the job
     saved into `checkpoints_dir`, a marker tells javascript/liandan.js to refresh A1111's model dropdown."""

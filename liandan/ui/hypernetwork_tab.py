@@ -16,7 +16,7 @@ from liandan.errors import LiandanError
 from liandan.jobs import HypernetworkJob
 from liandan.methods.hypernetwork import check_options, create_hypernetwork
 from liandan.models.hypernetwork_modules import WEIGHT_INITS, activation_classes
-from liandan.ui.components import UIContext, job_panel
+from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
 
 PREFIX = "liandan_hn"
@@ -102,9 +102,7 @@ def _error(e: Exception) -> str:
 
 
 def build(ctx: UIContext) -> None:
-    model = gr.Dropdown(
-        ["", *ctx.checkpoint_choices()], value="", label="Model (empty: current)", elem_id=f"{PREFIX}_model"
-    )
+    model = model_dropdown(ctx, PREFIX)
     with gr.Accordion("Create hypernetwork", open=True):
         create_controls = _create_controls()
         create = gr.Button("Create hypernetwork", elem_id=f"{PREFIX}_create")
@@ -127,7 +125,7 @@ def build(ctx: UIContext) -> None:
     train_names = list(train_controls)
 
     def form(values: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
-        return {"model": values[0], **dict(zip(names, values[1:]))}
+        return {"model": job_model(values[0]), **dict(zip(names, values[1:]))}
 
     def on_create(*values: Any) -> tuple[str, Any]:
         try:

@@ -14,11 +14,10 @@ import gradio as gr
 
 from liandan.errors import LiandanError
 from liandan.jobs import TextualInversionJob
-from liandan.ui.components import UIContext, job_panel
+from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
 
 PREFIX = "liandan_ti"
-CURRENT_MODEL = "(current model)"
 
 
 def _form() -> SpecForm[TextualInversionJob]:
@@ -53,17 +52,13 @@ def _create_section(ctx: UIContext, model: Any) -> tuple[Any, Any]:
         name_value, init_value, count, overwrite_value, fmt = values
         try:
             path = create_embedding(ctx.host, name_value, init_value, int(count), bool(overwrite_value),
-                                    model=_model_value(model_title), file_format=fmt)  # fmt: skip
+                                    model=job_model(model_title), file_format=fmt)  # fmt: skip
         except LiandanError as e:
             return f'<p class="liandan-error">{html.escape(str(e))}</p>', gr.update()
         return f'<p class="liandan-message">Created {html.escape(str(path))}</p>', gr.update(value=path.stem)
 
     inputs = [model, name, init_text, vectors, overwrite, file_format]
     return create, (on_create, inputs, result)
-
-
-def _model_value(title: str | None) -> str:
-    return "" if not title or title == CURRENT_MODEL else title
 
 
 def _train_controls(ctx: UIContext) -> dict[str, Any]:
@@ -119,8 +114,7 @@ def _train_controls(ctx: UIContext) -> dict[str, Any]:
 
 
 def build(ctx: UIContext) -> None:
-    model_choices = [CURRENT_MODEL] if ctx.in_webui else [CURRENT_MODEL, *ctx.checkpoint_choices()]
-    model = gr.Dropdown(model_choices, value=CURRENT_MODEL, label="Model", elem_id=f"{PREFIX}_model")
+    model = model_dropdown(ctx, PREFIX)
     create, (on_create, create_inputs, create_result) = _create_section(ctx, model)
     with gr.Group():
         gr.Markdown("### Train")
@@ -136,7 +130,7 @@ def build(ctx: UIContext) -> None:
 
     def on_train(model_title: str, init_text: str, vectors: float, *values: Any) -> str:
         form = dict(zip(paths, values))
-        form.update(model=_model_value(model_title), init_text=init_text, vectors=vectors)
+        form.update(model=job_model(model_title), init_text=init_text, vectors=vectors)
         try:
             job = job_from_form(form)
             check_schedules(job)  # a malformed lr schedule is refused here, not after the model loaded
