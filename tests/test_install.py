@@ -109,6 +109,13 @@ def test_no_bitsandbytes_on_macos() -> None:
     assert "diffusers" in {a.name for a in additions}
 
 
+def test_tomli_only_where_python_has_no_tomllib() -> None:
+    """The WebUI runs Python 3.10, whose standard library cannot read our TOML job files."""
+    on_310 = install.read_requirements(marker_env={**LINUX, "python_version": "3.10"})
+    on_311 = install.read_requirements(marker_env={**LINUX, "python_version": "3.11"})
+    assert "tomli" in {a.name for a in on_310} and "tomli" not in {a.name for a in on_311}
+
+
 def test_every_cap_lies_within_the_requirement_bounds() -> None:
     specifiers = {a.name: a.specifier for a in install.read_requirements(marker_env=LINUX)}
     for cap in install.COMPAT_CAPS:
