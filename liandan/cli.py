@@ -154,6 +154,7 @@ def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
 
     host = StandaloneHost(data_dir)
     outputs: list[Path] = []
+    messages: list[str] = []
     bar = tqdm(desc=spec.kind, unit="step", dynamic_ncols=True)
 
     def show(event: Any) -> None:
@@ -166,7 +167,9 @@ def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
                 bar.set_postfix(loss=f"{event.loss:.4f}")
         if event.kind in ("save", "done"):
             outputs.extend(p for p in event.paths if p not in outputs)
-        if event.message:
+        # the engine says "finished" as a stage and again when done: print a repeated line once
+        if event.message and event.message != (messages[-1] if messages else None):
+            messages.append(event.message)
             bar.write(event.message)
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -228,12 +231,13 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import liandan
 
-    print(f"liandan {liandan.__version__}")
+    versions = {"liandan": liandan.__version__}
     if importlib.util.find_spec("liandan.versions") is not None:
         from liandan.versions import library_versions
 
-        for name, version in library_versions().items():
-            print(f"{name} {version}")
+        versions = library_versions() | versions  # its own list names liandan too: print it once
+    for name, version in versions.items():
+        print(f"{name} {version}")
     if args.checkpoint is not None:
         from liandan.models.loading import bundle_short_hash, load_bundle
 

@@ -44,7 +44,10 @@ def cli_runner(spec: CliJob, host, reporter, control) -> None:
             return
         reporter(ProgressEvent("step", step=step, total=spec.steps, loss=1.0 / step))
     out = host.folders.embeddings / "cat.safetensors"
-    reporter(ProgressEvent("done", step=spec.steps, total=spec.steps, paths=(out,)))
+    # the engine says "finished" as a stage and again with "done": the terminal should show it once
+    reporter(ProgressEvent("message", message=f"finished: {spec.steps} steps"))
+    reporter(ProgressEvent("done", step=spec.steps, total=spec.steps, paths=(out,),
+                           message=f"finished: {spec.steps} steps"))  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +97,7 @@ def test_train_runs_the_job_with_overrides_and_prints_outputs(tmp_path: Path, ca
     assert f"wrote {tmp_path / 'data' / 'embeddings' / 'cat.safetensors'}" in out
     assert f"logs in {tmp_path / 'data' / 'textual_inversion'}" in out
     assert "4/4" in err  # the progress bar ran to the overridden step count
+    assert (out + err).count("finished: 4 steps") == 1
 
 
 def test_user_errors_exit_1_with_the_message_and_no_traceback(tmp_path: Path, capsys) -> None:
@@ -142,7 +146,7 @@ def test_info_prints_versions_and_refuses_a_missing_checkpoint(tmp_path: Path, c
     import liandan
 
     assert cli.main(["info"]) == 0
-    assert f"liandan {liandan.__version__}" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines().count(f"liandan {liandan.__version__}") == 1
     assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 1
     assert "nope.safetensors does not exist" in capsys.readouterr().err
 

@@ -87,6 +87,8 @@ def test_a_malformed_form_is_refused_before_queueing(tmp_path: Path) -> None:
     tab = _Tab(UIContext(host=host, runner=runner))
     assert "liandan-error" in tab.call("train", name="x", train_max_steps=0)
     assert "schedule" in tab.call("train", name="x", data_folder=str(tmp_path), train_learn_rate="0.1:abc")
+    assert "enter a name" in tab.call("train", name="", data_folder=str(tmp_path))
+    assert "must not contain" in tab.call("train", name="../x", data_folder=str(tmp_path))
     assert runner.status(kind="textual_inversion") is None
     bad, _ = tab.call("create", create_name="../x")
     assert "must not contain" in bad

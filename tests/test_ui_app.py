@@ -123,11 +123,15 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
             for name in ids
             if d["trigger"] == "click" and ids[name]["id"] in d["targets"]
         }
-        assert "running" in click[ids["test_interrupt"]["id"]]()
+        _, early_notice = click[ids["test_resume"]["id"]]()
+        assert "still running" in early_notice  # not a silent nothing while the job is saving
+        status_html, notice = click[ids["test_interrupt"]["id"]]()
+        assert "running" in status_html and f"Interrupting {job}" in notice
         release.set()
         assert runner.wait(job, timeout=5).state == "interrupted"
-        click[ids["test_resume"]["id"]]()
-        assert runner.status(kind=UiJob.kind).id != job
+        assert "nothing to interrupt" in click[ids["test_interrupt"]["id"]]()[1]
+        _, resumed = click[ids["test_resume"]["id"]]()
+        assert runner.status(kind=UiJob.kind).id != job and "Resumed as" in resumed
     finally:
         release.set()
         job_runner._RUNNERS.pop(UiJob.kind, None)

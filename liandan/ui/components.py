@@ -138,24 +138,47 @@ def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
         with gr.Row():
             interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
             resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
+        # what the last button press did: the status box above is rewritten by every poll
+        notice = gr.HTML("", elem_id=f"{prefix}_notice")
         loss_plot = gr.LinePlot(
             x="step", y="loss", title="Loss", label="Loss", elem_id=f"{prefix}_loss", width=420, height=240
         )
         gallery = gr.Gallery(label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto")
 
-    def on_interrupt() -> str:
-        ctx.runner.interrupt(_running_id(ctx.runner, kind))
-        return render_status(ctx.runner.status(kind=kind))
+    def on_interrupt() -> tuple[str, str]:
+        job_id = _running_id(ctx.runner, kind)
+        if job_id is None:
+            text = "No job is running: nothing to interrupt."
+        else:
+            ctx.runner.interrupt(job_id)
+            text = f"Interrupting {job_id}: it finishes the current step and saves, then stops."
+        return render_status(ctx.runner.status(kind=kind)), _notice(text)
 
-    def on_resume() -> str:
-        ctx.runner.resume(kind)
-        return render_status(ctx.runner.status(kind=kind))
+    def on_resume() -> tuple[str, str]:
+        job_id = ctx.runner.resume(kind)
+        return render_status(ctx.runner.status(kind=kind)), _notice(_resume_text(ctx.runner, kind, job_id))
 
-    interrupt.click(on_interrupt, None, status, queue=False)
-    resume.click(on_resume, None, status, queue=False)
+    interrupt.click(on_interrupt, None, [status, notice], queue=False)
+    resume.click(on_resume, None, [status, notice], queue=False)
     panel = JobPanel(kind, status, loss_plot, gallery)
     ctx.panels.append(panel)
     return panel
+
+
+def _notice(text: str) -> str:
+    return f'<p class="liandan-message">{html.escape(text)}</p>'
+
+
+def _resume_text(runner: JobRunner, kind: str, resumed_id: str | None) -> str:
+    """Why Resume did or did not start a job: it only continues one that was interrupted or failed."""
+    if resumed_id is not None:
+        return f"Resumed as {resumed_id}, from the last saved state."
+    last = runner.status(kind=kind)
+    if last is None:
+        return "Nothing to resume: no job has run yet."
+    if not last.is_finished:
+        return f"Nothing to resume: {last.id} is still {last.state}; press Resume once it has stopped."
+    return f"Nothing to resume: {last.id} is {last.state}; Resume continues an interrupted or failed job."
 
 
 def _running_id(runner: JobRunner, kind: str) -> str | None:

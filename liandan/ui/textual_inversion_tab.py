@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from liandan.errors import LiandanError
+from liandan.errors import ConfigError, LiandanError
+from liandan.formats.embedding import sanitize_name
 from liandan.jobs import TextualInversionJob
 from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
@@ -133,7 +134,11 @@ def build(ctx: UIContext) -> None:
         form.update(model=job_model(model_title), init_text=init_text, vectors=vectors)
         try:
             job = job_from_form(form)
-            check_schedules(job)  # a malformed lr schedule is refused here, not after the model loaded
+            # refused here rather than after "Started": a bad name or lr schedule is known before loading
+            if not job.name.strip():
+                raise ConfigError("Embedding to train: enter a name (or create one above)")
+            sanitize_name(job.name)
+            check_schedules(job)
         except LiandanError as e:
             return f'<p class="liandan-error">{html.escape(str(e))}</p>'
         job_id = ctx.runner.submit(job)
