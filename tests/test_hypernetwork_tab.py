@@ -75,6 +75,9 @@ def test_train_button_runs_a_job_and_refuses_bad_input(tab, fixtures_dir, tmp_pa
     shutil.copytree(fixtures_dir / "train64", data)
     train = Form(demo, "start")
     assert "is out of range" in train(name="x", layer_structure="1, -2, 1", data_folder=str(data))
+    refused = train(train_name="x", data_folder=str(data), train_learn_rate="0.1:abc")
+    assert "liandan-error" in refused and "schedule" in refused
+    assert runner.status(kind="hypernetwork") is None  # nothing was queued for either
     started = train(
         train_name="fromtab", data_folder=str(data), data_width=64, data_height=64, train_max_steps=2,
         train_save_every=0, train_preview_every=0, train_learn_rate="0.0001", preview_steps=2,

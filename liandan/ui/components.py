@@ -76,6 +76,16 @@ def model_dropdown(ctx: UIContext, prefix: str) -> Any:
     return gr.Dropdown(choices, value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model")
 
 
+def check_train_schedules(train: Any) -> None:
+    """Refuse a malformed lr or clip schedule (a TrainSpec's) when Train is pressed, not after the model
+    loaded: the user then sees the error beside the button instead of "Started"."""
+    from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
+
+    learn_rate_schedule(train.learn_rate, train.lr_scheduler, train.max_steps, train.lr_warmup_steps)
+    if train.clip_grad_mode != "disabled":
+        clip_value_schedule(train.clip_grad_value, train.max_steps)
+
+
 def job_model(title: str | None) -> str:
     """A job spec's `model` from the dropdown: "" means the host's current model."""
     return "" if not title or title == CURRENT_MODEL else title

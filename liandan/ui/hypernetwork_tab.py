@@ -16,7 +16,7 @@ from liandan.errors import LiandanError
 from liandan.jobs import HypernetworkJob
 from liandan.methods.hypernetwork import check_options, create_hypernetwork
 from liandan.models.hypernetwork_modules import WEIGHT_INITS, activation_classes
-from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
+from liandan.ui.components import UIContext, check_train_schedules, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
 
 PREFIX = "liandan_hn"
@@ -144,6 +144,7 @@ def build(ctx: UIContext) -> None:
         try:
             job = job_from_form(fields)
             check_options(job)
+            check_train_schedules(job.train)
         except LiandanError as e:
             return _error(e)
         job_id = ctx.runner.submit(job)

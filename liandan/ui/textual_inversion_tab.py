@@ -15,7 +15,7 @@ import gradio as gr
 from liandan.errors import ConfigError, LiandanError
 from liandan.formats.embedding import sanitize_name
 from liandan.jobs import TextualInversionJob
-from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
+from liandan.ui.components import UIContext, check_train_schedules, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
 
 PREFIX = "liandan_ti"
@@ -127,8 +127,6 @@ def build(ctx: UIContext) -> None:
 
     paths = list(controls)
 
-    from liandan.methods.textual_inversion import check_schedules
-
     def on_train(model_title: str, init_text: str, vectors: float, *values: Any) -> str:
         form = dict(zip(paths, values))
         form.update(model=job_model(model_title), init_text=init_text, vectors=vectors)
@@ -138,7 +136,7 @@ def build(ctx: UIContext) -> None:
             if not job.name.strip():
                 raise ConfigError("Embedding to train: enter a name (or create one above)")
             sanitize_name(job.name)
-            check_schedules(job)
+            check_train_schedules(job.train)
         except LiandanError as e:
             return f'<p class="liandan-error">{html.escape(str(e))}</p>'
         job_id = ctx.runner.submit(job)
