@@ -88,3 +88,14 @@ def test_train_button_runs_a_job_and_refuses_bad_input(tab, fixtures_dir, tmp_pa
     assert status.state == "done", status.error
     assert load_hypernetwork(host.folders.hypernetworks / "fromtab.pt").step == 2
     assert len(status.losses) == 2
+
+
+def test_prompt_template_offers_the_template_files_like_the_ti_tab(tab) -> None:
+    _host, _runner, demo = tab
+    template = next(
+        b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"{PREFIX}_data_template"
+    )
+    assert isinstance(template, gr.Dropdown) and template.value == "hypernetwork.txt"
+    assert {"hypernetwork.txt", "style_filewords.txt"} <= {
+        c[0] if isinstance(c, tuple) else c for c in template.choices
+    }

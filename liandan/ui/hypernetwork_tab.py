@@ -57,11 +57,11 @@ def _create_controls() -> dict[str, Any]:
     return f.controls
 
 
-def _train_controls() -> dict[str, Any]:
+def _train_controls(ctx: UIContext) -> dict[str, Any]:
     f = _form()
     with gr.Row():
         f.text("data.folder", "Dataset directory", "/path/to/pictures")
-        f.text("data.template", "Prompt template")
+        f.dropdown("data.template", "Prompt template", ctx.template_choices())
         f.text("log_dir", "Log directory (empty: default)")
     with gr.Row():
         f.text("train.learn_rate", "Learning rate (A1111 schedule syntax)")
@@ -115,8 +115,8 @@ def build(ctx: UIContext) -> None:
                 allow_custom_value=True,
                 elem_id=f"{PREFIX}_train_name",
             )
-            refresh = gr.Button("Refresh", elem_id=f"{PREFIX}_refresh")
-        train_controls = _train_controls()
+            refresh = gr.Button("Refresh", elem_id=f"{PREFIX}_refresh", scale=0, min_width=120)
+        train_controls = _train_controls(ctx)
         start = gr.Button("Train hypernetwork", variant="primary", elem_id=f"{PREFIX}_start")
         train_message = gr.HTML("", elem_id=f"{PREFIX}_train_message")
     job_panel(ctx, HypernetworkJob.kind, PREFIX)
