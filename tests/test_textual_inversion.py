@@ -321,3 +321,11 @@ def test_gradient_checkpointing_reaches_the_frozen_unet(
                    preview={"self_test": False}, save_png_cards=False)  # fmt: skip
     result, _ = run(job, StandaloneHost(tmp_path / "data"))
     assert result.step == 1 and calls
+
+
+def test_loss_summary_compares_tenths_of_a_run_and_does_not_pretend_for_a_short_one() -> None:
+    from liandan.methods.textual_inversion import loss_summary
+
+    long = loss_summary(Path("cat.pt"), [2.0] * 10 + [1.0] * 80 + [0.5] * 10)
+    assert long == "embedding cat.pt: loss 2.0000 -> 0.5000 (mean of the first/last 10 steps)"
+    assert loss_summary(Path("cat.pt"), [0.9, 0.8]) == "embedding cat.pt: 2 step(s), last loss 0.8000"

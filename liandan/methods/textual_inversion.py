@@ -284,9 +284,11 @@ def run_textual_inversion(
 def loss_summary(path: Path, losses: list[float]) -> str:
     """Where the embedding went and how the loss moved (means of the first and last tenth of the steps:
     single-step losses jump with the random timestep)."""
-    window = max(1, len(losses) // 10)
+    if len(losses) < 20:  # a few single-step losses compare random timesteps, not training
+        return f"embedding {path}: {len(losses)} step(s), last loss {losses[-1]:.4f}"
+    window = len(losses) // 10
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-    return f"embedding {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} step(s))"
+    return f"embedding {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} steps)"
 
 
 register_runner(TextualInversionJob.kind, run_textual_inversion)  # type: ignore[arg-type]
