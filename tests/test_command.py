@@ -23,6 +23,22 @@ def test_options_map_to_the_job(tmp_path) -> None:
     assert job.tag_use_spaces is False and job.tag_threshold == 0.75 and job.height == 512
 
 
+def test_every_option_is_explained_with_the_tabs_words_and_its_default() -> None:
+    import dataclasses
+
+    from liandan.preprocess.job import LABELS, PreprocessJob
+
+    parser = argparse.ArgumentParser()
+    sub = add_parser(parser.add_subparsers())
+    helps = {a.dest: a.help for a in sub._actions}
+    for f in dataclasses.fields(PreprocessJob):
+        if f.name in helps and f.name not in ("source", "destination"):  # positionals say more
+            assert helps[f.name].startswith(LABELS[f.name]), f.name
+            assert "(default: " in helps[f.name]
+    assert helps["tag_threshold"] == "Deepbooru score threshold (guides: 0.75) (default: 0.5)"
+    assert helps["recursive"].endswith("(default: off)")
+
+
 def test_job_file_is_the_base_and_options_override(tmp_path) -> None:
     (tmp_path / "job.toml").write_text('kind = "preprocess"\nwidth = 128\nflip = "vertical"\n')
     job = job_from_args(_parse(["in", "out", "--job", str(tmp_path / "job.toml"), "--flip", "none"]))

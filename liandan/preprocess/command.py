@@ -19,26 +19,36 @@ _POSITIONAL = ("source", "destination")
 _NOT_OPTIONS = {"model", "log_dir", "clip_skip"}  # JobSpec fields a preprocess job does not use
 
 
-def _option_for(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any) -> None:
+def _option_for(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any, help: str) -> None:
     flag = "--" + name.replace("_", "-")
     origin = get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         hint = next(a for a in get_args(hint) if a is not type(None))
         origin = get_origin(hint)
     if hint is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
     elif origin is Literal:
-        parser.add_argument(flag, choices=get_args(hint), default=default)
+        parser.add_argument(flag, choices=get_args(hint), default=default, help=help)
     elif origin is tuple:
         choices = get_args(get_args(hint)[0])
-        parser.add_argument(flag, nargs="*", choices=choices or None, default=default, metavar="NAME")
+        parser.add_argument(
+            flag, nargs="*", choices=choices or None, default=default, metavar="NAME", help=help
+        )
     else:
         kind = hint if hint in (int, float, str, Path) else str
-        parser.add_argument(flag, type=kind, default=default)
+        parser.add_argument(flag, type=kind, default=default, help=help)
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, tuple):
+        default = " ".join(default)
+    return "none" if default in ("", None) else str(default)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from liandan.preprocess.job import PreprocessJob
+    from liandan.preprocess.job import LABELS, PreprocessJob
 
     parser = subparsers.add_parser(
         "preprocess",
@@ -55,9 +65,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--models-dir", type=Path, help="A1111's models/ folder (default: <data dir>/models)")
     hints = typing.get_type_hints(PreprocessJob)
+    defaults = PreprocessJob()
     for f in dataclasses.fields(PreprocessJob):
         if f.name not in _POSITIONAL and f.name not in _NOT_OPTIONS:
-            _option_for(parser, f.name, hints[f.name], argparse.SUPPRESS)
+            label = LABELS.get(f.name, f.name.replace("_", " "))
+            help_text = f"{label} (default: {_shown(getattr(defaults, f.name))})".replace("%", "%%")
+            _option_for(parser, f.name, hints[f.name], argparse.SUPPRESS, help_text)
     parser.set_defaults(run=run_command)
     return parser
 

@@ -12,7 +12,7 @@ import gradio as gr
 
 from liandan.errors import LiandanError
 from liandan.preprocess.batch import check_folders
-from liandan.preprocess.job import PreprocessJob
+from liandan.preprocess.job import LABELS, PreprocessJob
 from liandan.ui.components import UIContext, job_panel
 from liandan.ui.spec_form import SpecForm
 
@@ -40,71 +40,71 @@ def job_from_form(values: dict[str, Any]) -> PreprocessJob:
 def _controls() -> dict[str, Any]:
     f = _form()
     with gr.Row():
-        f.text("source", "Source folder (only read)", "/path/to/pictures")
-        f.text("destination", "Destination folder", "/path/to/dataset")
+        f.text("source", LABELS["source"], "/path/to/pictures")
+        f.text("destination", LABELS["destination"], "/path/to/dataset")
     with gr.Row():
-        f.check("recursive", "Include subfolders")
-        f.check("in_place_captions", "Captions only, written beside the source images")
+        f.check("recursive", LABELS["recursive"])
+        f.check("in_place_captions", LABELS["in_place_captions"])
     with gr.Accordion("Image operations", open=True):
         with gr.Row():
-            f.slider("width", "Width", 64, 2048, 8)
-            f.slider("height", "Height", 64, 2048, 8)
+            f.slider("width", LABELS["width"], 64, 2048, 8)
+            f.slider("height", LABELS["height"], 64, 2048, 8)
         with gr.Row():
-            f.radio("resize_mode", "Resize")
-            f.radio("flip", "Create flipped copies")
-            f.radio("output_format", "Save as")
+            f.radio("resize_mode", LABELS["resize_mode"])
+            f.radio("flip", LABELS["flip"])
+            f.radio("output_format", LABELS["output_format"])
         with gr.Row():
-            f.check("split_oversized", "Split oversized images")
-            f.slider("split_threshold", "Split threshold", 0, 1, 0.05)
-            f.slider("overlap_ratio", "Overlap ratio", 0, 0.9, 0.05)
-        f.radio("crop", "Crop (instead of resize)")
+            f.check("split_oversized", LABELS["split_oversized"])
+            f.slider("split_threshold", LABELS["split_threshold"], 0, 1, 0.05)
+            f.slider("overlap_ratio", LABELS["overlap_ratio"], 0, 0.9, 0.05)
+        f.radio("crop", LABELS["crop"])
         with gr.Row():
-            f.slider("focal_face_weight", "Focal point: face weight", 0, 1, 0.05)
-            f.slider("focal_entropy_weight", "Focal point: entropy weight", 0, 1, 0.05)
-            f.slider("focal_edges_weight", "Focal point: edges weight", 0, 1, 0.05)
-            f.check("focal_debug", "Save focal debug images")
+            f.slider("focal_face_weight", LABELS["focal_face_weight"], 0, 1, 0.05)
+            f.slider("focal_entropy_weight", LABELS["focal_entropy_weight"], 0, 1, 0.05)
+            f.slider("focal_edges_weight", LABELS["focal_edges_weight"], 0, 1, 0.05)
+            f.check("focal_debug", LABELS["focal_debug"])
         with gr.Row():
-            f.slider("autosize_min_dim", "Auto size: dimension lower bound", 64, 2048, 64)
-            f.slider("autosize_max_dim", "Auto size: dimension upper bound", 64, 2048, 64)
-            f.slider("autosize_min_area", "Area lower bound", 4096, 4194304, 1)
-            f.slider("autosize_max_area", "Area upper bound", 4096, 4194304, 1)
+            f.slider("autosize_min_dim", LABELS["autosize_min_dim"], 64, 2048, 64)
+            f.slider("autosize_max_dim", LABELS["autosize_max_dim"], 64, 2048, 64)
+            f.slider("autosize_min_area", LABELS["autosize_min_area"], 4096, 4194304, 1)
+            f.slider("autosize_max_area", LABELS["autosize_max_area"], 4096, 4194304, 1)
         with gr.Row():
-            f.radio("autosize_objective", "Auto size objective")
-            f.slider("autosize_error_threshold", "Error threshold", 0, 1, 0.01)
+            f.radio("autosize_objective", LABELS["autosize_objective"])
+            f.slider("autosize_error_threshold", LABELS["autosize_error_threshold"], 0, 1, 0.01)
     with gr.Accordion("Captions", open=True):
         labels = list(CAPTIONER_LABELS.values())
-        f.add("captioners", gr.CheckboxGroup(labels, value=[], label="Captioners (joined)",
+        f.add("captioners", gr.CheckboxGroup(labels, value=[], label=LABELS["captioners"],
                                              elem_id=f.elem_id("captioners")))  # fmt: skip
         with gr.Row():
-            f.radio("existing_caption", "Existing caption")
-            f.check("caption_in_filename", "Caption in the file name instead of .txt")
+            f.radio("existing_caption", LABELS["existing_caption"])
+            f.check("caption_in_filename", LABELS["caption_in_filename"])
         with gr.Row():
-            f.slider("tag_threshold", "Deepbooru score threshold (guides: 0.75)", 0, 1, 0.01)
-            f.radio("tag_sort", "Sort tags")
-            f.text("tag_filter", "Filter out tags", "comma-separated")
+            f.slider("tag_threshold", LABELS["tag_threshold"], 0, 1, 0.01)
+            f.radio("tag_sort", LABELS["tag_sort"])
+            f.text("tag_filter", LABELS["tag_filter"], "comma-separated")
         with gr.Row():
-            f.check("tag_use_spaces", "Spaces instead of underscores")
-            f.check("tag_escape_brackets", "Escape brackets")
-            f.check("tag_drop_rating", "Drop rating: tags")
-            f.check("tag_include_scores", "Include scores")
-        f.text("deepdanbooru_project", "DeepDanbooru project folder (optional extra)")
+            f.check("tag_use_spaces", LABELS["tag_use_spaces"])
+            f.check("tag_escape_brackets", LABELS["tag_escape_brackets"])
+            f.check("tag_drop_rating", LABELS["tag_drop_rating"])
+            f.check("tag_include_scores", LABELS["tag_include_scores"])
+        f.text("deepdanbooru_project", LABELS["deepdanbooru_project"])
         with gr.Row():
-            f.text("blip_model", "BLIP model (repository or folder)")
-            f.slider("blip_num_beams", "BLIP beams", 1, 16, 1)
-            f.slider("blip_min_length", "BLIP min length", 0, 128, 1)
-            f.slider("blip_max_length", "BLIP max length", 1, 256, 1)
+            f.text("blip_model", LABELS["blip_model"])
+            f.slider("blip_num_beams", LABELS["blip_num_beams"], 1, 16, 1)
+            f.slider("blip_min_length", LABELS["blip_min_length"], 0, 128, 1)
+            f.slider("blip_max_length", LABELS["blip_max_length"], 1, 256, 1)
         with gr.Row():
-            f.text("wd14_model", "WD14 model (repository or folder)")
-            f.slider("wd14_general_threshold", "WD14 general threshold", 0, 1, 0.01)
-            f.slider("wd14_character_threshold", "Character threshold", 0, 1, 0.01)
+            f.text("wd14_model", LABELS["wd14_model"])
+            f.slider("wd14_general_threshold", LABELS["wd14_general_threshold"], 0, 1, 0.01)
+            f.slider("wd14_character_threshold", LABELS["wd14_character_threshold"], 0, 1, 0.01)
         with gr.Row():
-            f.check("wd14_rating_tags", "WD14 rating tag")
-            f.check("wd14_character_first", "Character tags first")
-            f.text("wd14_exclude_tags", "WD14 excluded tags", "comma-separated")
+            f.check("wd14_rating_tags", LABELS["wd14_rating_tags"])
+            f.check("wd14_character_first", LABELS["wd14_character_first"])
+            f.text("wd14_exclude_tags", LABELS["wd14_exclude_tags"], "comma-separated")
     with gr.Row():
-        f.radio("device", "Device")
-        f.slider("batch_size", "Caption batch size", 1, 64, 1)
-        f.check("allow_download", "Download missing weights")
+        f.radio("device", LABELS["device"])
+        f.slider("batch_size", LABELS["batch_size"], 1, 64, 1)
+        f.check("allow_download", LABELS["allow_download"])
     return f.controls
 
 
