@@ -62,7 +62,9 @@ def test_create_train_interrupt_resume_through_the_tab(served, tmp_path: Path, f
         browser.fill("#liandan_hn_train_learn_rate textarea", "0.0001")
         browser.click("#liandan_hn_start")
         browser.wait_for_text("Started hypernetwork", timeout=30)
-        _wait_status(browser, "running · step", timeout=120)
+        # "running · step 0/60" shows while the model loads; a loss shows once a step has trained, and only
+        # then does an interrupt leave a saved file and a self-test preview behind
+        _wait_status(browser, "· loss ", timeout=180)
         browser.click("#liandan_hn_interrupt")
         _wait_status(browser, "interrupted", timeout=60)
         browser._wait(lambda: _count(browser, "#liandan_hn_previews img") > 0, 30, "a preview image")
