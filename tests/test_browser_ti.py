@@ -38,7 +38,7 @@ def test_create_train_and_see_progress_and_a_preview(served: str, fixtures_dir: 
             browser.fill(f"#liandan_ti_{field} input[type=number]", str(value))
         browser.click("#liandan_ti_train")
         browser.wait_for_text("Started", timeout=30)
-        browser.wait_for_text("step 3/3", timeout=180)
+        browser.wait_for_text("done · step 3/3", timeout=180)  # after the final save, not just step 3
         browser.wait_for("#liandan_ti_status .liandan-progress-bar", timeout=10)
         browser.wait_for("#liandan_ti_previews img", timeout=60)
         browser.screenshot(tmp_path / "ti_tab.png")
