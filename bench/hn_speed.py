@@ -21,9 +21,9 @@ import torch
 
 from bench.harness import BenchRow, append_result, measure
 from liandan.jobs import HypernetworkJob
-from liandan.methods.diffusion_loss import diffusion_loss
 from liandan.methods.hypernetwork import build_hypernetwork, model_attention_widths
 from liandan.models.attention_hooks import install_kv_transforms
+from liandan.train.diffusion_loss import diffusion_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from liandan.methods.diffusion_loss import diffusion_loss
 from liandan.models.tiny import tiny_bundle
+from liandan.train.diffusion_loss import diffusion_loss
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_gradient_checkpointing_of_a_frozen_eval_unet_recomputes_blocks_with_the
     neither the loss nor the gradient."""
     import torch.utils.checkpoint
 
-    from liandan.methods.diffusion_loss import set_unet_gradient_checkpointing
+    from liandan.train.diffusion_loss import set_unet_gradient_checkpointing
 
     bundle = tiny_bundle("sd1")
     bundle.unet.requires_grad_(False).eval()
@@ -95,7 +95,7 @@ def test_gradient_checkpointing_of_a_frozen_eval_unet_recomputes_blocks_with_the
 
 def test_freeze_for_training_freezes_casts_and_lays_the_unet_out_channels_last() -> None:
     from liandan.jobs import TrainSpec
-    from liandan.methods.diffusion_loss import freeze_for_training
+    from liandan.train.diffusion_loss import freeze_for_training
 
     bundle = tiny_bundle("sd1")
     bundle.unet.train()

@@ -324,7 +324,7 @@ def test_frozen_modules_take_the_mixed_precision_dtype_whatever_the_checkpoint_h
     hypernetwork's own weights stay float32 either way."""
     from liandan.data.dataset import TrainingDataset
     from liandan.methods.hypernetwork import HypernetworkMethod
-    from liandan.methods.training_job import MethodContext
+    from liandan.train.training_job import MethodContext
 
     job = _job(train64, train={"mixed_precision": mixed_precision})
     bundle = tiny_bundle("sd1").to("cpu", torch.bfloat16)  # as an fp16/bf16 checkpoint loads

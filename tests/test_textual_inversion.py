@@ -288,7 +288,7 @@ def test_template_without_name_is_refused(train64: Path, tmp_path: Path) -> None
 def test_only_the_main_process_writes_a_new_embedding(tmp_path: Path) -> None:
     """Under several processes every rank builds the method; one file write, by rank 0."""
     from liandan.methods.textual_inversion import prepare_embedding
-    from liandan.methods.training_job import MethodContext
+    from liandan.train.training_job import MethodContext
 
     host = StandaloneHost(tmp_path / "data")
     job = make_job(tmp_path)

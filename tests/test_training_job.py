@@ -6,8 +6,8 @@ import pytest
 from liandan.errors import DatasetError
 from liandan.host.standalone import StandaloneHost
 from liandan.jobs import DataSpec, TextualInversionJob
-from liandan.methods.training_job import find_run_dir, run_training_job
 from liandan.progress import Control, Reporter
+from liandan.train.training_job import find_run_dir, run_training_job
 
 EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 

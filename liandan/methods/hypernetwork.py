@@ -50,10 +50,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from liandan.host.base import Host
-    from liandan.methods.training_job import MethodContext
     from liandan.models.bundle import ModelBundle
     from liandan.progress import Control, Reporter
     from liandan.train.loop import TrainResult
+    from liandan.train.training_job import MethodContext
 
 LOSS_CSV = "hypernetwork_loss.csv"
 MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
@@ -127,9 +127,9 @@ class HypernetworkMethod:
         fixed_prompts: bool = False,
         existing_file: Path | None = None,
     ) -> None:
-        from liandan.methods.diffusion_loss import freeze_for_training
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
+        from liandan.train.diffusion_loss import freeze_for_training
 
         self.context = context
         self.job: HypernetworkJob = context.job  # type: ignore[assignment]
@@ -189,8 +189,8 @@ class HypernetworkMethod:
         return [self.hypernetwork]
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        from liandan.methods.diffusion_loss import diffusion_loss
         from liandan.models.conditioning import Conditioning, added_cond_kwargs
+        from liandan.train.diffusion_loss import diffusion_loss
 
         context, pooled = self._cond(list(batch["prompts"]))
         extra = None
@@ -245,8 +245,8 @@ class HypernetworkMethod:
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
-        from liandan.methods.training_job import render_preview
         from liandan.models.attention_hooks import install_kv_transforms
+        from liandan.train.training_job import render_preview
 
         self.hypernetwork.eval()
         self.hypernetwork.strength = 1.0
@@ -302,7 +302,7 @@ def run_hypernetwork_job(
     job: HypernetworkJob, host: Host, reporter: Reporter, control: Control, progress_bar: bool = False
 ) -> TrainResult:
     """The "hypernetwork" job: create or load `<name>.pt`, train it, save it where A1111 finds it."""
-    from liandan.methods.training_job import run_training_job
+    from liandan.train.training_job import run_training_job
 
     if not isinstance(job, HypernetworkJob):
         raise ConfigError(f"the hypernetwork runner got a {type(job).__name__}")

@@ -29,7 +29,6 @@ from liandan.formats.embedding import (
 )
 from liandan.job_runner import register_runner
 from liandan.jobs import TextualInversionJob
-from liandan.methods.diffusion_loss import diffusion_loss, freeze_for_training
 from liandan.methods.embedding_create import (
     embedding_file,
     existing_embedding_file,
@@ -37,9 +36,10 @@ from liandan.methods.embedding_create import (
     new_embedding,
     write_embedding,
 )
-from liandan.methods.training_job import MethodContext, render_preview, run_training_job
 from liandan.progress import ProgressEvent, Reporter
+from liandan.train.diffusion_loss import diffusion_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
+from liandan.train.training_job import MethodContext, render_preview, run_training_job
 
 if TYPE_CHECKING:
     from PIL import Image
