@@ -21,6 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# the real-WebUI harness's session fixtures (tests/real_webui.py), shared by the test_real_webui*.py files
+pytest_plugins = ["real_webui"]
+
 # The UI tests need gradio, which the newest-stack CI job leaves out on purpose: it checks the engine alone.
 UI_TESTS = ["test_browser*.py", "test_*_tab.py", "test_ui_app.py", "test_spec_form.py"]
 collect_ignore_glob = [] if importlib.util.find_spec("gradio") else UI_TESTS
