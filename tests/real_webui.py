@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from browser_driver import free_port
+from browser_driver import Browser, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_VARIABLE = "LIANDAN_WEBUI_VENV"
@@ -261,9 +261,9 @@ class WebUI:
         return self.get("/sdapi/v1/embeddings")
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGINT, as Ctrl+C in a terminal (A1111 exits at once on it); the whole process group after."""
+        """SIGINT to the process group, as Ctrl+C in a terminal (A1111 exits at once on it); SIGKILL after."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -296,17 +296,30 @@ def running_webui(
     env: Mapping[str, str] | None = None,
     log_name: str = "console.log",
     startup_timeout: float = 600,
+    launcher: str = "launch.py",
 ) -> Iterator[WebUI]:
     """`python launch.py` in `root` on a free port; yields once the API answers and the model is loaded.
 
     With `prepare_environment` the WebUI checks its requirements and runs extension installers (ours:
-    install.py) as a user's start does; otherwise it starts with --skip-prepare-environment."""
+    install.py) as a user's start does; otherwise it starts with --skip-prepare-environment. With
+    `launcher="webui.sh"` A1111's own shell launcher runs launch.py (with our venv, as root: -f) and starts
+    it again when it exits asking for a restart, as "Apply and restart UI" does."""
     port = free_port()
     skip = () if prepare_environment else ("--skip-prepare-environment",)
     extra = dict(env or {})
     if prepare_environment:
         extra.update(pin_repositories(root))
-    command = [str(venv.python), "launch.py", *FLAGS, *skip, "--port", str(port), *flags]
+    arguments = [*FLAGS, *skip, "--port", str(port), *flags]
+    if launcher == "launch.py":
+        command = [str(venv.python), "launch.py", *arguments]
+    elif launcher == "webui.sh":
+        command = ["bash", "webui.sh", "-f", *arguments]
+        # webui.sh's own settings: no venv of its own, this folder as the install
+        extra.update(
+            venv_dir="-", python_cmd=str(venv.python), install_dir=str(root.parent), clone_dir=root.name
+        )
+    else:
+        raise ValueError(f"launcher {launcher!r}; expected 'launch.py' or 'webui.sh'")
     log_path = root.parent / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -337,6 +350,85 @@ def running_webui(
         webui.stop()
 
 
+# --- jobs and the page -------------------------------------------------------------------------
+
+
+def ti_job(name: str, data: Path, steps: int, **top: Any) -> dict[str, Any]:
+    """A 64 px textual-inversion job; `save_every` 2 so an interrupted run leaves a state to resume."""
+    return {
+        "kind": "textual_inversion",
+        "name": name,
+        "init_text": "a photo",
+        "vectors": 2,
+        **top,
+        "train": {"max_steps": steps, "save_every": 2, "preview_every": 0, "learn_rate": "0.01"},
+        "data": {"folder": str(data), "width": 64, "height": 64},
+        "preview": {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False},
+    }
+
+
+def hn_job(name: str, data: Path, steps: int) -> dict[str, Any]:
+    return {
+        "kind": "hypernetwork",
+        "name": name,
+        "train": {"max_steps": steps, "save_every": 2, "preview_every": 0, "learn_rate": "0.0001"},
+        "data": {"folder": str(data), "width": 64, "height": 64},
+        "preview": {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False},
+    }
+
+
+def visible(browser: Browser, selector: str) -> bool:
+    script = f"""(() => {{
+        const el = gradioApp().querySelector({json.dumps(selector)});
+        return !!el && el.getClientRects().length > 0;
+    }})()"""
+    return bool(browser.evaluate(script))
+
+
+def text_of(browser: Browser, selector: str) -> str:
+    script = f"""(() => {{
+        const el = gradioApp().querySelector({json.dumps(selector)});
+        return el ? el.innerText : '';
+    }})()"""
+    return browser.evaluate(script)
+
+
+def click_tab(browser: Browser, tabs: str, title: str) -> None:
+    """Click the tab button reading `title` of the gr.Tabs `tabs` (titles repeat across the page: the
+    extra-networks tabs have a "Textual Inversion" button too)."""
+    script = f"""(() => {{
+        const nav = gradioApp().querySelector({json.dumps(tabs + " > .tab-nav")});
+        const buttons = nav ? [...nav.querySelectorAll('button')] : [];
+        const hit = buttons.find(b => b.innerText.trim() === {json.dumps(title)});
+        if (hit) hit.click();
+        return !!hit;
+    }})()"""
+    wait_until(lambda: browser.evaluate(script), 30, f"the tab button {title!r} in {tabs}")
+
+
+def click_button(browser: Browser, text: str, timeout: float = 30) -> None:
+    """Click the visible button reading `text`, once there is one (a click on a button of a tab still
+    being shown can be lost)."""
+    script = f"""(() => {{
+        const hit = [...gradioApp().querySelectorAll('button')]
+            .find(b => b.innerText.trim() === {json.dumps(text)} && b.getClientRects().length > 0);
+        if (hit) hit.click();
+        return !!hit;
+    }})()"""
+    wait_until(lambda: browser.evaluate(script), timeout, f"a visible button {text!r}")
+
+
+def open_liandan(browser: Browser, title: str) -> None:
+    click_tab(browser, "#tabs", "Liandan")
+    click_tab(browser, "#liandan_tabs", title)
+
+
+def open_webui(browser: Browser, webui: WebUI) -> None:
+    browser.open(webui.url)
+    # A1111's ui.js runs its onUiLoaded callbacks once every tab is in the page
+    wait_until(lambda: visible(browser, "#tab_txt2img"), 120, "the WebUI's page to render")
+
+
 # --- the console ----------------------------------------------------------------------------------
 
 PROBLEM = re.compile(r"traceback|error|warn|exception|malicious|deprecat", re.IGNORECASE)
@@ -354,6 +446,14 @@ def new_problems(console: str, root: Path, baseline: str, baseline_root: Path) -
     return [
         line for line in console.splitlines() if PROBLEM.search(line) and _normalised(line, root) not in known
     ]
+
+
+def copy_training_images(dest: Path) -> Path:
+    """A writable copy of the fixtures' four 64 px training images and their captions."""
+    shutil.copytree(FIXTURES / "train64", dest)
+    for path in dest.iterdir():
+        path.chmod(0o644)
+    return dest
 
 
 # --- session fixtures -------------------------------------------------------------------------------
@@ -413,10 +513,7 @@ def session(installation: Installation) -> Iterator[Session]:
     """The second start of the installed tree, shared by the tests that need no other flags."""
     work = installation.root.parent
     pip_log = work / "pip-second-start.log"
-    data = work / "train64"
-    shutil.copytree(FIXTURES / "train64", data)
-    for path in data.iterdir():
-        path.chmod(0o644)
+    data = copy_training_images(work / "train64")
     with running_webui(
         installation.root,
         installation.venv,

@@ -11,37 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from real_webui import Session, WebUI, wait_until
+from real_webui import Session, WebUI, hn_job, ti_job, wait_until
 
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
 PROMPT = "a photo of a thing"
 # enough steps that the WebUI's Interrupt lands while the job runs, few enough to finish soon
 STEPS = 40
-
-
-def ti_job(name: str, data: Path, steps: int, **top: Any) -> dict[str, Any]:
-    """A 64 px textual-inversion job; `save_every` 2 so an interrupted run leaves a state to resume."""
-    return {
-        "kind": "textual_inversion",
-        "name": name,
-        "init_text": "a photo",
-        "vectors": 2,
-        **top,
-        "train": {"max_steps": steps, "save_every": 2, "preview_every": 0, "learn_rate": "0.01"},
-        "data": {"folder": str(data), "width": 64, "height": 64},
-        "preview": {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False},
-    }
-
-
-def hn_job(name: str, data: Path, steps: int) -> dict[str, Any]:
-    return {
-        "kind": "hypernetwork",
-        "name": name,
-        "train": {"max_steps": steps, "save_every": 2, "preview_every": 0, "learn_rate": "0.0001"},
-        "data": {"folder": str(data), "width": 64, "height": 64},
-        "preview": {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False},
-    }
 
 
 def malicious_lines(console: str) -> list[str]:

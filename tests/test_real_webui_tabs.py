@@ -3,14 +3,13 @@ textual-inversion, hypernetwork and preprocess jobs run from our tab."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from browser_driver import Browser, require_chromium
 from PIL import Image
-from real_webui import Session, WebUI, wait_until
+from real_webui import Session, click_tab, open_liandan, open_webui, text_of, visible, wait_until
 
 from liandan.ui.tabs import TABS
 
@@ -27,46 +26,6 @@ WEBUI_TABS = [
     ("Settings", "tab_settings"),
     ("Extensions", "tab_extensions"),
 ]
-
-
-def visible(browser: Browser, selector: str) -> bool:
-    script = f"""(() => {{
-        const el = gradioApp().querySelector({json.dumps(selector)});
-        return !!el && el.getClientRects().length > 0;
-    }})()"""
-    return bool(browser.evaluate(script))
-
-
-def text_of(browser: Browser, selector: str) -> str:
-    script = f"""(() => {{
-        const el = gradioApp().querySelector({json.dumps(selector)});
-        return el ? el.innerText : '';
-    }})()"""
-    return browser.evaluate(script)
-
-
-def click_tab(browser: Browser, tabs: str, title: str) -> None:
-    """Click the tab button reading `title` of the gr.Tabs `tabs` (titles repeat across the page: the
-    extra-networks tabs have a "Textual Inversion" button too)."""
-    script = f"""(() => {{
-        const nav = gradioApp().querySelector({json.dumps(tabs + " > .tab-nav")});
-        const buttons = nav ? [...nav.querySelectorAll('button')] : [];
-        const hit = buttons.find(b => b.innerText.trim() === {json.dumps(title)});
-        if (hit) hit.click();
-        return !!hit;
-    }})()"""
-    wait_until(lambda: browser.evaluate(script), 30, f"the tab button {title!r} in {tabs}")
-
-
-def open_liandan(browser: Browser, title: str) -> None:
-    click_tab(browser, "#tabs", "Liandan")
-    click_tab(browser, "#liandan_tabs", title)
-
-
-def open_webui(browser: Browser, webui: WebUI) -> None:
-    browser.open(webui.url)
-    # A1111's ui.js runs its onUiLoaded callbacks once every tab is in the page
-    wait_until(lambda: visible(browser, "#tab_txt2img"), 120, "the WebUI's page to render")
 
 
 @pytest.fixture
