@@ -11,8 +11,6 @@ from browser_driver import Browser, require_chromium
 from PIL import Image
 from real_webui import Session, click_tab, open_liandan, open_webui, text_of, visible, wait_until
 
-from liandan.ui.tabs import TABS
-
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow, pytest.mark.browser]
 
 # (button text, the tab's content elem_id) of A1111 v1.10.1's own tabs
@@ -37,6 +35,8 @@ def browser(session: Session, tmp_path: Path) -> Iterator[Browser]:
 
 
 def test_every_tab_renders(browser: Browser) -> None:
+    from liandan.ui.tabs import TABS  # gradio: not in the newest-stack venv, which collects this file too
+
     for title, elem_id in WEBUI_TABS:
         click_tab(browser, "#tabs", title)
         wait_until(lambda: visible(browser, f"#{elem_id}"), 30, f"the WebUI's {title} tab")  # noqa: B023
