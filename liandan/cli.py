@@ -10,21 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from liandan.dependency_noise import quiet_dependency_noise
 from liandan.errors import ConfigError, LiandanError
 
 COMMAND_MODULES = ("liandan.preprocess.command",)
 DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "demo_ti.toml"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-# diffusers imports bitsandbytes, which warns on AVX512-BF16 CPUs that its optional 4-bit CPU kernels (never
-# used here) are missing: noise at the top of every run
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +87,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_dependency_noise()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -104,19 +104,26 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
     monkeypatch.setitem(sys.modules, "panel_tab", module)
     try:
         app = build_app(host, runner)
-        poll_dep = next(d for d in app.dependencies if d["trigger"] == "load")
-        assert poll_dep["every"] == components.POLL_SECONDS
-        poll_fn = app.fns[app.dependencies.index(poll_dep)].fn  # gradio wraps it in a repeating generator
-        assert "No job yet" in next(poll_fn())[0]
+        # no repeating Gradio event (it keeps the server from closing: A1111's Reload UI hung): the page's
+        # timer clicks a hidden button, whose request goes outside the queue
+        assert all(d.get("every") is None for d in app.dependencies)
+        load = next(d for d in app.dependencies if d["trigger"] == "load")
+        assert "setInterval" in load["js"] and "#liandan_poll" in load["js"]
+        ids = _by_elem_id(app)
+        poll_index = next(
+            i for i, d in enumerate(app.dependencies) if ids["liandan_poll"]["id"] in d["targets"]
+        )
+        assert app.dependencies[poll_index]["queue"] is False
+        poll_fn = app.fns[poll_index].fn
+        assert "No job yet" in poll_fn()[0]
 
         job = runner.submit(UiJob(steps=3))
         assert started.wait(5)
-        html, plot, gallery = next(poll_fn())
+        html, curve, gallery = poll_fn()
         assert "running" in html and "step 3/3" in html and "loss 0.33333" in html
-        assert list(plot["loss"]) == [1.0, 0.5, 1 / 3]
+        assert "<svg" in curve and "loss 0.33333 at step 3" in curve
         assert gallery == [str(preview)]  # a preview file that vanished is left out
 
-        ids = _by_elem_id(app)
         click = {
             ids[name]["id"]: app.fns[i].fn
             for i, d in enumerate(app.dependencies)
@@ -147,9 +154,20 @@ def test_render_status_escapes_and_shows_errors() -> None:
 def test_loss_plot_is_thinned_but_keeps_the_last_point() -> None:
     losses = tuple((i, float(i)) for i in range(1, 5001))
     status = job_runner.JobStatus(id="x", kind="k", state="running", losses=losses)
-    frame = components.loss_points(status)
-    assert len(frame) <= components.MAX_PLOT_POINTS + 1
-    assert frame.iloc[-1]["step"] == 5000 and frame.iloc[0]["step"] == 1
+    points = components.loss_points(status)
+    assert len(points) <= components.MAX_PLOT_POINTS + 1
+    assert points[-1] == (5000, 5000.0) and points[0] == (1, 1.0)
+
+
+def test_loss_curve_is_svg_with_the_last_loss_and_a_gap_for_nan() -> None:
+    losses = ((1, 2.0), (2, float("nan")), (3, 1.0))
+    svg = components.render_loss_curve(job_runner.JobStatus(id="x", kind="k", state="running", losses=losses))
+    assert "<svg" in svg and "loss 1.00000 at step 3" in svg
+    points = svg.split('points="')[1].split('"')[0].split()
+    assert len(points) == 2  # the NaN step is left out, not drawn at the bottom
+    (x1, y1), (x2, y2) = (tuple(map(float, p.split(","))) for p in points)
+    assert x1 < x2 and y1 < y2  # higher loss is higher up (smaller y)
+    assert "no steps yet" in components.render_loss_curve(None)
 
 
 def test_template_choices_list_user_templates_first(host, runner) -> None:

@@ -278,23 +278,32 @@ def test_unload_setting_off_keeps_the_webui_model_where_it_is(a1111, fake_loader
 # --- scripts/liandan.py, loaded the way A1111 loads extension scripts -----------------------------------
 
 
-@pytest.fixture
-def entry_script(a1111, count_job):
+def _load_entry_script():
+    """scripts/liandan.py run as A1111 runs it: at start, and again at every UI reload."""
     import importlib.util
 
-    pytest.importorskip("gradio", reason="the entry script builds Gradio tabs (not in the newest-stack job)")
-    modules = a1111()
     spec = importlib.util.spec_from_file_location("liandan_entry", REPO / "scripts" / "liandan.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    yield script, modules
-    script.on_script_unloaded()
+    return script
+
+
+@pytest.fixture
+def entry_script(a1111, count_job, monkeypatch):
+    import liandan.host.webui
+
+    pytest.importorskip("gradio", reason="the entry script builds Gradio tabs (not in the newest-stack job)")
+    modules = a1111()
+    monkeypatch.setattr(liandan.host.webui, "_runner", None)  # a queue of this test's stand-in WebUI
+    yield _load_entry_script(), modules
+    if liandan.host.webui._runner is not None:
+        liandan.host.webui._runner.close(timeout=5)
 
 
 def test_entry_script_registers_its_callbacks_and_settings(entry_script) -> None:
     _, modules = entry_script
     registered = {k: v for k, v in modules.script_callbacks.callbacks.items() if v}
-    assert set(registered) == {"ui_tabs", "ui_settings", "app_started", "script_unloaded"}
+    assert set(registered) == {"ui_tabs", "ui_settings", "app_started"}  # nothing patched: nothing to undo
     for callback in registered["ui_settings"]:
         callback()
     labels = modules.shared.opts.data_labels
@@ -335,12 +344,33 @@ def test_entry_script_rest_routes(entry_script, count_job) -> None:
     assert client.get("/liandan/v1/jobs/other-1").status_code == 404
 
 
-def test_script_unloaded_stops_the_worker(entry_script) -> None:
+def test_jobs_survive_a_ui_reload(entry_script, count_job) -> None:
+    """Reload UI runs scripts/liandan.py again: a running job keeps going and the new tab's queue lists it."""
+    script, modules = entry_script
+    _, go_on = count_job
+    before = script.runner()
+    job_id = before.submit(script.liandan.jobs.job_from_dict({"kind": "count_job", "steps": 3}))
+    for callback in modules.script_callbacks.callbacks.get("script_unloaded", []):
+        callback()
+    reloaded = _load_entry_script()
+    assert reloaded.runner() is before
+    go_on.set()
+    assert reloaded.runner().wait(job_id, timeout=10).state == "done"
+    assert [status.id for status in reloaded.runner().jobs()] == [job_id]
+
+
+def test_a_failed_job_is_reported_in_the_webui_console(entry_script, monkeypatch, capsys) -> None:
+    from liandan.errors import DatasetError
+
+    def fail(spec, host, reporter, control):
+        raise DatasetError("dataset folder /nowhere does not exist or is not a folder")
+
     script, _ = entry_script
-    job_runner_ = script.runner()
-    script.on_script_unloaded()
-    assert script._runner is None
-    assert job_runner_._worker is None or not job_runner_._worker.is_alive()
+    monkeypatch.setitem(job_runner._RUNNERS, CountJob.kind, fail)
+    job_id = script.runner().submit(CountJob())
+    assert script.runner().wait(job_id, timeout=10).state == "error"
+    console = capsys.readouterr().err
+    assert "failed: dataset folder /nowhere does not exist" in console
 
 
 # --- A1111's shared.state and queue_lock belong to whoever holds the lock -------------------------------

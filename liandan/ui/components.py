@@ -1,14 +1,15 @@
 """Widgets every method tab shares: the job status box with its progress bar, Interrupt and Resume, the loss
 curve and the preview gallery, all fed by one poll of the JobRunner (see `start_polling`).
 
-Written against Gradio 3.41 (A1111's), using only what 4.x still has (`gr.update`, `every=`). Gradio is
-imported here at module top: only the UI imports this module.
+Written against Gradio 3.41 (A1111's), using only what 4.x still has. Gradio is imported here at module top:
+only the UI imports this module.
 """
 
 from __future__ import annotations
 
 import html
 import importlib.resources
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from liandan.host.base import Host
 
 POLL_SECONDS = 1.0
-MAX_PLOT_POINTS = 400  # the plot is resent on every poll: keep it small however long the run
+MAX_PLOT_POINTS = 400  # the curve is resent on every poll: keep it small however long the run
 MAX_GALLERY = 12
+PLOT_WIDTH, PLOT_HEIGHT = 420, 200
 
 
 @dataclass
@@ -121,18 +123,47 @@ def render_status(status: JobStatus | None, checkpoints_dir: Path | None = None)
     return f'<div class="liandan-status">{"".join(rows)}</div>'
 
 
-def loss_points(status: JobStatus | None) -> Any:
-    """The loss history as a DataFrame for gr.LinePlot, thinned to MAX_PLOT_POINTS; None without data."""
+def loss_points(status: JobStatus | None) -> list[tuple[int, float]]:
+    """The loss history thinned to about MAX_PLOT_POINTS, the first and last points always kept."""
     if status is None or not status.losses:
-        return None
-    import pandas as pd
-
+        return []
     losses = status.losses
     stride = max(1, -(-len(losses) // MAX_PLOT_POINTS))  # ceiling: at most MAX_PLOT_POINTS kept
     kept = list(losses[::stride])
     if kept[-1] != losses[-1]:
         kept.append(losses[-1])
-    return pd.DataFrame(kept, columns=["step", "loss"])
+    return kept
+
+
+def render_loss_curve(status: JobStatus | None) -> str:
+    """The loss curve as inline SVG: a few hundred points need no plotting library (gr.LinePlot re-embeds
+    Vega on every update and floods the browser console with version warnings)."""
+    points = loss_points(status)
+    if not points:
+        return '<div class="liandan-loss"><p class="liandan-loss-empty">Loss: no steps yet.</p></div>'
+    steps = [step for step, _ in points]
+    finite = [(step, loss) for step, loss in points if math.isfinite(loss)]  # a NaN step leaves a gap
+    low, high = (min(v for _, v in finite), max(v for _, v in finite)) if finite else (0.0, 1.0)
+    span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
+    pad = 4
+
+    def xy(step: int, loss: float) -> str:
+        x = pad + (step - steps[0]) / span_x * (PLOT_WIDTH - 2 * pad)
+        y = pad + (high - loss) / span_y * (PLOT_HEIGHT - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    line = " ".join(xy(step, loss) for step, loss in finite)
+    caption = (
+        f"loss {points[-1][1]:.5f} at step {steps[-1]} · range {low:.5f} to {high:.5f} "
+        f"over steps {steps[0]} to {steps[-1]}"
+    )
+    return (
+        '<div class="liandan-loss">'
+        f'<svg viewBox="0 0 {PLOT_WIDTH} {PLOT_HEIGHT}" width="100%" role="img" '
+        f'aria-label="{html.escape(caption)}"><title>{html.escape(caption)}</title>'
+        f'<polyline class="liandan-loss-line" fill="none" points="{line}"/></svg>'
+        f'<p class="liandan-loss-caption">{html.escape(caption)}</p></div>'
+    )
 
 
 def preview_paths(status: JobStatus | None) -> list[str]:
@@ -150,9 +181,7 @@ def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
             resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
         # what the last button press did: the status box above is rewritten by every poll
         notice = gr.HTML("", elem_id=f"{prefix}_notice")
-        loss_plot = gr.LinePlot(
-            x="step", y="loss", title="Loss", label="Loss", elem_id=f"{prefix}_loss", width=420, height=240
-        )
+        loss_plot = gr.HTML(render_loss_curve(None), elem_id=f"{prefix}_loss")
         gallery = gr.Gallery(label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto")
 
     def on_interrupt() -> tuple[str, str]:
@@ -202,13 +231,47 @@ def poll_values(ctx: UIContext) -> list[Any]:
     for panel in ctx.panels:
         status = ctx.runner.status(kind=panel.kind)
         html_status = render_status(status, ctx.host.folders.checkpoints)
-        values += [html_status, loss_points(status), preview_paths(status)]
+        values += [html_status, render_loss_curve(status), preview_paths(status)]
     return values
 
 
+# The page's side of the poll. A browser timer clicks the hidden poll button once a second while a job panel
+# is on screen and the previous poll has come back (or has been on its way for over 10 s): not Gradio's
+# `every=`, whose repeating event keeps the server from closing, so A1111's "Reload UI" and "Apply and
+# restart UI" hung for good. The timer stops itself when the button is gone.
+_POLL_BUTTON = "liandan_poll"
+_FIND_BUTTON = f"(typeof gradioApp === 'function' ? gradioApp() : document).querySelector('#{_POLL_BUTTON}')"
+POLL_JS = f"""
+() => {{
+    if (window.liandanPoll) clearInterval(window.liandanPoll);
+    window.liandanPoll = setInterval(() => {{
+        const button = {_FIND_BUTTON};
+        if (!button) {{ clearInterval(window.liandanPoll); return; }}
+        const panels = button.getRootNode().querySelectorAll(".liandan-job-panel");
+        const shown = [...panels].some((panel) => panel.offsetParent !== null);
+        const busy = Date.now() - Number(button.dataset.busySince || 0) < 10000;
+        if (shown && !busy) {{
+            button.dataset.busySince = String(Date.now());
+            button.click();
+        }}
+    }}, {int(POLL_SECONDS * 1000)});
+    return [];
+}}
+"""
+POLL_DONE_JS = (
+    f"() => {{ const button = {_FIND_BUTTON}; if (button) delete button.dataset.busySince; return []; }}"
+)
+_JS_ARG = "_js" if int(gr.__version__.split(".")[0]) < 4 else "js"  # renamed in Gradio 4
+
+
 def start_polling(ctx: UIContext, blocks: Any) -> None:
-    """One repeating load event for all panels of `blocks` (call it last, inside the Blocks). One poll, not
-    one per widget: every repeating event holds a queue slot for as long as the page is open."""
+    """One poll for all panels of `blocks` (call it last, inside the Blocks): a hidden button that the page's
+    timer (POLL_JS) clicks. Each click is one short request outside the queue, so nothing outlives a page
+    and no queue slot is held."""
     outputs = [component for panel in ctx.panels for component in panel.outputs]
-    if outputs:
-        blocks.load(lambda: poll_values(ctx), None, outputs, every=POLL_SECONDS, show_progress="hidden")
+    if not outputs:
+        return
+    poll = gr.Button("poll", elem_id=_POLL_BUTTON, elem_classes=["liandan-hidden"])
+    event = poll.click(lambda: poll_values(ctx), None, outputs, queue=False, show_progress="hidden")
+    event.then(None, None, None, queue=False, **{_JS_ARG: POLL_DONE_JS})
+    blocks.load(None, None, None, queue=False, **{_JS_ARG: POLL_JS})
