@@ -193,7 +193,7 @@ class DataSpec(Spec):
     height: int = bounded(512, 64, 4096)
     buckets: bool = False  # aspect-ratio buckets instead of one W×H
     resize_mode: Literal["crop", "stretch"] = "crop"  # one W×H: centre crop, or A1111's stretch (no crop)
-    template: str = "style_filewords.txt"  # a file in the templates folder, or a path
+    template: str = "liandan_style_filewords.txt"  # a file in the templates folder, or a path
     filename_regex: str = ""
     join_string: str = " "
     shuffle_tags: bool = False
@@ -307,7 +307,7 @@ class TextualInversionJob(JobSpec):
     file_format: Literal["pt", "safetensors"] = "pt"
     save_png_cards: bool = True
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.005"))
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="style_filewords.txt"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_style_filewords.txt"))
     preview: PreviewSpec = field(default_factory=PreviewSpec)
 
 
@@ -334,5 +334,5 @@ class HypernetworkJob(JobSpec):
     activate_output: bool = False
     overwrite: bool = False
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.000005"))
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="hypernetwork.txt"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_hypernetwork.txt"))
     preview: PreviewSpec = field(default_factory=PreviewSpec)

@@ -49,7 +49,7 @@ def _job(train64: Path, **options) -> HypernetworkJob:
         name=options.pop("name", "hn"),
         train=TrainSpec(**train),
         data=DataSpec(
-            folder=train64, width=64, height=64, template=options.pop("template", "hypernetwork.txt")
+            folder=train64, width=64, height=64, template=options.pop("template", "liandan_hypernetwork.txt")
         ),
         preview=PreviewSpec(steps=2, width=64, height=64, seed=3, self_test=False),
         **options,
@@ -232,7 +232,7 @@ def test_two_hundred_steps_make_the_loss_fall(host, train64) -> None:
         train64,
         weight_init="KaimingNormal",
         layer_structure="1, 2, 1",
-        template="none.txt",
+        template="liandan_none.txt",
         train={"learn_rate": "0.0005", "max_steps": 200, "save_every": 0, "batch_size": 4, "seed": 1},
     )
     run_hypernetwork_job(job, host, Reporter(), Control())

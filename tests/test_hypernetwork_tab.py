@@ -23,7 +23,9 @@ def test_form_values_become_a_job() -> None:
          "train.learn_rate": "5e-6", "data.folder": "pics", "data.flip": 0.5, "preview.seed": -1.0}
     )  # fmt: skip
     assert job.sizes == (768, 320) and job.train.max_steps == 7 and job.data.folder == Path("pics")
-    assert job.data.template == "hypernetwork.txt"  # a partial section keeps the hypernetwork's defaults
+    assert (
+        job.data.template == "liandan_hypernetwork.txt"
+    )  # a partial section keeps the hypernetwork's defaults
     assert job.train.learn_rate == "5e-6" and job.data.flip == 0.5
     with pytest.raises(ConfigError):
         job_from_form({"weight_init": "Uniform"})
@@ -95,7 +97,7 @@ def test_prompt_template_offers_the_template_files_like_the_ti_tab(tab) -> None:
     template = next(
         b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"{PREFIX}_data_template"
     )
-    assert isinstance(template, gr.Dropdown) and template.value == "hypernetwork.txt"
-    assert {"hypernetwork.txt", "style_filewords.txt"} <= {
+    assert isinstance(template, gr.Dropdown) and template.value == "liandan_hypernetwork.txt"
+    assert {"liandan_hypernetwork.txt", "liandan_style_filewords.txt"} <= {
         c[0] if isinstance(c, tuple) else c for c in template.choices
     }

@@ -31,7 +31,7 @@ def test_partial_section_keeps_the_jobs_own_defaults() -> None:
     job = job_from_dict({"kind": "hypernetwork", "name": "h", "train": {"max_steps": 5}})
     assert isinstance(job, HypernetworkJob)
     assert job.train.learn_rate == HypernetworkJob().train.learn_rate != TrainSpec().learn_rate
-    assert job.data.template == "hypernetwork.txt"
+    assert job.data.template == "liandan_hypernetwork.txt"
 
 
 @pytest.mark.parametrize(

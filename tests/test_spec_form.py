@@ -55,7 +55,7 @@ def test_submitted_values_become_a_validated_spec() -> None:
     assert job.sizes == (768, 320) and job.train.max_steps == 7 and isinstance(job.train.max_steps, int)
     assert job.log_dir is None and job.data.folder == Path("pics")
     assert job.data.flip == 1.0 and job.preview.cfg_scale == 5.0
-    assert job.train.learn_rate == "0.000005" and job.data.template == "hypernetwork.txt"
+    assert job.train.learn_rate == "0.000005" and job.data.template == "liandan_hypernetwork.txt"
 
     ti = SpecForm(TextualInversionJob, "t").to_spec({"vectors": 3.0, "train.max_steps": 2})
     assert ti.vectors == 3 and ti.train.learn_rate == "0.005"

@@ -157,6 +157,14 @@ def run_training_job(
         dataset = build_dataset(
             data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=short_hash
         )
+        template = dataset.template.record()
+        reporter(
+            ProgressEvent(
+                "message",
+                job=name,
+                message=f"prompt template {template['file']} ({len(template['lines'])} lines)",
+            )
+        )
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
         train_spec = cap_accumulation(train_spec, len(dataset.batch_plan(0)), accelerator.num_processes)
@@ -204,7 +212,8 @@ def run_training_job(
             seed=train_spec.seed,
             model=model_info,
             extra={
-                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss}
+                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss},
+                "template": template,
             },
         )
         write_provenance(artifact.paths[0], record)
