@@ -15,6 +15,7 @@ from modules import script_callbacks, shared
 import liandan.host.webui
 import liandan.job_runner
 import liandan.jobs
+import liandan.registry
 import liandan.ui.app
 import liandan.ui.components
 from liandan.errors import LiandanError
@@ -27,7 +28,6 @@ def runner() -> liandan.job_runner.JobRunner:
     """The one job queue of this WebUI process, shared by the tab and the REST routes."""
     global _runner
     if _runner is None:
-        liandan.job_runner.load_methods()
         _runner = liandan.job_runner.JobRunner(liandan.host.webui.WebUIHost())
     return _runner
 

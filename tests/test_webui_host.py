@@ -12,12 +12,12 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import registry
 from liandan.errors import CheckpointError, LiandanError
 from liandan.host.base import Host
 from liandan.host.webui import WebUIHost, parse_version
 from liandan.job_runner import JobRunner
-from liandan.jobs import JOB_KINDS, JobSpec, register_job
+from liandan.jobs import JobSpec
 from liandan.progress import ProgressEvent
 
 STUB = Path(__file__).parent / "a1111_stub"
@@ -209,10 +209,6 @@ class CountJob(JobSpec):
     steps: int = 3
 
 
-if CountJob.kind not in JOB_KINDS:
-    register_job(CountJob)
-
-
 @pytest.fixture
 def count_job(fake_loader):
     """A job emitting `steps` steps inside model_for_training, as a training job does; it waits at step 2
@@ -232,9 +228,9 @@ def count_job(fake_loader):
                     go_on.wait(5)
             reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
 
-    job_runner.register_runner(CountJob.kind, run)
+    registry.register(registry.Method(CountJob, run, "Count"))
     yield at_step_two, go_on
-    job_runner._RUNNERS.pop(CountJob.kind)
+    registry.unregister(CountJob.kind)
 
 
 def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
