@@ -160,8 +160,13 @@ def _csv_rows(run_root: Path) -> list[list[str]]:
 
 def test_training_through_the_runner_writes_what_a1111_reads(host, train64) -> None:
     created = build_hypernetwork(HypernetworkJob(name="hn"), TINY_WIDTHS).state_dict()
-    result = run_hypernetwork_job(_job(train64), host, Reporter(), Control())
+    messages: list[str] = []
+    result = run_hypernetwork_job(
+        _job(train64), host, Reporter(lambda e: messages.append(e.message)), Control()
+    )
     assert (result.step, result.stopped_reason) == (4, "max_steps")
+    # the summary every method prints, last: where the file went and the loss
+    assert messages[-1].startswith(f"saved {host.folders.hypernetworks / 'hn.pt'}: 4 step(s), last loss ")
 
     final = host.folders.hypernetworks / "hn.pt"
     check_pt(final)

@@ -326,3 +326,32 @@ def test_loss_summary_compares_tenths_of_a_run_and_does_not_pretend_for_a_short_
     long = loss_summary(Path("cat.pt"), [2.0] * 10 + [1.0] * 80 + [0.5] * 10)
     assert long == "saved cat.pt: loss 2.0000 -> 0.5000 (mean of the first/last 10 steps)"
     assert loss_summary(Path("cat.pt"), [0.9, 0.8]) == "saved cat.pt: 2 step(s), last loss 0.8000"
+
+
+def test_continuing_a_png_card_leaves_one_file_of_its_name_and_keeps_its_vector_count(
+    train64: Path, tmp_path: Path
+) -> None:
+    """A1111 loads either of two files of one name: the card becomes cardti.pt, the original is moved into
+    the run folder, and both changes are said; the card's 3 vectors win over the job's 1, out loud."""
+    from PIL import Image
+
+    from liandan.formats.embedding import save_embedding_card
+
+    host = StandaloneHost(tmp_path / "data")
+    card = Embedding("cardti", {"*": torch.randn(3, 32)}, step=5)
+    save_embedding_card(
+        card, Image.new("RGB", (64, 64), "grey"), host.folders.embeddings / "cardti.png", "m", ""
+    )
+    job = make_job(train64, name="cardti", train={"max_steps": 7, "save_every": 0}, save_png_cards=False)
+    job = job.replace(vectors=1, preview=job.preview.replace(self_test=False))
+    _, events = run(job, host)
+
+    same_name = sorted(p.name for p in host.folders.embeddings.iterdir() if p.stem == "cardti")
+    assert same_name == ["cardti.pt"]  # (its .optim sidecar is "cardti.pt.optim": another stem)
+    trained = load_embedding(host.folders.embeddings / "cardti.pt")
+    assert trained.single.shape == (3, 32) and trained.step == 7
+    (moved,) = host.folders.logs.rglob("replaced/cardti.png")
+    assert load_embedding(moved).step == 5
+    messages = " | ".join(e.message for e in events if e.kind == "message")
+    assert "with its own 3 vector(s) per token; vectors = 1 applies to a new embedding" in messages
+    assert f"the original was moved to {moved}" in messages

@@ -139,3 +139,38 @@ def test_a_half_precision_vae_caches_latents_in_float32(
     latents = contexts[0].dataset[0]["latents"]
     assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
     assert next(contexts[0].bundle.vae.parameters()).dtype == torch.float32
+
+
+def test_the_method_is_closed_when_training_fails_and_the_checkpoint_is_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hypernetwork's hooks sit on a UNet that may be the host's: close() runs whatever way the loop ends.
+    The context carries one checkpoint reference, with the short hash and family of the loaded model."""
+    # (a model switched in the WebUI meanwhile must not change which model the job trains)
+    from liandan.train import loop
+
+    def broken_train(*args, **kwargs):
+        raise RuntimeError("the loop broke")
+
+    host = StandaloneHost(tmp_path / "data")
+    resolved = []
+    real_resolve = host.resolve_checkpoint
+    monkeypatch.setattr(
+        host, "resolve_checkpoint", lambda model: resolved.append(model) or real_resolve(model)
+    )
+    monkeypatch.setattr(loop, "train", broken_train)
+    closed, contexts = [], []
+
+    def make_method(context):
+        contexts.append(context)
+        return SimpleNamespace(close=lambda: closed.append(True))
+
+    job = TextualInversionJob(name="cat", data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64))
+    with pytest.raises(RuntimeError, match="the loop broke"):
+        run_training_job(
+            job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv", make_method=make_method
+        )
+    checkpoint = contexts[0].checkpoint
+    # the job's "" (the current model) is resolved once; the host is then handed that file, not "" again
+    assert closed == [True] and resolved[0] == "" and set(resolved[1:]) == {checkpoint.path}
+    assert checkpoint.family == "sd1" and checkpoint.short_hash and len(checkpoint.short_hash) == 10
