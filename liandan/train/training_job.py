@@ -7,6 +7,7 @@ A method module supplies only `make_method(context) -> TrainingMethod`; this fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -176,7 +177,8 @@ def run_training_job(
     # put every rank on GPU 0), and the loop trains with this same Accelerator
     accelerator = make_accelerator(train_spec)
     device = accelerator.device
-    with host.model_for_training(checkpoint.path) as bundle:
+    # the method is closed (its hooks off the bundle, which may be the WebUI's model) however the loop ends
+    with host.model_for_training(checkpoint.path) as bundle, contextlib.ExitStack() as cleanup:
         # the one reference the job carries from here: methods and provenance read it, nothing re-resolves
         checkpoint = dataclasses.replace(
             checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
@@ -206,25 +208,23 @@ def run_training_job(
             job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
         )
         method = make_method(context)
+        cleanup.callback(method.close)
         prompt, seed = preview_prompt_and_seed(preview, dataset)
-        try:
-            result = train(
-                method,
-                dataset,
-                train_spec,
-                run_dir=run_dir,
-                reporter=reporter,
-                control=control,
-                batch_plan=dataset.batch_plan,
-                loss_csv_name=loss_csv_name,
-                preview_prompt=prompt if preview.self_test or train_spec.preview_every else None,
-                preview_seed=seed,
-                self_test=preview.self_test,
-                accelerator=accelerator,
-                progress_bar=progress_bar,
-            )
-        finally:
-            method.close()  # the bundle may outlive the job (the WebUI's model): take the method's hooks off
+        result = train(
+            method,
+            dataset,
+            train_spec,
+            run_dir=run_dir,
+            reporter=reporter,
+            control=control,
+            batch_plan=dataset.batch_plan,
+            loss_csv_name=loss_csv_name,
+            preview_prompt=prompt if preview.self_test or train_spec.preview_every else None,
+            preview_seed=seed,
+            self_test=preview.self_test,
+            accelerator=accelerator,
+            progress_bar=progress_bar,
+        )
     finals = [a for a in result.artifacts if a.info.get("final")]
     model_info = {"title": checkpoint.title, "short_hash": checkpoint.short_hash, "family": checkpoint.family}
     for artifact in finals[-1:]:
