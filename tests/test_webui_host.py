@@ -307,7 +307,7 @@ def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
     assert labels[:3] == ["Textual Inversion", "Hypernetwork", "Preprocess & Caption"]
 
 
-def test_entry_script_rest_routes(entry_script, count_job) -> None:
+def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
@@ -329,6 +329,15 @@ def test_entry_script_rest_routes(entry_script, count_job) -> None:
     assert status.state == "interrupted"
     assert client.get(f"/liandan/v1/jobs/{job_id}").json()["state"] == "interrupted"
     assert client.get("/liandan/v1/jobs/other-1").status_code == 404
+
+    # the spec's own message is the response; no tab was built, and every kind is known (preprocess too)
+    typo = {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": 0.01}}
+    assert "did you mean 'learn_rate'" in client.post("/liandan/v1/jobs", json=typo).json()["detail"]
+    assert "has no 'kind'" in client.post("/liandan/v1/jobs", json={"name": "cat"}).json()["detail"]
+    source = tmp_path / "nowhere"
+    job_id = client.post("/liandan/v1/jobs", json={"kind": "preprocess", "source": str(source)}).json()["id"]
+    status = script.runner().wait(job_id, timeout=30)
+    assert status.state == "error" and "nowhere does not exist" in status.error
 
 
 def test_script_unloaded_stops_the_worker(entry_script) -> None:
