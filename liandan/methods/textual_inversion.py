@@ -36,7 +36,7 @@ from liandan.formats.embedding_files import (
     write_embedding,
 )
 from liandan.jobs import TextualInversionJob
-from liandan.models.embedding_vectors import EmbeddingVectors, load_for_model, new_embedding
+from liandan.models.embedding_vectors import TrainableEmbedding, load_for_model, new_embedding
 from liandan.train.diffusion_loss import batch_added_conditioning, diffusion_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.optimizer_sidecar import OptimizerSidecar
@@ -71,7 +71,7 @@ class TextualInversion:
         from liandan.models.conditioning import PromptEncoder
 
         freeze_for_training(self.bundle, context.device, job.train)
-        self.vectors = EmbeddingVectors(embedding.vectors).to(context.device)
+        self.vectors = TrainableEmbedding(embedding.vectors).to(context.device)
         self.encoder = PromptEncoder(self.bundle, clip_skip=job.clip_skip)
         self._check_prompts_use_name()
 

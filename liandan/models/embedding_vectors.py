@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
 
 
-class EmbeddingVectors(torch.nn.Module):
-    """The trainable vectors, one float32 parameter per text encoder, keyed like the embedding file."""
+class TrainableEmbedding(torch.nn.Module):
+    """The trainable vectors, one float32 parameter per text encoder, keyed like the embedding file
+    (`as_prompt_embedding` gives them in the form `models.conditioning` splices into prompts)."""
 
     def __init__(self, vectors: dict[str, torch.Tensor]) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""Creating embeddings: A1111's init rule, SDXL pairs, name rules, overwrite, the vector limit."""
+"""Embedding vectors: A1111's init rule, SDXL pairs, the trainable module, and Create (names, overwrite,
+the vector limit)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from liandan.formats.embedding import load_embedding
 from liandan.host.standalone import StandaloneHost
 from liandan.jobs import TextualInversionJob
 from liandan.methods.textual_inversion import create_embedding
-from liandan.models.embedding_vectors import new_embedding
+from liandan.models.embedding_vectors import TrainableEmbedding, new_embedding
 from liandan.models.tiny import tiny_bundle
 
 
@@ -63,3 +64,29 @@ def test_create_embedding_writes_a_file_a1111_loads_and_refuses_to_clobber(tmp_p
     assert load_embedding(path).single.shape == (4, 32)
     with pytest.raises(ConfigError, match="out of range"):
         TextualInversionJob(name="big", vectors=76)
+
+
+def test_trainable_embedding_keeps_keys_and_round_trips_its_state() -> None:
+    pair = {"clip_l": torch.ones(2, 64, dtype=torch.float16), "clip_g": torch.zeros(2, 128)}
+    vectors = TrainableEmbedding(pair)
+    prompt = vectors.as_prompt_embedding()
+    assert set(prompt) == {"clip_l", "clip_g"} and prompt["clip_l"].dtype == torch.float32
+    saved = vectors.state()
+    with torch.no_grad():
+        vectors.params[0].add_(1)
+    assert torch.equal(vectors.detached()["clip_l"], torch.full((2, 64), 2.0))
+    vectors.load_state(saved)
+    assert torch.equal(vectors.detached()["clip_l"], torch.ones(2, 64))
+    single = TrainableEmbedding({"*": torch.zeros(3, 32)}).as_prompt_embedding()
+    assert isinstance(single, torch.nn.Parameter) and single.shape == (3, 32)
+
+
+def test_the_file_a1111_loads_for_a_name_and_the_one_we_write(tmp_path: Path) -> None:
+    from liandan.formats.embedding_files import embedding_file, existing_embedding_file
+
+    assert existing_embedding_file(tmp_path, "cat") is None
+    (tmp_path / "cat.png").write_bytes(b"")
+    (tmp_path / "cat.pt.optim").write_bytes(b"")  # a sidecar is not an embedding
+    assert existing_embedding_file(tmp_path, "cat") == tmp_path / "cat.png"
+    assert embedding_file(tmp_path, "cat", "pt", is_sdxl=False) == tmp_path / "cat.pt"
+    assert embedding_file(tmp_path, "cat", "pt", is_sdxl=True) == tmp_path / "cat.safetensors"  # a pair
