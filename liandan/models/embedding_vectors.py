@@ -20,7 +20,6 @@ from liandan.formats.embedding import (
     check_family,
     init_vectors,
     load_embedding,
-    validate_num_vectors,
 )
 
 if TYPE_CHECKING:
@@ -73,8 +72,7 @@ def init_token_embeddings(
 
 def new_embedding(bundle: ModelBundle, name: str, init_text: str, num_vectors: int) -> Embedding:
     """A fresh embedding for `bundle`, initialised from `init_text` as A1111 does (step 0). `name` must
-    already follow the naming rule (`liandan.jobs.check_name`)."""
-    validate_num_vectors(num_vectors)
+    already follow the naming rule (`liandan.jobs.check_name`); `init_vectors` checks the count."""
     vectors = {}
     for index, (key, width) in enumerate(zip(encoder_keys(bundle), bundle.embedding_widths)):
         rows = init_token_embeddings(bundle, index, init_text, num_vectors) if init_text else None
