@@ -331,6 +331,9 @@ def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> No
     assert client.get("/liandan/v1/jobs/other-1").status_code == 404
 
     # the spec's own message is the response; no tab was built, and every kind is known (preprocess too)
+    assert {"textual_inversion", "hypernetwork", "preprocess"} <= set(
+        client.get("/liandan/v1/kinds").json()["kinds"]
+    )
     typo = {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": 0.01}}
     assert "did you mean 'learn_rate'" in client.post("/liandan/v1/jobs", json=typo).json()["detail"]
     assert "has no 'kind'" in client.post("/liandan/v1/jobs", json={"name": "cat"}).json()["detail"]
