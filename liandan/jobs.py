@@ -327,7 +327,8 @@ def load_job_file(path: Path) -> JobSpec:
 class TextualInversionJob(JobSpec):
     """Create (if missing or `overwrite`) and train a textual-inversion embedding.
 
-    An existing embedding of that name is trained further from its saved step, as A1111's Train does.
+    An existing embedding of that name is trained further from its saved step, as A1111's Train does, with
+    its own vector count (`vectors` and `init_text` make a new one). See liandan/methods/textual_inversion.py.
     """
 
     kind: ClassVar[str] = "textual_inversion"
