@@ -112,6 +112,12 @@ def test_every_setting_has_a_control_and_module_sizes_follow_the_model(tab, tmp_
     # the tiny SD1 checkpoint's own attention widths, read from its header, not a fixed SD1 list
     sizes = by_id[f"{PREFIX}_sizes"]
     assert [c[1] if isinstance(c, tuple) else c for c in sizes.choices] == ["32", "64", "128"]
+    refresh_sizes = next(
+        demo.fns[i].fn
+        for i, d in enumerate(demo.dependencies)
+        if by_id[f"{PREFIX}_refresh"]._id in d["targets"] and sizes._id in d["outputs"]
+    )
+    assert refresh_sizes("")["choices"] == ["32", "64", "128"]  # Refresh reads the model's widths again
     pickle = tmp_path / "old.ckpt"  # its shapes cannot be read without loading it: the known widths
     pickle.write_bytes(b"")
     assert "768" in size_choices(UIContext(host=host, runner=None), str(pickle))  # type: ignore[arg-type]

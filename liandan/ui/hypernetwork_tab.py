@@ -87,6 +87,10 @@ def build(ctx: UIContext) -> None:
     )
     built = build_training_tab(ctx, tab)
     sizes = built.create_form.controls["sizes"]
-    built.model.change(
-        lambda title: gr.update(choices=size_choices(ctx, title), value=[]), built.model, sizes, queue=False
-    )
+
+    def follow_model(title: str) -> Any:
+        return gr.update(choices=size_choices(ctx, title), value=[])
+
+    # inside A1111 the model is chosen top left, which this tab does not see change: Refresh reads it again
+    built.model.change(follow_model, built.model, sizes, queue=False)
+    built.refresh.click(follow_model, built.model, sizes, queue=False)

@@ -150,6 +150,7 @@ class BuiltTab:
     create_form: SpecForm[Any]
     train_form: SpecForm[Any]
     trained: Any
+    refresh: Any
 
 
 def _error(e: Exception) -> str:
@@ -207,4 +208,4 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
     start.click(on_train, [model, trained, *create_inputs, *train_inputs], train_message, queue=False)
     refresh.click(lambda: gr.update(choices=tab.names(ctx)), None, trained, queue=False)
-    return BuiltTab(model, create_form, train_form, trained)
+    return BuiltTab(model, create_form, train_form, trained, refresh)
