@@ -17,6 +17,7 @@ from modules import script_callbacks, shared
 import liandan.host.webui
 import liandan.job_runner
 import liandan.jobs
+import liandan.registry
 import liandan.ui.app
 import liandan.ui.components
 from liandan.errors import LiandanError
@@ -72,8 +73,8 @@ def _api_auth(credentials_text: str | None) -> list[Any]:
 
 
 def on_app_started(demo: Any, app: Any) -> None:
-    """REST: GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id}, POST /liandan/v1/jobs (a job spec as JSON,
-    the same keys as a job file), POST /liandan/v1/interrupt.
+    """REST: GET /liandan/v1/kinds (the job kinds), GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id},
+    POST /liandan/v1/jobs (a job spec as JSON, the same keys as a job file), POST /liandan/v1/interrupt.
 
     The routes read and write any folder, so like A1111's own API they exist only with --api (or
     --nowebui, where `demo` is None), behind --api-auth when it is set: gradio's login never covers
@@ -83,6 +84,10 @@ def on_app_started(demo: Any, app: Any) -> None:
     if demo is not None and not getattr(shared.cmd_opts, "api", False):
         return
     router = APIRouter(dependencies=_api_auth(getattr(shared.cmd_opts, "api_auth", None)))
+
+    @router.get("/liandan/v1/kinds")
+    def list_kinds() -> dict[str, list[str]]:
+        return {"kinds": liandan.registry.kinds()}
 
     @router.get("/liandan/v1/jobs")
     def list_jobs() -> dict[str, Any]:

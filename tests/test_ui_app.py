@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import importlib.machinery
 import json
 import sys
@@ -12,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import job_runner, registry
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import JobRunner
 from liandan.jobs import JobSpec
@@ -50,15 +51,19 @@ def _by_elem_id(app) -> dict[str, dict]:
 def test_app_has_every_tab_in_order_with_elem_ids(host, runner) -> None:
     app = build_app(host, runner)
     labels = [c["props"]["label"] for c in _config(app)["components"] if c["type"] == "tabitem"]
-    assert labels == [t.title for t in tabs.TABS]
+    assert labels == [m.title for m in registry.METHODS.values()] + [t.title for t in tabs.PLANNED]
     ids = _by_elem_id(app)
-    for tab in tabs.TABS:
+    for tab in tabs.tab_list():
         assert f"liandan_tab_{tab.key}" in ids
     for later in ("dreambooth", "apt", "aesthetic"):
         assert "not in this release" in ids[f"liandan_{later}_notice"]["props"]["value"]
 
 
-def test_missing_tab_module_shows_a_notice_and_a_broken_one_an_error(host, runner, monkeypatch) -> None:
+def test_missing_package_shows_its_name_and_a_broken_tab_an_error(
+    host, runner, monkeypatch, tmp_path
+) -> None:
+    (tmp_path / "needs_package_tab.py").write_text("import liandan_test_absent_package\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     broken = types.ModuleType("broken_tab")
     broken.__spec__ = importlib.machinery.ModuleSpec("broken_tab", None)
 
@@ -67,17 +72,18 @@ def test_missing_tab_module_shows_a_notice_and_a_broken_one_an_error(host, runne
 
     broken.build = build
     monkeypatch.setitem(sys.modules, "broken_tab", broken)
-    monkeypatch.setattr(
-        tabs,
-        "TABS",
-        (
-            tabs.TabDef("gone", "Gone", "liandan.ui.no_such_tab"),
-            tabs.TabDef("broken", "Broken", "broken_tab"),
-            tabs.TabDef("apt", "APT", "liandan.ui.apt_tab"),
-        ),
-    )
+    listed = [
+        tabs.TabDef("needs", "Needs", "needs_package_tab"),
+        tabs.TabDef("gone", "Gone", "liandan.ui.no_such_tab"),
+        tabs.TabDef("broken", "Broken", "broken_tab"),
+        tabs.TabDef("apt", "APT", "liandan.ui.apt_tab"),
+    ]
+    monkeypatch.setattr(tabs, "tab_list", lambda: listed)
     ids = _by_elem_id(build_app(host, runner))
-    assert "not part of this build yet" in ids["liandan_gone_missing"]["props"]["value"]
+    unavailable = ids["liandan_needs_unavailable"]["props"]["value"]
+    assert html.escape("needs the Python package 'liandan_test_absent_package'") in unavailable
+    # a module of ours that is missing is a bug, shown as one (not as "not installed")
+    assert "ModuleNotFoundError" in ids["liandan_gone_failed"]["props"]["value"]
     assert "failed to load: RuntimeError: boom" in ids["liandan_broken_failed"]["props"]["value"]
     assert "liandan_apt_notice" in ids  # the tabs after the broken one were built
 
@@ -96,8 +102,8 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
         if not control.interrupted:
             reporter(ProgressEvent("done", step=spec.steps, total=spec.steps))
 
-    job_runner.register_runner(UiJob.kind, run)
-    monkeypatch.setattr(tabs, "TABS", (tabs.TabDef("job", "Job", "panel_tab"),))
+    registry.register(registry.Method(UiJob, run, "UI test"))
+    monkeypatch.setattr(tabs, "tab_list", lambda: [tabs.TabDef("job", "Job", "panel_tab")])
     module = types.ModuleType("panel_tab")
     module.__spec__ = importlib.machinery.ModuleSpec("panel_tab", None)
     module.build = lambda ctx: components.job_panel(ctx, UiJob.kind, "test")
@@ -141,7 +147,7 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
         assert runner.status(kind=UiJob.kind).id != job and "Resumed as" in resumed
     finally:
         release.set()
-        job_runner._RUNNERS.pop(UiJob.kind, None)
+        registry.unregister(UiJob.kind)
 
 
 def test_render_status_escapes_and_shows_errors() -> None:

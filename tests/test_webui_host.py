@@ -12,12 +12,12 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import registry
 from liandan.errors import CheckpointError, LiandanError
 from liandan.host.base import Host
 from liandan.host.webui import WebUIHost, parse_version
 from liandan.job_runner import JobRunner
-from liandan.jobs import JOB_KINDS, JobSpec, register_job
+from liandan.jobs import JobSpec
 from liandan.progress import ProgressEvent
 
 STUB = Path(__file__).parent / "a1111_stub"
@@ -209,10 +209,6 @@ class CountJob(JobSpec):
     steps: int = 3
 
 
-if CountJob.kind not in JOB_KINDS:
-    register_job(CountJob)
-
-
 @pytest.fixture
 def count_job(fake_loader):
     """A job emitting `steps` steps inside model_for_training, as a training job does; it waits at step 2
@@ -232,9 +228,9 @@ def count_job(fake_loader):
                     go_on.wait(5)
             reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
 
-    job_runner.register_runner(CountJob.kind, run)
+    registry.register(registry.Method(CountJob, run, "Count"))
     yield at_step_two, go_on
-    job_runner._RUNNERS.pop(CountJob.kind)
+    registry.unregister(CountJob.kind)
 
 
 def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
@@ -320,7 +316,7 @@ def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
     assert labels[:3] == ["Textual Inversion", "Hypernetwork", "Preprocess & Caption"]
 
 
-def test_entry_script_rest_routes(entry_script, count_job) -> None:
+def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
@@ -343,6 +339,18 @@ def test_entry_script_rest_routes(entry_script, count_job) -> None:
     assert client.get(f"/liandan/v1/jobs/{job_id}").json()["state"] == "interrupted"
     assert client.get("/liandan/v1/jobs/other-1").status_code == 404
 
+    # the spec's own message is the response; no tab was built, and every kind is known (preprocess too)
+    assert {"textual_inversion", "hypernetwork", "preprocess"} <= set(
+        client.get("/liandan/v1/kinds").json()["kinds"]
+    )
+    typo = {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": 0.01}}
+    assert "did you mean 'learn_rate'" in client.post("/liandan/v1/jobs", json=typo).json()["detail"]
+    assert "has no 'kind'" in client.post("/liandan/v1/jobs", json={"name": "cat"}).json()["detail"]
+    source = tmp_path / "nowhere"
+    job_id = client.post("/liandan/v1/jobs", json={"kind": "preprocess", "source": str(source)}).json()["id"]
+    status = script.runner().wait(job_id, timeout=30)
+    assert status.state == "error" and "nowhere does not exist" in status.error
+
 
 def test_jobs_survive_a_ui_reload(entry_script, count_job) -> None:
     """Reload UI runs scripts/liandan.py again: a running job keeps going and the new tab's queue lists it."""
@@ -359,14 +367,15 @@ def test_jobs_survive_a_ui_reload(entry_script, count_job) -> None:
     assert [status.id for status in reloaded.runner().jobs()] == [job_id]
 
 
-def test_a_failed_job_is_reported_in_the_webui_console(entry_script, monkeypatch, capsys) -> None:
+def test_a_failed_job_is_reported_in_the_webui_console(entry_script, capsys) -> None:
     from liandan.errors import DatasetError
 
     def fail(spec, host, reporter, control):
         raise DatasetError("dataset folder /nowhere does not exist or is not a folder")
 
     script, _ = entry_script
-    monkeypatch.setitem(job_runner._RUNNERS, CountJob.kind, fail)
+    registry.unregister(CountJob.kind)  # count_job's teardown unregisters this one
+    registry.register(registry.Method(CountJob, fail, "Count"))
     job_id = script.runner().submit(CountJob())
     assert script.runner().wait(job_id, timeout=10).state == "error"
     console = capsys.readouterr().err

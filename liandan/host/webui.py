@@ -67,11 +67,10 @@ def webui_runner() -> JobRunner:
     the rebuilt tab still lists it with the jobs before it.
     """
     global _runner
-    from liandan.job_runner import JobRunner, load_methods
+    from liandan.job_runner import JobRunner
 
     with _runner_lock:
         if _runner is None:
-            load_methods()
             _runner = JobRunner(WebUIHost())
         return _runner
 

@@ -34,12 +34,12 @@ class JobPanel:
 
     kind: str
     status: Any
-    loss_plot: Any
-    gallery: Any
+    loss_plot: Any | None  # None: a job that does not train (preprocess) has no loss and no previews
+    gallery: Any | None
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.status, self.loss_plot, self.gallery]
+        return [c for c in (self.status, self.loss_plot, self.gallery) if c is not None]
 
 
 @dataclass
@@ -76,16 +76,6 @@ def model_dropdown(ctx: UIContext, prefix: str) -> Any:
     the current one or any checkpoint of the data dir."""
     choices = [CURRENT_MODEL] if ctx.in_webui else [CURRENT_MODEL, *ctx.checkpoint_choices()]
     return gr.Dropdown(choices, value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model")
-
-
-def check_train_schedules(train: Any) -> None:
-    """Refuse a malformed lr or clip schedule (a TrainSpec's) when Train is pressed, not after the model
-    loaded: the user then sees the error beside the button instead of "Started"."""
-    from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
-
-    learn_rate_schedule(train.learn_rate, train.lr_scheduler, train.max_steps, train.lr_warmup_steps)
-    if train.clip_grad_mode != "disabled":
-        clip_value_schedule(train.clip_grad_value, train.max_steps)
 
 
 def job_model(title: str | None) -> str:
@@ -172,17 +162,24 @@ def preview_paths(status: JobStatus | None) -> list[str]:
     return [str(p) for p in status.previews[-MAX_GALLERY:] if Path(p).is_file()]
 
 
-def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
-    """Status, Interrupt/Resume, loss curve and previews for jobs of `kind`; elem_ids start with `prefix`."""
+def job_panel(ctx: UIContext, kind: str, prefix: str, training: bool = True) -> JobPanel:
+    """Status and Interrupt for jobs of `kind`, and for a training job (`training`) Resume, the loss curve
+    and the previews; elem_ids start with `prefix`."""
+    loss_plot = gallery = resume = None
     with gr.Column(elem_id=f"{prefix}_job_panel", elem_classes=["liandan-job-panel"]):
         status = gr.HTML(render_status(ctx.runner.status(kind=kind)), elem_id=f"{prefix}_status")
         with gr.Row():
             interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
-            resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
+            if training:
+                resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
         # what the last button press did: the status box above is rewritten by every poll
         notice = gr.HTML("", elem_id=f"{prefix}_notice")
-        loss_plot = gr.HTML(render_loss_curve(None), elem_id=f"{prefix}_loss")
-        gallery = gr.Gallery(label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto")
+        if training:
+            loss_plot = gr.HTML(render_loss_curve(None), elem_id=f"{prefix}_loss")
+            # "contain": the self-test's side-by-side sheets are wide; a square crop cut their labels
+            gallery = gr.Gallery(
+                label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto", object_fit="contain"
+            )
 
     def on_interrupt() -> tuple[str, str]:
         job_id = _running_id(ctx.runner, kind)
@@ -198,7 +195,8 @@ def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
         return render_status(ctx.runner.status(kind=kind)), _notice(_resume_text(ctx.runner, kind, job_id))
 
     interrupt.click(on_interrupt, None, [status, notice], queue=False)
-    resume.click(on_resume, None, [status, notice], queue=False)
+    if resume is not None:
+        resume.click(on_resume, None, [status, notice], queue=False)
     panel = JobPanel(kind, status, loss_plot, gallery)
     ctx.panels.append(panel)
     return panel
@@ -230,8 +228,9 @@ def poll_values(ctx: UIContext) -> list[Any]:
     values: list[Any] = []
     for panel in ctx.panels:
         status = ctx.runner.status(kind=panel.kind)
-        html_status = render_status(status, ctx.host.folders.checkpoints)
-        values += [html_status, render_loss_curve(status), preview_paths(status)]
+        values.append(render_status(status, ctx.host.folders.checkpoints))
+        if panel.loss_plot is not None:
+            values += [render_loss_curve(status), preview_paths(status)]
     return values
 
 
