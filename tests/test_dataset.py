@@ -42,7 +42,7 @@ def _scaled_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def test_fixture_batch_contract(train64: Path, vae) -> None:
-    ds = _dataset(train64, vae, template="style_filewords.txt")
+    ds = _dataset(train64, vae, template="liandan_style_filewords.txt")
     assert ds.cache_latents() == 4 and not ds.needs_vae
     assert len(ds) == 4
     plan = ds.batch_plan(0)
@@ -167,7 +167,7 @@ def test_captions_from_names_and_txt_and_templates(tmp_path: Path, vae) -> None:
     (folder / "other.txt").write_text("from text, file\n")
     save(gradient_image((64, 64)), folder / "badcap.png")
     (folder / "badcap.txt").write_bytes(b"\xff\xfe")
-    ds = _dataset(folder, vae, template="none.txt", filename_regex=r"[a-z]+", join_string="+")
+    ds = _dataset(folder, vae, template="liandan_none.txt", filename_regex=r"[a-z]+", join_string="+")
     assert sorted(img.caption for img in ds.images) == ["from text, file", "red+fox+jumping"]
     assert "badcap.txt is not UTF-8" in ds.report()
     user = tmp_path / "templates"

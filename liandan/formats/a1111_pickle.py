@@ -117,19 +117,31 @@ def _refusal_reason(error: Exception) -> str:
     return paragraphs[-1] if paragraphs else type(error).__name__
 
 
+def torch_load_weights_only(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """torch's own `load(weights_only=True)` on the CPU, also inside the WebUI.
+
+    A1111 replaces `torch.load` process-wide with its own checker (modules/safe.py), which refuses the
+    `.format_version` entries current torch writes and returns None after printing a malware warning.
+    `torch.serialization.load` is the function that name pointed to before, and weights_only keeps it from
+    running any pickled code.
+    """
+    import torch.serialization
+
+    return torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load_pt(path: str | os.PathLike[str]) -> Any:
     """`torch.load(weights_only=True)` on the CPU; anything beyond plain tensors and containers is refused.
 
     A file carrying a pickled class or a call (the classic `os.system` payload) raises FormatError and
     nothing in it is executed.
     """
-    import torch
 
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_weights_only(path)
     except pickle.UnpicklingError as error:
         raise FormatError(
             f"{path}: refused to load, it holds more than tensors and plain data ({_refusal_reason(error)}); "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from liandan.errors import CheckpointError
+from liandan.formats.a1111_pickle import torch_load_weights_only
 from liandan.models.bundle import Family, ModelBundle
 from liandan.models.detect import EXPECTED, detect_family
 from liandan.models.ldm_layout import TEXT_PREFIXES, key_plan, to_module_tensors
@@ -55,11 +56,11 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        state = torch_load_weights_only(path, mmap=True)
     except RuntimeError as error:
         if "mmap" not in str(error):  # legacy (pre-zip) files cannot be mmap'd
             raise
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from liandan.errors import CheckpointError
+from liandan.formats.a1111_pickle import torch_load_weights_only
 from liandan.preprocess.image_ops import on_white, resize
 from liandan.preprocess.tag_format import TagFormat, select_tags, tags_to_caption
 
@@ -122,7 +123,7 @@ class DeepDanbooruModel(nn.Module):
 def load_deepbooru(path: Path) -> DeepDanbooruModel:
     """Load A1111's file (or one with the same layout); the width and tag count come from the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable DeepDanbooru .pt file ({e})") from e
     tags = state.pop("tags", None) if isinstance(state, dict) else None

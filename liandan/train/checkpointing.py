@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from liandan.atomic_files import write_text_atomic
 from liandan.errors import CheckpointError
+from liandan.formats.a1111_pickle import torch_load_weights_only
 
 STATE_DIR = "state"
 FORMAT_VERSION = 1
@@ -144,8 +145,8 @@ def load_state(folder: Path) -> LoadedState:
             )
         position = LoopPosition(**meta)
         trainable = load_file(str(folder / "trainable.safetensors"))
-        optimizer_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+        optimizer_state = torch_load_weights_only(folder / "optimizer.pt")
+        rng = torch_load_weights_only(folder / "rng.pt")
     except (OSError, ValueError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(
             f"training state in {folder} cannot be read ({e}); delete that folder to start over, "

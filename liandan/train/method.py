@@ -72,6 +72,11 @@ class TrainingMethod(Protocol):
         """A fixed-seed image with the trained artifact switched on or off (the output self-test)."""
         ...
 
+    def close(self) -> None:
+        """Undo what the method did to the model (hooks, injected layers), whatever way the job ended; the
+        model may be the host's and outlive the job. May do nothing."""
+        ...
+
     # Optional, not part of the protocol check: `attach_optimizer(optimizer) -> int`, called once when the
     # loop has built its optimizer (before resuming a saved run, which overrides both). The method may keep
     # the optimizer (to write A1111's `.optim` sidecars), load an artifact's saved optimizer state into it,

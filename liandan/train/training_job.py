@@ -1,12 +1,16 @@
 """Running a training job, the same way for every method: resolve the model through the host, build and
-cache the dataset, hand the method to the one loop, record provenance, make the result usable at once.
+cache the dataset, hand the method to the one loop, close the method, record provenance, make the result
+usable at once, and say where it went and how the loss moved.
 
 A method module supplies only `make_method(context) -> TrainingMethod`; this file owns the order of things.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
     from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class MethodContext:
@@ -42,6 +48,15 @@ class MethodContext:
     run_dir: Path
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
+    reporter: Reporter | None = None
+
+    def say(self, text: str) -> None:
+        """A message for the user (job status, console), e.g. what happened to a file the job replaced."""
+        from liandan.progress import ProgressEvent
+
+        log.info(text)
+        if self.reporter is not None:
+            self.reporter(ProgressEvent("message", job=getattr(self.job, "name", ""), message=text))
 
 
 def find_run_dir(log_root: Path, name: str, resume: bool, today: dt.date | None = None) -> Path:
@@ -126,16 +141,26 @@ def run_training_job(
     control: Control,
     *,
     name: str,
-    artifact_kind: ArtifactKind,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
     progress_bar: bool = False,
 ) -> TrainResult:
-    """The whole job. The job spec must carry `train`, `data` and `preview` sections."""
+    """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
+    artifact goes to is its kind's in the registry."""
+    from liandan import registry
     from liandan.models.loading import bundle_short_hash
-    from liandan.progress import ProgressEvent
+    from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
     from liandan.train.loop import make_accelerator, train
+
+    artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
+    losses: list[float] = []
+
+    def record(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.loss is not None:
+            losses.append(event.loss)
+
+    reporter = Reporter(record, reporter)
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
     data_spec: DataSpec = job.data  # type: ignore[attr-defined]
@@ -143,7 +168,7 @@ def run_training_job(
     if not data_spec.folder.is_dir():
         raise DatasetError(f"dataset folder {data_spec.folder} does not exist or is not a folder")
 
-    checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
+    checkpoint = host.resolve_checkpoint(job.model)
     run_dir = find_run_dir(job.log_dir or host.folders.logs, name, train_spec.resume)
     reporter(
         ProgressEvent("start", job=name, total=train_spec.max_steps, message=f"loading {checkpoint.title}")
@@ -152,10 +177,22 @@ def run_training_job(
     # put every rank on GPU 0), and the loop trains with this same Accelerator
     accelerator = make_accelerator(train_spec)
     device = accelerator.device
-    with host.model_for_training(checkpoint.path) as bundle:
-        short_hash = bundle_short_hash(bundle) or checkpoint.short_hash
+    # the method is closed (its hooks off the bundle, which may be the WebUI's model) however the loop ends
+    with host.model_for_training(checkpoint.path) as bundle, contextlib.ExitStack() as cleanup:
+        # the one reference the job carries from here: methods and provenance read it, nothing re-resolves
+        checkpoint = dataclasses.replace(
+            checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
+        )
         dataset = build_dataset(
-            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=short_hash
+            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=checkpoint.short_hash
+        )
+        template = dataset.template.record()
+        reporter(
+            ProgressEvent(
+                "message",
+                job=name,
+                message=f"prompt template {template['file']} ({len(template['lines'])} lines)",
+            )
         )
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
@@ -176,9 +213,10 @@ def run_training_job(
         if train_spec.move_unused_to_cpu and not dataset.needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
         context = MethodContext(
-            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process
+            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
         )
         method = make_method(context)
+        cleanup.callback(method.close)
         prompt, seed = preview_prompt_and_seed(preview, dataset)
         result = train(
             method,
@@ -196,7 +234,7 @@ def run_training_job(
             progress_bar=progress_bar,
         )
     finals = [a for a in result.artifacts if a.info.get("final")]
-    model_info = {"title": checkpoint.title, "short_hash": short_hash, "family": bundle.family}
+    model_info = {"title": checkpoint.title, "short_hash": checkpoint.short_hash, "family": checkpoint.family}
     for artifact in finals[-1:]:
         record = provenance(
             job,
@@ -204,11 +242,13 @@ def run_training_job(
             seed=train_spec.seed,
             model=model_info,
             extra={
-                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss}
+                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss},
+                "template": template,
             },
         )
         write_provenance(artifact.paths[0], record)
-    host.refresh(artifact_kind)
+    if artifact_kind is not None:
+        host.refresh(artifact_kind)
     paths = tuple(p for a in finals for p in a.paths)
     reporter(
         ProgressEvent(
@@ -220,4 +260,16 @@ def run_training_job(
             paths=paths,
         )
     )
+    if finals and losses:  # last, so the status box ends on where the artifact went and how it trained
+        reporter(ProgressEvent("message", job=name, message=loss_summary(finals[-1].paths[0], losses)))
     return result
+
+
+def loss_summary(path: Path, losses: list[float]) -> str:
+    """Where the artifact went and how the loss moved (means of the first and last tenth of the steps:
+    single-step losses jump with the random timestep)."""
+    if len(losses) < 20:  # a few single-step losses compare random timesteps, not training
+        return f"saved {path}: {len(losses)} step(s), last loss {losses[-1]:.4f}"
+    window = len(losses) // 10
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    return f"saved {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} steps)"
