@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 from browser_driver import Browser, free_port
@@ -64,6 +64,7 @@ REPOSITORIES = {
 }
 CACHES = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 FINISHED = ("done", "interrupted", "error")
+Launcher = Literal["launch.py", "webui.sh"]
 T = TypeVar("T")
 
 
@@ -296,7 +297,7 @@ def running_webui(
     env: Mapping[str, str] | None = None,
     log_name: str = "console.log",
     startup_timeout: float = 600,
-    launcher: str = "launch.py",
+    launcher: Launcher = "launch.py",
 ) -> Iterator[WebUI]:
     """`python launch.py` in `root` on a free port; yields once the API answers and the model is loaded.
 
@@ -335,7 +336,10 @@ def running_webui(
     def ready() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"the WebUI exited with {process.returncode}:\n{webui.console()[-6000:]}")
-        if "Model loaded in" not in webui.console():
+        console = webui.console()
+        if "Stable diffusion model failed to load" in console:
+            raise AssertionError(f"the WebUI could not load its model:\n{console[-6000:]}")
+        if "Model loaded in" not in console:
             return False
         try:
             webui.get("/sdapi/v1/sd-models", timeout=10)
@@ -378,8 +382,10 @@ def hn_job(name: str, data: Path, steps: int) -> dict[str, Any]:
 
 
 def visible(browser: Browser, selector: str) -> bool:
+    # while the page reloads, A1111's gradioApp() is not defined yet
     script = f"""(() => {{
-        const el = gradioApp().querySelector({json.dumps(selector)});
+        const root = typeof gradioApp === 'function' ? gradioApp() : document;
+        const el = root.querySelector({json.dumps(selector)});
         return !!el && el.getClientRects().length > 0;
     }})()"""
     return bool(browser.evaluate(script))

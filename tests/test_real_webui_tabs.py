@@ -35,14 +35,14 @@ def browser(session: Session, tmp_path: Path) -> Iterator[Browser]:
 
 
 def test_every_tab_renders(browser: Browser) -> None:
-    from liandan.ui.tabs import TABS  # gradio: not in the newest-stack venv, which collects this file too
+    from liandan.ui.tabs import tab_list  # gradio: not in the newest-stack venv, which collects this file too
 
     for title, elem_id in WEBUI_TABS:
         click_tab(browser, "#tabs", title)
         wait_until(lambda: visible(browser, f"#{elem_id}"), 30, f"the WebUI's {title} tab")  # noqa: B023
     click_tab(browser, "#tabs", "Liandan")
     wait_until(lambda: visible(browser, "#tab_liandan"), 30, "the Liandan tab")
-    for tab in TABS:
+    for tab in tab_list():
         click_tab(browser, "#liandan_tabs", tab.title)
         wait_until(lambda: visible(browser, f"#liandan_tab_{tab.key}"), 30, tab.title)  # noqa: B023
         assert not browser.exists(f"#liandan_{tab.key}_failed"), text_of(browser, f"#liandan_tab_{tab.key}")
@@ -71,8 +71,8 @@ SMALL_RUN = {
 
 def test_textual_inversion_from_the_tab(browser: Browser, session: Session) -> None:
     open_liandan(browser, "Textual Inversion")
-    browser.fill("#liandan_ti_create_name textarea", "tab_ti")
-    browser.fill("#liandan_ti_create_init_text textarea", "a photo")
+    browser.fill("#liandan_ti_name textarea", "tab_ti")
+    browser.fill("#liandan_ti_init_text textarea", "a photo")
     browser.click("#liandan_ti_create")
     browser.wait_for_text("Created", timeout=120)
     browser.fill("#liandan_ti_data_folder textarea", str(session.data))
@@ -89,7 +89,7 @@ def test_hypernetwork_from_the_tab(browser: Browser, session: Session) -> None:
     browser.wait_for_text("Created hypernetwork", timeout=120)
     browser.fill("#liandan_hn_data_folder textarea", str(session.data))
     _fill_numbers(browser, "liandan_hn", SMALL_RUN)
-    browser.click("#liandan_hn_start")
+    browser.click("#liandan_hn_train")
     _wait_status(browser, "#liandan_hn_status", "done · step 3/3")
     assert "tab_hn" in [h["name"] for h in session.webui.get("/sdapi/v1/hypernetworks")]
 
@@ -102,8 +102,8 @@ def test_preprocess_from_the_tab(browser: Browser, session: Session, tmp_path: P
     browser.fill("#liandan_preprocess_width input[type=number]", "32")
     browser.fill("#liandan_preprocess_height input[type=number]", "32")
     browser.click("#liandan_preprocess_start")
-    browser.wait_for_text("4 processed", timeout=120)
-    for path in sorted(destination.glob("*.png")):
+    _wait_status(browser, "#liandan_preprocess_message", "Started", timeout=30)
+    wait_until(lambda: len(list(destination.glob("*.png"))) == 4, 120, "four preprocessed images")
+    for path in destination.glob("*.png"):
         with Image.open(path) as image:
             assert image.size == (32, 32)
-    assert len(list(destination.glob("*.png"))) == 4
