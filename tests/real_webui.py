@@ -437,7 +437,7 @@ def open_webui(browser: Browser, webui: WebUI) -> None:
 
 # --- the console ----------------------------------------------------------------------------------
 
-PROBLEM = re.compile(r"traceback|error|warn|exception|malicious|deprecat", re.IGNORECASE)
+PROBLEM = re.compile(r"traceback|error|warn|exception|malicious|deprecat|fail", re.IGNORECASE)
 
 
 def _normalised(line: str, root: Path) -> str:

@@ -93,6 +93,8 @@ def test_an_sdxl_embedding_loads_and_changes_the_image(
     with running_webui(root, installation.venv, flags=["--ckpt", str(checkpoint)]) as webui:
         assert "Stable diffusion model failed to load" not in webui.console(), webui.console()[-4000:]
         assert "tiny-sdxl" in webui.get("/sdapi/v1/options")["sd_model_checkpoint"]
+        # live previews would download the SDXL preview decoder (vaeapprox-sdxl.pt): no network in CI
+        webui.post("/sdapi/v1/options", {"live_previews_enable": False})
         plain = webui.txt2img("a photo", seed=2)
         status = webui.run_job(ti_job("sdxl_ti", data, steps=3))
         assert any(path.endswith("sdxl_ti.safetensors") for path in status["outputs"]), status["outputs"]
