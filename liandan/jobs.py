@@ -183,6 +183,7 @@ class TrainSpec(Spec):
     nan_policy: Literal["stop", "rollback"] = "rollback"
     move_unused_to_cpu: bool = True  # "move VAE and CLIP to RAM" once latents/conds are cached
     resume: bool = True  # continue from the last full-state checkpoint of this job if there is one
+    resume_with_changes: bool = False  # resume even when the job's settings differ from the saved run's
 
 
 @dataclass(frozen=True)

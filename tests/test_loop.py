@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_toy_method import ToyDataset, ToyMethod
+from safetensors.torch import load_file
 
-from liandan.errors import ConfigError, DatasetError, TrainingStopped
+from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.jobs import TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train.loop import TrainResult, default_batch_plan, train
+from liandan.train.method import ParamGroup, SavedArtifact
 
 
 def run(
@@ -202,36 +204,78 @@ def test_self_test_warns_when_the_artifact_changes_nothing(tmp_path: Path) -> No
     assert any("changes nothing" in m for m in warnings)
 
 
-def test_nan_rollback_restores_weights_and_continues(tmp_path: Path) -> None:
-    events: list[ProgressEvent] = []
-    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
-    initial = method.trainable_state()
-    restored: list[dict[str, torch.Tensor]] = []
+def _train_watching(tmp_path: Path, method: ToyMethod, spec: TrainSpec) -> tuple[TrainResult, list[tuple]]:
+    """Train; return the result and (message, weights at that moment) for each NaN-guard message."""
+    seen: list[tuple[str, dict[str, torch.Tensor]]] = []
 
     def on_event(event: ProgressEvent) -> None:
-        events.append(event)
-        if event.kind == "message" and "rolled back" in event.message:
-            restored.append(method.trainable_state())
+        if event.kind == "message" and "non-finite" in event.message:
+            seen.append((event.message, method.trainable_state()))
+        if event.kind == "step":
+            seen.append(("step", method.trainable_state()))
 
-    train(
-        method,
-        ToyDataset(8),
-        TrainSpec(learn_rate="0.01", max_steps=6, save_every=0),
-        run_dir=tmp_path / "run",
-        reporter=Reporter(on_event),
-        control=Control(),
-        tensorboard=False,
-    )
-    assert len(restored) == 1  # rolled back to the snapshot taken at the start (step 0)
-    assert all(torch.equal(restored[0][k], initial[k]) for k in initial)
-    assert method.hook_steps == list(range(1, 7))  # the bad batch was skipped, training went on
-    assert all(torch.isfinite(p).all() for p in method.net.parameters())
-    assert method.loss_calls == 7
+    result = train(method, ToyDataset(8), spec, run_dir=tmp_path / "run", reporter=Reporter(on_event),
+                   control=Control(), tensorboard=False)  # fmt: skip
+    return result, seen
 
 
-def test_nan_three_rollbacks_in_a_row_stop_with_advice(tmp_path: Path) -> None:
-    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={2, 3, 4, 5})
-    with pytest.raises(TrainingStopped, match="lower the learning rate"):
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
+    result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
+    messages = [m for m, _ in seen]
+    skip = messages.index("non-finite step skipped: the loss at step 4")
+    assert _same(seen[skip][1], seen[skip - 1][1])  # the weights of step 3, untouched by the bad batch
+    assert not _same(seen[skip + 1][1], seen[skip][1])  # the next batch trained again
+    assert result.skipped_steps == 1 and result.rollbacks == 0 and result.step == 6
+    assert method.hook_steps == list(range(1, 7)) and method.loss_calls == 7
+
+
+def test_bad_steps_in_a_row_roll_back_to_the_in_memory_snapshot(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4, 5, 6})
+    initial = method.trainable_state()
+    result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
+    (rollback,) = [(m, w) for m, w in seen if "rolled back" in m]
+    assert "rolled back to step 0" in rollback[0]  # the snapshot taken at the start
+    assert _same(rollback[1], initial)
+    assert result.rollbacks == 1 and result.skipped_steps == 2 and result.step == 6
+
+
+def test_large_trainables_roll_back_from_the_state_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the size threshold nothing is copied to memory: the last saved state is the good one."""
+    from liandan.train import nan_guard
+
+    monkeypatch.setattr(nan_guard, "SNAPSHOT_MAX_BYTES", 0)
+    copies: list[object] = []
+    monkeypatch.setattr(nan_guard, "to_cpu_copy", copies.append)
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4, 5, 6})
+    spec = TrainSpec(learn_rate="0.01", max_steps=6, save_every=2, preview_every=0)
+    result, seen = _train_watching(tmp_path, method, spec)
+    (rollback,) = [(m, w) for m, w in seen if "rolled back" in m]
+    assert "rolled back to step 2" in rollback[0]
+    assert _same(rollback[1], load_file(str(tmp_path / "out" / "toy-2.safetensors")))
+    assert copies == [] and result.rollbacks == 1
+
+
+def test_large_trainables_without_a_saved_state_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from liandan.train import nan_guard
+
+    monkeypatch.setattr(nan_guard, "SNAPSHOT_MAX_BYTES", 0)
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={2, 3, 4})
+    with pytest.raises(
+        TrainingStopped, match=r"no saved state to roll back to yet \(the first is written at step 50"
+    ):
+        run(tmp_path, TrainSpec(max_steps=20, save_every=50), method=method)
+
+
+def test_bad_steps_also_after_the_rollback_stop_with_advice(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls=set(range(2, 9)))
+    with pytest.raises(TrainingStopped, match=r"6 steps in a row .* lower the learning rate"):
         run(tmp_path, TrainSpec(max_steps=20, save_every=0), method=method)
     assert method.hook_steps == [1]
 
@@ -297,3 +341,71 @@ def test_default_batch_plan_is_seeded_and_drops_the_partial_batch() -> None:
     assert plan(0) == plan(0) and plan(0) != plan(1)
     assert [len(b) for b in plan(0)] == [3, 3, 3]
     assert len({i for b in plan(0) for i in b}) == 9
+
+
+def test_resuming_with_other_settings_says_what_differs_and_refuses(tmp_path: Path) -> None:
+    first = TrainSpec(learn_rate="0.01", max_steps=3, save_every=0)
+    run(tmp_path, first)
+    longer = first.replace(max_steps=5)  # training on for longer is what resume is for: no question
+    with pytest.raises(CheckpointError, match=r"train.learn_rate: '0.01' -> '0.02'.*resume_with_changes"):
+        run(tmp_path, longer.replace(learn_rate="0.02"))
+    events: list[ProgressEvent] = []
+    _, result = run(tmp_path, longer.replace(learn_rate="0.02", resume_with_changes=True), events=events)
+    assert result.start_step == 3 and result.step == 5
+    assert any("resuming with changed settings: train.learn_rate" in e.message for e in events)
+    _, result = run(tmp_path, longer.replace(max_steps=6, learn_rate="0.02"))  # the state now holds 0.02
+    assert result.start_step == 5 and result.step == 6
+
+
+class _UnusedGroup(ToyMethod):
+    """Asks to train a tensor its loss never touches (a text-encoder part that never trains)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.unused = torch.nn.Parameter(torch.zeros(3))
+
+    def parameter_groups(self) -> list[ParamGroup]:
+        return [*super().parameter_groups(), ParamGroup("text_encoder", [self.unused])]
+
+
+class _UndoesItsStep(ToyMethod):
+    """Its per-step hook puts the old weights back: gradients flow, nothing trains."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.load_trainable_state(self.initial)
+
+    def loss(self, batch):
+        self.initial = getattr(self, "initial", None) or self.trainable_state()
+        return super().loss(batch)
+
+
+class _SavesNothing(ToyMethod):
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        return set()
+
+
+@pytest.mark.parametrize(
+    ("method_class", "message"),
+    [
+        (_UnusedGroup, "parameter group 'text_encoder' received no gradient at step 1"),
+        (_UndoesItsStep, "parameter group 'net' did not change in step 1"),
+        (_SavesNothing, "toy-2.safetensors lacks the trained parameter group.s. 'net'"),
+    ],
+)
+def test_the_audit_stops_a_run_that_would_train_nothing(
+    tmp_path: Path, method_class: type[ToyMethod], message: str
+) -> None:
+    method = method_class(tmp_path / "out")
+    with pytest.raises(TrainingStopped, match=message):
+        run(tmp_path, TrainSpec(learn_rate="0.01", max_steps=4, save_every=2), method=method)
+    assert len(method.hook_steps) <= 2  # stopped at the audit, not after the run
+
+
+def test_the_audit_waits_for_a_step_that_updates(tmp_path: Path) -> None:
+    """A schedule that starts at rate 0 leaves the weights as they are in that step: no false alarm."""
+    method = ToyMethod(tmp_path / "out")
+    initial = torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+    _, result = run(tmp_path, TrainSpec(learn_rate="0:1, 0.01:4", max_steps=4, save_every=0), method=method)
+    assert result.step == 4
+    first, second = method.weights_after_step[:2]
+    assert torch.equal(first, initial) and not torch.equal(second, first)

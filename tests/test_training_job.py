@@ -98,6 +98,9 @@ def test_accumulation_beyond_an_epoch_is_lowered_like_a1111(tmp_path: Path) -> N
     result = run_textual_inversion(job, host, Reporter(events.append), Control())
     assert result.step == 1
     assert any("gradient accumulation lowered to 4" in e.message for e in events)
+    (done,) = [e for e in events if e.kind == "done"]  # the job says it once, with the loop's loss
+    assert done.message == "finished: 1 steps" and done.loss is not None and done.paths
+    assert sum("finished" in e.message for e in events) == 1
 
 
 def test_a_half_precision_vae_caches_latents_in_float32(

@@ -119,6 +119,7 @@ class HypernetworkMethod:
     """The TrainingMethod of a hypernetwork (see the module docstring)."""
 
     kind = "hypernetwork"
+    gradient_sync = "all_reduce"  # runs inside the UNet's attention, never through its own forward
 
     def __init__(
         self,
@@ -243,6 +244,11 @@ class HypernetworkMethod:
             paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, state))
         return SavedArtifact(paths, step, {"final": final})
 
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        """The group "hypernetwork" when the file holds a module pair for every width this one trains."""
+        saved = load_hypernetwork(artifact.paths[0])
+        return {"hypernetwork"} if sorted(saved.sizes) == sorted(self.hypernetwork.sizes) else set()
+
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
         from liandan.models.attention_hooks import install_kv_transforms
@@ -299,7 +305,7 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
 
 
 def run_hypernetwork_job(
-    job: HypernetworkJob, host: Host, reporter: Reporter, control: Control, progress_bar: bool = False
+    job: HypernetworkJob, host: Host, reporter: Reporter, control: Control
 ) -> TrainResult:
     """The "hypernetwork" job: create or load `<name>.pt`, train it, save it where A1111 finds it."""
     from liandan.train.training_job import run_training_job
@@ -324,7 +330,6 @@ def run_hypernetwork_job(
             artifact_kind="hypernetworks",
             loss_csv_name=LOSS_CSV,
             make_method=make,
-            progress_bar=progress_bar,
         )
     finally:
         for method in methods:

@@ -22,6 +22,7 @@ import torch
 from liandan.errors import ConfigError, DatasetError
 from liandan.formats.embedding import (
     Embedding,
+    load_embedding,
     load_embedding_optimizer,
     sanitize_name,
     save_embedding_card,
@@ -75,6 +76,7 @@ class TextualInversion:
     """The TrainingMethod of a textual-inversion job (see the module docstring)."""
 
     kind = "textual_inversion"
+    gradient_sync = "all_reduce"  # a few vectors spliced into prompts: no module forward for DDP to hook
 
     def __init__(
         self, context: MethodContext, embedding: Embedding, final_path: Path, reporter: Reporter | None = None
@@ -194,6 +196,12 @@ class TextualInversion:
             )
         info = {"final": True} if final else {}
         return SavedArtifact(paths, step, info)
+
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        """The group "embedding" when the file holds vectors of every text encoder this embedding trains."""
+        saved = load_embedding(artifact.paths[0]).vectors
+        shapes = {key: tuple(p.shape) for key, p in zip(self.vectors.keys, self.vectors.params)}
+        return {"embedding"} if {k: tuple(v.shape) for k, v in saved.items()} == shapes else set()
 
     def _card_prompt(self) -> str:
         return self.job.preview.prompt or self.context.dataset.prompt(0, 0)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
-    from liandan.progress import Control, Reporter
+    from liandan.progress import Control, ProgressEvent, Reporter
     from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
 
@@ -129,13 +129,13 @@ def run_training_job(
     artifact_kind: ArtifactKind,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
-    progress_bar: bool = False,
 ) -> TrainResult:
     """The whole job. The job spec must carry `train`, `data` and `preview` sections."""
+    from liandan.jobs import job_to_dict
     from liandan.models.loading import bundle_short_hash
-    from liandan.progress import ProgressEvent
+    from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
-    from liandan.train.loop import make_accelerator, train
+    from liandan.train.loop import make_accelerator, release_memory, train
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
     data_spec: DataSpec = job.data  # type: ignore[attr-defined]
@@ -175,6 +175,7 @@ def run_training_job(
         dataset.cache_latents(should_stop=lambda: control.interrupted)
         if train_spec.move_unused_to_cpu and not dataset.needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
+        release_memory()  # the VAE's activations and the decoded images are garbage now
         context = MethodContext(
             job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process
         )
@@ -185,7 +186,7 @@ def run_training_job(
             dataset,
             train_spec,
             run_dir=run_dir,
-            reporter=reporter,
+            reporter=Reporter(lambda event: _all_but_done(event, reporter)),
             control=control,
             batch_plan=dataset.batch_plan,
             loss_csv_name=loss_csv_name,
@@ -193,8 +194,9 @@ def run_training_job(
             preview_seed=seed,
             self_test=preview.self_test,
             accelerator=accelerator,
-            progress_bar=progress_bar,
+            job_spec=job_to_dict(job),
         )
+    release_memory()
     finals = [a for a in result.artifacts if a.info.get("final")]
     model_info = {"title": checkpoint.title, "short_hash": short_hash, "family": bundle.family}
     for artifact in finals[-1:]:
@@ -216,8 +218,15 @@ def run_training_job(
             job=name,
             step=result.step,
             total=train_spec.max_steps,
+            loss=result.last_loss,
             message=result.message,
             paths=paths,
         )
     )
     return result
+
+
+def _all_but_done(event: ProgressEvent, reporter: Reporter) -> None:
+    """The loop's events, except its "done": the job says it once, after provenance and the refresh."""
+    if event.kind != "done":
+        reporter(event)
