@@ -204,6 +204,17 @@ class DataSpec(Spec):
     latent_cache: Literal["ram", "disk", "off"] = "ram"
     use_alpha_weight: bool = False  # PNG alpha as loss weight
     repeats: int = bounded(1, 1, 10000)
+    weight: float = bounded(1.0, 0.0)  # this dataset's loss weight beside the others (DreamBooth's prior)
+
+
+@dataclass(frozen=True)
+class ValidationSpec(DataSpec):
+    """A held-out image folder scored every `every` steps, without gradients, at `timesteps` fixed
+    timesteps spread over the noise schedule with fixed noise, so every score compares alike. Its images
+    are used as they are: no flips, the latents' mean, the template's lines without shuffle or dropout."""
+
+    every: int = bounded(100, 1)
+    timesteps: int = bounded(4, 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -266,6 +277,8 @@ def resolve_paths(spec: S, base: Path) -> S:
             changes[f.name] = base / value
         elif isinstance(value, Spec):
             changes[f.name] = resolve_paths(value, base)
+        elif isinstance(value, tuple) and all(isinstance(v, Spec) for v in value):
+            changes[f.name] = tuple(resolve_paths(v, base) for v in value)
     return dataclasses.replace(spec, **changes)
 
 
@@ -309,6 +322,8 @@ class TextualInversionJob(JobSpec):
     save_png_cards: bool = True
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.005"))
     data: DataSpec = field(default_factory=lambda: DataSpec(template="style_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
 
 
@@ -336,4 +351,6 @@ class HypernetworkJob(JobSpec):
     overwrite: bool = False
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.000005"))
     data: DataSpec = field(default_factory=lambda: DataSpec(template="hypernetwork.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.jobs import TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
-from liandan.train.loop import TrainResult, default_batch_plan, train
+from liandan.train.loop import TrainResult, Validation, default_batch_plan, train
 from liandan.train.method import ParamGroup, SavedArtifact
 
 
@@ -409,3 +409,45 @@ def test_the_audit_waits_for_a_step_that_updates(tmp_path: Path) -> None:
     assert result.step == 4
     first, second = method.weights_after_step[:2]
     assert torch.equal(first, initial) and not torch.equal(second, first)
+
+
+def _flat(method: ToyMethod) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+
+
+class _Weighted(ToyDataset):
+    def __init__(self, loss_scale: float) -> None:
+        super().__init__(8)
+        self.loss_scale = loss_scale
+
+    def collate(self, items):
+        return {**super().collate(items), "loss_scale": self.loss_scale}
+
+
+def test_a_dataset_weight_scales_the_loss_and_its_gradient(tmp_path: Path) -> None:
+    def update(loss_scale: float) -> torch.Tensor:
+        method = ToyMethod(tmp_path / "out", global_rng=False)
+        before = _flat(method)
+        spec = TrainSpec(learn_rate="1", optimizer="SGD", max_steps=1, save_every=0)
+        run(tmp_path / str(loss_scale), spec, method=method, dataset=_Weighted(loss_scale),
+            batch_plan=lambda epoch: [[0, 1]])  # fmt: skip
+        return _flat(method) - before
+
+    once = update(1.0)
+    assert once.abs().max() > 1e-3 and torch.allclose(update(2.0), 2 * once, atol=1e-6)
+
+
+def test_validation_scores_a_held_out_set_at_fixed_noise(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    spec = TrainSpec(learn_rate="0.02", max_steps=30, save_every=0)
+    validation = Validation(ToyDataset(4, seed=5), every=10, timesteps=(0, 500, 999))
+    _, result = run(tmp_path / "v", spec, events=events, validation=validation)
+    assert [step for step, _ in result.validation_losses] == [10, 20, 30]
+    losses = [loss for _, loss in result.validation_losses]
+    assert losses[-1] < losses[0]
+    assert [e.extra["validation_loss"] for e in events if "validation_loss" in e.extra] == losses
+    run(tmp_path / "plain", spec)  # scoring leaves the training RNG alone: the same run without it
+    assert csv_losses(tmp_path / "v") == csv_losses(tmp_path / "plain")
+    frozen = Validation(ToyDataset(4, seed=5), every=1, timesteps=(0, 500, 999))
+    _, result = run(tmp_path / "frozen", spec.replace(learn_rate="0", max_steps=3), validation=frozen)
+    assert len({loss for _, loss in result.validation_losses}) == 1  # same weights, same noise: same score

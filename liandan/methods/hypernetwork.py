@@ -201,7 +201,13 @@ class HypernetworkMethod:
             ).float()
             extra = added_cond_kwargs(Conditioning(context, pooled), time_ids)
         return diffusion_loss(
-            self.bundle, batch["latents"], context, added_cond_kwargs=extra, loss_weight=batch["loss_weight"]
+            self.bundle,
+            batch["latents"],
+            context,
+            added_cond_kwargs=extra,
+            loss_weight=batch["loss_weight"],
+            noise=batch.get("noise"),
+            timesteps=batch.get("timesteps"),
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -300,7 +306,8 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     else:
         hypernetwork = build_hypernetwork(job, widths)
         existing = None
-    fixed = prompts_are_fixed(job, len(context.dataset.template.lines))
+    # only the first dataset's template is known here: several datasets encode their prompts as they come
+    fixed = not job.extra_data and prompts_are_fixed(job, len(context.dataset.template.lines))
     return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
 
 

@@ -147,6 +147,8 @@ class TextualInversion:
             cond.context,
             added_cond_kwargs=extra,
             loss_weight=batch.get("loss_weight"),
+            noise=batch.get("noise"),
+            timesteps=batch.get("timesteps"),
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

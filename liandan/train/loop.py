@@ -12,7 +12,12 @@ from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The def
 by (seed, epoch) cut into `batch_size` chunks, the last partial batch dropped (A1111's DataLoader uses
 `shuffle=True, drop_last=True`). An optimizer step takes `gradient_accumulation x processes` batches of
 the plan (rank r takes its own consecutive run); batches left over at the end of an epoch are skipped, as
-A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan.
+A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan. A batch may carry
+`loss_scale` (its dataset's weight, see liandan/data/dataset.py): the loop multiplies the method's loss by it.
+
+Validation (optional): a held-out dataset scored every `Validation.every` steps and at the end, without
+gradients and with the trainable modules in eval mode, each item at fixed timesteps with fixed noise
+(batch keys "timesteps" and "noise", which a method's loss must use when present).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from liandan.data.dataset import derive_seed
 from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train import distributed
@@ -87,10 +93,21 @@ class TrainResult:
     artifacts: list[SavedArtifact] = field(default_factory=list)
     rollbacks: int = 0
     skipped_steps: int = 0  # non-finite steps the NaN guard skipped
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
 
     @property
     def interrupted(self) -> bool:
         return self.stopped_reason == "interrupted"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A held-out set: every item is scored at each of `timesteps` with noise seeded by (seed, item)."""
+
+    dataset: Any
+    every: int
+    timesteps: tuple[int, ...]
+    seed: int = 0
 
 
 def default_batch_plan(num_items: int, batch_size: int, seed: int) -> BatchPlan:
@@ -153,9 +170,12 @@ class _Run:
         self_test: bool,
         tensorboard: bool,
         job_spec: dict[str, Any],
+        validation: Validation | None,
     ) -> None:
         self.method, self.spec, self.accelerator, self.run_dir = method, spec, accelerator, run_dir
         self.reporter, self.control, self.job_spec = reporter, control, job_spec
+        self.validation = validation
+        self.validation_losses: list[tuple[int, float]] = []
         self.self_tested_step = -1
         self.is_main = accelerator.is_main_process
         self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
@@ -335,6 +355,37 @@ class _Run:
             release_memory()
         distributed.barrier()
 
+    def validate(self) -> None:
+        """Score the validation set. Every rank scores all of it: a DDP/FSDP forward is a collective
+        that all ranks must join, and the set is small."""
+        validation, device = self.validation, self.accelerator.device
+        if validation is None or any(step == self.position.step for step, _ in self.validation_losses):
+            return
+        modules = self.method.trainable_modules()
+        for module in modules:
+            module.eval()
+        total = torch.zeros((), device=device)
+        with preserved_rng(), torch.no_grad():
+            for index in range(len(validation.dataset)):
+                batch = validation.dataset.collate([validation.dataset[index]] * len(validation.timesteps))
+                generator = torch.Generator().manual_seed(derive_seed(validation.seed, index, "validation"))
+                batch["noise"] = torch.randn(batch["latents"].shape, generator=generator)
+                batch["timesteps"] = torch.tensor(validation.timesteps)
+                with self.accelerator.autocast():
+                    total += self.method.loss(_to_device(batch, device)).detach().float()
+        for module in modules:
+            module.train()
+        loss = float(total) / len(validation.dataset)
+        self.validation_losses.append((self.position.step, loss))
+        if self.tensorboard is not None:
+            self.tensorboard.add_validation(self.position.step, loss)
+        self.emit(
+            "message",
+            message=f"validation loss {loss:.5f} at step {self.position.step}",
+            extra={"validation_loss": loss},
+        )
+        release_memory()
+
     def log_step(self, loss: float, learn_rate: float, epoch_step: int) -> None:
         step = self.position.step
         if step % self.spec.log_every == 0:
@@ -379,6 +430,7 @@ def train(
     accelerator: Accelerator | None = None,
     tensorboard: bool = True,
     job_spec: dict[str, Any] | None = None,
+    validation: Validation | None = None,
 ) -> TrainResult:
     """Train `method` on `dataset` as `spec` says; results and state go under `run_dir`.
 
@@ -420,6 +472,7 @@ def train(
         self_test,
         tensorboard,
         job_spec if job_spec is not None else {"train": spec.to_dict()},
+        validation,
     )
     try:
         return _train_loop(run, dataset, plan_for, lr_schedule.rate_at, clip_values)
@@ -472,7 +525,7 @@ def _train_loop(
                 batch = _to_device(dataset.collate([dataset[i] for i in indices]), accelerator.device)
                 with run.accumulate():
                     with accelerator.autocast():
-                        loss = method.loss(batch)
+                        loss = method.loss(batch) * batch.get("loss_scale", 1.0)
                     accelerator.backward(loss)
                 step_loss += loss.detach().float() / accum
             if not accelerator.sync_gradients:
@@ -535,6 +588,8 @@ def _train_loop(
                 run.remember_good_state()
             if save_due or preview_due:
                 run.preview(after_save=save_due, periodic=preview_due)
+            if run.validation is not None and pos.step % run.validation.every == 0:
+                run.validate()
         else:
             message = run.end_epoch() or ""
             reason = "early_stop" if message else ""
@@ -545,11 +600,11 @@ def _train_loop(
     )
     run.save(final=True)
     run.preview(after_save=True, periodic=False)
+    run.validate()
     run.emit("done", message=message, loss=last_loss)
     guard = run.guard
-    return TrainResult(
-        pos.step, start_step, reason, message, last_loss, run.artifacts, guard.rollbacks, guard.skipped
-    )
+    return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, guard.rollbacks,
+                       guard.skipped, run.validation_losses)  # fmt: skip
 
 
 def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:

@@ -63,7 +63,8 @@ class TrainingMethod(Protocol):
         ...
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean loss of one micro-batch (the loop scales it for accumulation)."""
+        """Mean loss of one micro-batch (the loop scales it for accumulation). A batch carrying "noise" and
+        "timesteps" (the validation set's fixed ones) must be noised with those, not with fresh draws."""
         ...
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

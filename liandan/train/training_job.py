@@ -20,13 +20,13 @@ from liandan.errors import DatasetError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from liandan.data.dataset import TrainingDataset
+    from liandan.data.dataset import DatasetMix, TrainingDataset
     from liandan.host.base import ArtifactKind, CheckpointRef, Host
-    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
+    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec, ValidationSpec
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
     from liandan.progress import Control, ProgressEvent, Reporter
-    from liandan.train.loop import TrainResult
+    from liandan.train.loop import TrainResult, Validation
     from liandan.train.method import TrainingMethod
 
 
@@ -38,7 +38,7 @@ class MethodContext:
     host: Host
     checkpoint: CheckpointRef
     bundle: ModelBundle
-    dataset: TrainingDataset
+    dataset: TrainingDataset | DatasetMix
     run_dir: Path
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
@@ -69,6 +69,44 @@ def build_dataset(
         model_id=model_id,
         templates_dir=host.folders.templates,
     )
+
+
+def build_training_data(
+    data: list[DataSpec],
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> TrainingDataset | DatasetMix:
+    """The job's dataset, or its datasets (`data` and `extra_data`) trained together."""
+    from liandan.data.dataset import DatasetMix
+
+    parts = [build_dataset(d, train, name=name, bundle=bundle, host=host, model_id=model_id) for d in data]
+    return parts[0] if len(parts) == 1 else DatasetMix(parts, seed=train.seed)
+
+
+def build_validation(
+    spec: ValidationSpec,
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> Validation:
+    """The held-out set with everything random turned off, scored at timesteps spread evenly over the
+    noise schedule (the middle of each of `spec.timesteps` equal parts)."""
+    from liandan.train.loop import Validation
+
+    fixed = spec.replace(
+        flip=0.0, latent_sampling="deterministic", shuffle_tags=False, tag_dropout=0.0, repeats=1
+    )
+    dataset = build_dataset(fixed, train, name=name, bundle=bundle, host=host, model_id=model_id)
+    count = int(bundle.noise_scheduler.config.num_train_timesteps)
+    timesteps = tuple(int((k + 0.5) * count / spec.timesteps) for k in range(spec.timesteps))
+    return Validation(dataset, spec.every, timesteps, seed=train.seed)
 
 
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
@@ -138,10 +176,12 @@ def run_training_job(
     from liandan.train.loop import make_accelerator, release_memory, train
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
-    data_spec: DataSpec = job.data  # type: ignore[attr-defined]
+    data_specs: list[DataSpec] = [job.data, *job.extra_data]  # type: ignore[attr-defined]
+    validation_spec: ValidationSpec | None = job.validation  # type: ignore[attr-defined]
     preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
-    if not data_spec.folder.is_dir():
-        raise DatasetError(f"dataset folder {data_spec.folder} does not exist or is not a folder")
+    for spec in [*data_specs, *([validation_spec] if validation_spec else [])]:
+        if not spec.folder.is_dir():
+            raise DatasetError(f"dataset folder {spec.folder} does not exist or is not a folder")
 
     checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
     run_dir = find_run_dir(job.log_dir or host.folders.logs, name, train_spec.resume)
@@ -154,9 +194,9 @@ def run_training_job(
     device = accelerator.device
     with host.model_for_training(checkpoint.path) as bundle:
         short_hash = bundle_short_hash(bundle) or checkpoint.short_hash
-        dataset = build_dataset(
-            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=short_hash
-        )
+        where = {"name": name, "bundle": bundle, "host": host, "model_id": short_hash}
+        dataset = build_training_data(data_specs, train_spec, **where)
+        validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
         train_spec = cap_accumulation(train_spec, len(dataset.batch_plan(0)), accelerator.num_processes)
@@ -173,7 +213,10 @@ def run_training_job(
             ProgressEvent("message", job=name, message=f"caching latents of {len(dataset.images)} images")
         )
         dataset.cache_latents(should_stop=lambda: control.interrupted)
-        if train_spec.move_unused_to_cpu and not dataset.needs_vae:
+        if validation is not None:
+            validation.dataset.cache_latents(should_stop=lambda: control.interrupted)
+        needs_vae = dataset.needs_vae or (validation is not None and validation.dataset.needs_vae)
+        if train_spec.move_unused_to_cpu and not needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
         release_memory()  # the VAE's activations and the decoded images are garbage now
         context = MethodContext(
@@ -195,6 +238,7 @@ def run_training_job(
             self_test=preview.self_test,
             accelerator=accelerator,
             job_spec=job_to_dict(job),
+            validation=validation,
         )
     release_memory()
     finals = [a for a in result.artifacts if a.info.get("final")]

@@ -70,6 +70,10 @@ class TensorBoardLog:
             self.writer.add_scalar("Loss/train", loss, step)
             self.writer.add_scalar("Learn rate/train", learn_rate, step)
 
+    def add_validation(self, step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("Loss/validation", loss, step)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
