@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -451,3 +453,55 @@ def test_validation_scores_a_held_out_set_at_fixed_noise(tmp_path: Path) -> None
     frozen = Validation(ToyDataset(4, seed=5), every=1, timesteps=(0, 500, 999))
     _, result = run(tmp_path / "frozen", spec.replace(learn_rate="0", max_steps=3), validation=frozen)
     assert len({loss for _, loss in result.validation_losses}) == 1  # same weights, same noise: same score
+
+
+def test_a_step_reads_from_the_device_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor -> Python conversion would be a host-device sync on a GPU: a plain step has one (the
+    loss and the finiteness flags together). SGD: Adam reads its step counter, which lives on the CPU."""
+    reads: list[str] = []
+    for name in ("tolist", "item", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(steps: int) -> int:
+        reads.clear()
+        spec = TrainSpec(learn_rate="0.01", optimizer="SGD", max_steps=steps, save_every=0, preview_every=0)
+        run(tmp_path / str(steps), spec)
+        return len(reads)
+
+    assert reads_for(12) - reads_for(6) == 6
+
+
+class _LeavesACycle(ToyMethod):
+    """Its save leaves garbage in a reference cycle, which only the cycle collector frees."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.left: weakref.ref | None = None
+        self.alive_at_loss: list[bool] = []
+
+    def save(self, step: int, final: bool) -> SavedArtifact:
+        cycle: dict = {"pixels": torch.zeros(1000)}
+        cycle["self"] = cycle
+        self.left = weakref.ref(cycle["pixels"])
+        return super().save(step, final)
+
+    def loss(self, batch):
+        if self.left is not None:
+            self.alive_at_loss.append(self.left() is not None)
+        return super().loss(batch)
+
+
+def test_what_a_save_leaves_is_freed_before_training_goes_on(tmp_path: Path) -> None:
+    method = _LeavesACycle(tmp_path / "out")
+    gc.disable()  # only the loop's own collection may free the cycle
+    try:
+        run(tmp_path, TrainSpec(max_steps=4, save_every=2), method=method)
+    finally:
+        gc.enable()
+    assert method.alive_at_loss == [False, False]  # steps 3 and 4, after the save at step 2
