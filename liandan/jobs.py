@@ -204,7 +204,7 @@ class DataSpec(Spec):
     latent_cache: Literal["ram", "disk", "off"] = "ram"
     use_alpha_weight: bool = False  # PNG alpha as loss weight
     repeats: int = bounded(1, 1, 10000)
-    weight: float = bounded(1.0, 0.0)  # this dataset's loss weight beside the others (DreamBooth's prior)
+    weight: float = bounded(1.0, 0.01, 100.0)  # loss weight beside the other datasets (DreamBooth's prior)
 
 
 @dataclass(frozen=True)

@@ -180,10 +180,11 @@ class _Run:
         self.is_main = accelerator.is_main_process
         self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
         groups = method.parameter_groups()
-        self.params = [p for g in groups for p in g.params if p.requires_grad]
         self.audit = TrainingAudit(groups)
         optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay)
         self.sync_targets = self._prepare(optimizer)
+        # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
         self.position = LoopPosition(
             method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
         )
