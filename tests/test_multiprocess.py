@@ -25,10 +25,12 @@ from safetensors.torch import load_file, save_file
 
 from liandan.jobs import TrainSpec
 from liandan.progress import Control, Reporter
-from liandan.train.loop import train
+from liandan.train.loop import Validation, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
+# scored on every rank: a DDP forward is a collective, so a rank that skipped it would hang the others
+VALIDATION = Validation(ToyDataset(4, seed=5), every=3, timesteps=(0, 500))
 
 
 def plan(epoch: int) -> list[list[int]]:
@@ -71,6 +73,7 @@ def worker(run_dir: Path, report_dir: Path, gradient_sync: str) -> None:
         preview_prompt="p",
         accelerator=accelerator,
         tensorboard=False,
+        validation=VALIDATION,
     )
     report_dir.mkdir(parents=True, exist_ok=True)
     save_file(method.trainable_state(), str(report_dir / f"weights-{rank}.safetensors"))
@@ -84,6 +87,7 @@ def worker(run_dir: Path, report_dir: Path, gradient_sync: str) -> None:
         "step": result.step,
         "world": accelerator.num_processes,
         "batch_sizes": method.batch_sizes,
+        "validation": result.validation_losses,
     }
     (report_dir / f"report-{rank}.json").write_text(json.dumps(report))
 
@@ -143,7 +147,7 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_syn
 
     # One process accumulating the two ranks' batches takes the same steps.
     single = ToyMethod(tmp_path / "single" / "out", seed=0, global_rng=False, gradient_sync=gradient_sync)
-    train(
+    alone = train(
         single,
         ToyDataset(8),
         spec(2),
@@ -152,9 +156,13 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_syn
         control=Control(),
         batch_plan=plan,
         tensorboard=False,
+        validation=VALIDATION,
     )
     assert all(torch.allclose(single.trainable_state()[k], weights[0][k], atol=1e-6) for k in weights[0])
     assert torch.allclose(torch.stack(single.weights_after_step), per_step[0], atol=1e-6)
+    assert [step for step, _ in reports[0]["validation"]] == [3, 6]
+    assert reports[0]["validation"] == reports[1]["validation"]
+    assert torch.allclose(torch.tensor(alone.validation_losses), torch.tensor(reports[0]["validation"]))
 
 
 if __name__ == "__main__":

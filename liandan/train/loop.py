@@ -215,6 +215,10 @@ class _Run:
             )
         *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
         use_prepared(wrapped)
+        kind = str(self.accelerator.distributed_type)
+        if "FSDP" in kind or "DEEPSPEED" in kind:
+            # the state files hold what rank 0 sees, which for a sharded optimizer is its own shard
+            log.warning("%s shards the optimizer: this run's saved state cannot be resumed exactly", kind)
         return wrapped
 
     @contextlib.contextmanager
