@@ -125,9 +125,11 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path)
     assert (accumulated - initial).abs().max() > 1e-3  # both really trained
 
 
-def test_resume_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gradient_sync", ["all_reduce", "prepare"])
+def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str) -> None:
     spec = TrainSpec(learn_rate="0.01", max_steps=12, batch_size=3, save_every=0, preview_every=5)
-    straight, _ = run(tmp_path / "straight", spec, preview_prompt="p")
+    straight = ToyMethod(tmp_path / "straight" / "out", gradient_sync=gradient_sync)
+    run(tmp_path / "straight", spec, method=straight, preview_prompt="p")
 
     control = Control()
 
@@ -135,7 +137,7 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
         if event.kind == "step" and event.step == 7:  # mid-epoch: 8 items / batch 3 = 2 steps per epoch
             control.interrupt()
 
-    method = ToyMethod(tmp_path / "resumed" / "out")
+    method = ToyMethod(tmp_path / "resumed" / "out", gradient_sync=gradient_sync)
     result = train(
         method,
         ToyDataset(8),
@@ -152,7 +154,7 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
     resumed, result = run(
         tmp_path / "resumed",
         spec,
-        method=ToyMethod(tmp_path / "resumed" / "out", seed=99),
+        method=ToyMethod(tmp_path / "resumed" / "out", seed=99, gradient_sync=gradient_sync),
         preview_prompt="p",
     )
     assert result.start_step == 7 and result.step == 12
