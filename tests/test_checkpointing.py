@@ -109,12 +109,14 @@ def test_a_state_without_a_job_file_still_loads(tmp_path: Path) -> None:
 
 def test_spec_differences_name_what_changed_but_not_how_long() -> None:
     old = {"kind": "ti", "name": "cat", "train": {"learn_rate": "0.01", "max_steps": 10, "seed": 0},
-           "data": {"folder": "/a"}, "preview": {"seed": 1}}  # fmt: skip
+           "data": {"folder": "/a"}, "extra_data": [], "preview": {"seed": 1}}  # fmt: skip
     new = {"kind": "ti", "name": "cat", "train": {"learn_rate": "0.02", "max_steps": 99, "seed": 0},
-           "data": {"folder": "/b", "weight": 2.0}, "preview": {"seed": 2}}  # fmt: skip
+           "data": {"folder": "/b", "weight": 2.0}, "extra_data": [{"folder": "/c"}],
+           "preview": {"seed": 2}}  # fmt: skip
     assert spec_differences(old, new) == [
         "data.folder: '/a' -> '/b'",
         "data.weight: (not set) -> 2.0",
+        "extra_data.0.folder: (not set) -> '/c'",
         "train.learn_rate: '0.01' -> '0.02'",
     ]
     assert spec_differences(old, old) == []

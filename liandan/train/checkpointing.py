@@ -172,10 +172,13 @@ def load_state(folder: Path) -> LoadedState:
 
 
 def _flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        return {prefix.rstrip("."): spec}
+    """Dotted keys, list items by index: {"train": {"seed": 0}, "extra_data": [{"folder": "a"}]} ->
+    {"train.seed": 0, "extra_data.0.folder": "a"}."""
+    items = spec.items() if isinstance(spec, dict) else enumerate(spec) if isinstance(spec, list) else None
+    if items is None:
+        return {prefix.rstrip("."): spec}  # an empty list adds no key: the same as no list
     out: dict[str, Any] = {}
-    for key, value in spec.items():
+    for key, value in items:
         out.update(_flatten(value, f"{prefix}{key}."))
     return out
 
