@@ -507,3 +507,11 @@ def test_what_a_save_leaves_is_freed_before_training_goes_on(tmp_path: Path) -> 
     finally:
         gc.enable()
     assert method.alive_at_loss == [False, False]  # steps 3 and 4, after the save at step 2
+
+
+def test_an_interrupted_run_is_not_scored_again_on_its_way_out(tmp_path: Path) -> None:
+    control = Control()
+    control.interrupt()
+    validation = Validation(ToyDataset(4, seed=5), every=10, timesteps=(0,))
+    _, result = run(tmp_path, TrainSpec(max_steps=50), control=control, validation=validation)
+    assert result.interrupted and result.validation_losses == []

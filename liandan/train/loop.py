@@ -15,9 +15,9 @@ the plan (rank r takes its own consecutive run); batches left over at the end of
 A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan. A batch may carry
 `loss_scale` (its dataset's weight, see liandan/data/dataset.py): the loop multiplies the method's loss by it.
 
-Validation (optional): a held-out dataset scored every `Validation.every` steps and at the end, without
-gradients and with the trainable modules in eval mode, each item at fixed timesteps with fixed noise
-(batch keys "timesteps" and "noise", which a method's loss must use when present).
+Validation (optional): a held-out dataset scored every `Validation.every` steps and at the end (unless
+interrupted), without gradients and with the trainable modules in eval mode, each item at fixed timesteps
+with fixed noise (batch keys "timesteps" and "noise", which a method's loss must use when present).
 """
 
 from __future__ import annotations
@@ -605,7 +605,8 @@ def _train_loop(
     )
     run.save(final=True)
     run.preview(after_save=True, periodic=False)
-    run.validate()
+    if reason != "interrupted":  # an interrupt asks to stop soon
+        run.validate()
     run.emit("done", message=message, loss=last_loss)
     guard = run.guard
     return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, guard.rollbacks,
