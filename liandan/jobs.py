@@ -219,6 +219,7 @@ class TrainSpec(Spec):
     nan_policy: Literal["stop", "rollback"] = "rollback"
     move_unused_to_cpu: bool = True  # "move VAE and CLIP to RAM" once latents/conds are cached
     resume: bool = True  # continue from the last full-state checkpoint of this job if there is one
+    resume_with_changes: bool = False  # resume even when the job's settings differ from the saved run's
 
     def validate(self) -> None:
         from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
@@ -246,6 +247,17 @@ class DataSpec(Spec):
     latent_cache: Literal["ram", "disk", "off"] = "ram"
     use_alpha_weight: bool = False  # PNG alpha as loss weight
     repeats: int = bounded(1, 1, 10000)
+    weight: float = bounded(1.0, 0.01, 100.0)  # loss weight beside the other datasets (DreamBooth's prior)
+
+
+@dataclass(frozen=True)
+class ValidationSpec(DataSpec):
+    """A held-out image folder scored every `every` steps, without gradients, at `timesteps` fixed
+    timesteps spread over the noise schedule with fixed noise, so every score compares alike. Its images
+    are used as they are: no flips, the latents' mean, the template's lines without shuffle or dropout."""
+
+    every: int = bounded(100, 1)
+    timesteps: int = bounded(4, 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -297,6 +309,8 @@ def resolve_paths(spec: S, base: Path) -> S:
             changes[f.name] = base / value
         elif isinstance(value, Spec):
             changes[f.name] = resolve_paths(value, base)
+        elif isinstance(value, tuple) and all(isinstance(v, Spec) for v in value):
+            changes[f.name] = tuple(resolve_paths(v, base) for v in value)
     return dataclasses.replace(spec, **changes)
 
 
@@ -340,6 +354,8 @@ class TextualInversionJob(JobSpec):
     save_png_cards: bool = True
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.005"))
     data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_style_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
 
     def validate(self) -> None:
@@ -369,6 +385,8 @@ class HypernetworkJob(JobSpec):
     overwrite: bool = False
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.000005"))
     data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_hypernetwork.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
 
     def validate(self) -> None:

@@ -112,7 +112,7 @@ def test_the_cli_on_a_webui_folder_uses_the_webuis_templates_and_records_them(
     assert done.returncode == 0, done.stderr
     webui_file = webui / "textual_inversion_templates" / "style_filewords.txt"
     record = json.loads((webui / "embeddings" / "liandan-demo.liandan.json").read_text())
-    assert record["template"]["file"] == str(webui_file)
-    assert record["template"]["lines"] == [
+    assert record["templates"][0]["file"] == str(webui_file)
+    assert record["templates"][0]["lines"] == [
         line for line in webui_file.read_text().splitlines() if line.strip()
     ]

@@ -108,6 +108,9 @@ def test_accumulation_beyond_an_epoch_is_lowered_like_a1111(tmp_path: Path) -> N
     result = run_textual_inversion(job, host, Reporter(events.append), Control())
     assert result.step == 1
     assert any("gradient accumulation lowered to 4" in e.message for e in events)
+    (done,) = [e for e in events if e.kind == "done"]  # the job says it once, with the loop's loss
+    assert done.message == "finished: 1 steps" and done.loss is not None and done.paths
+    assert sum("finished" in e.message for e in events) == 1
 
 
 def test_a_half_precision_vae_caches_latents_in_float32(
@@ -174,3 +177,42 @@ def test_the_method_is_closed_when_training_fails_and_the_checkpoint_is_resolved
     # the job's "" (the current model) is resolved once; the host is then handed that file, not "" again
     assert closed == [True] and resolved[0] == "" and set(resolved[1:]) == {checkpoint.path}
     assert checkpoint.family == "sd1" and checkpoint.short_hash and len(checkpoint.short_hash) == 10
+
+
+def test_a_job_trains_on_several_datasets_and_scores_a_held_out_set(tmp_path: Path) -> None:
+    """`data` as before, `[[extra_data]]` with its own weight and template, a `[validation]` folder; relative
+    folders are the job file's; the state stores the whole job."""
+    import json
+    import shutil
+
+    from liandan.jobs import load_job_file
+    from liandan.methods.textual_inversion import run_textual_inversion
+    from liandan.progress import ProgressEvent
+
+    for folder, names in (("class", ["shape0", "shape1"]), ("val", ["shape2"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            shutil.copy(EXAMPLE_IMAGES / f"{name}.png", tmp_path / folder)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        'kind = "textual_inversion"\nname = "mix"\n'
+        "[train]\nmax_steps = 4\nsave_every = 0\npreview_every = 0\n"
+        f'[data]\nfolder = "{EXAMPLE_IMAGES.as_posix()}"\nwidth = 64\nheight = 64\n'
+        '[[extra_data]]\nfolder = "class"\nwidth = 64\nheight = 64\nweight = 0.5\n'
+        'template = "liandan_subject.txt"\n'
+        '[validation]\nfolder = "val"\nwidth = 64\nheight = 64\nevery = 2\ntimesteps = 2\n'
+        "[preview]\nself_test = false\n"
+    )
+    job = load_job_file(job_file)
+    host = StandaloneHost(tmp_path / "data")
+    events: list[ProgressEvent] = []
+    result = run_textual_inversion(job, host, Reporter(events.append), Control())
+    assert result.step == 4 and [step for step, _ in result.validation_losses] == [2, 4]
+    assert sum("validation loss" in e.message for e in events) == 2
+    assert any(
+        "caching latents of 6 images" in e.message for e in events
+    )  # 4 + 2; the held-out image is cached too
+    (state,) = (tmp_path / "data").rglob("state/job.json")
+    saved = json.loads(state.read_text())
+    assert saved["extra_data"][0]["folder"] == str(tmp_path / "class")
+    assert saved["validation"]["folder"] == str(tmp_path / "val")

@@ -104,6 +104,7 @@ class HypernetworkMethod:
     """The TrainingMethod of a hypernetwork (see the module docstring)."""
 
     kind = "hypernetwork"
+    gradient_sync = "all_reduce"  # runs inside the UNet's attention, never through its own forward
 
     def __init__(
         self,
@@ -178,7 +179,13 @@ class HypernetworkMethod:
         context, pooled = self._cond(list(batch["prompts"]))
         extra = batch_added_conditioning(self.bundle, batch, Conditioning(context, pooled))
         return diffusion_loss(
-            self.bundle, batch["latents"], context, added_cond_kwargs=extra, loss_weight=batch["loss_weight"]
+            self.bundle,
+            batch["latents"],
+            context,
+            added_cond_kwargs=extra,
+            loss_weight=batch["loss_weight"],
+            noise=batch.get("noise"),
+            timesteps=batch.get("timesteps"),
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -215,6 +222,11 @@ class HypernetworkMethod:
         if state is not None:
             paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, state))
         return SavedArtifact(paths, step, {"final": final})
+
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        """The group "hypernetwork" when the file holds a module pair for every width this one trains."""
+        saved = load_hypernetwork(artifact.paths[0])
+        return {"hypernetwork"} if sorted(saved.sizes) == sorted(self.hypernetwork.sizes) else set()
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
@@ -266,7 +278,8 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     else:
         hypernetwork = build_hypernetwork(job, widths)
         existing = None
-    fixed = prompts_are_fixed(job, len(context.dataset.template.lines))
+    # only the first dataset's template is known here: several datasets encode their prompts as they come
+    fixed = not job.extra_data and prompts_are_fixed(job, len(context.dataset.template.lines))
     return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
 
 

@@ -24,6 +24,7 @@ import torch
 from liandan.errors import DatasetError
 from liandan.formats.embedding import (
     Embedding,
+    load_embedding,
     load_embedding_optimizer,
     save_embedding_card,
     save_embedding_optimizer,
@@ -56,6 +57,7 @@ class TextualInversion:
     """The TrainingMethod of a textual-inversion job (see the module docstring)."""
 
     kind = "textual_inversion"
+    gradient_sync = "all_reduce"  # a few vectors spliced into prompts: no module forward for DDP to hook
 
     def __init__(self, context: MethodContext, embedding: Embedding, final_path: Path) -> None:
         job: TextualInversionJob = context.job  # type: ignore[assignment]
@@ -110,6 +112,8 @@ class TextualInversion:
             cond.context,
             added_cond_kwargs=batch_added_conditioning(self.bundle, batch, cond),
             loss_weight=batch.get("loss_weight"),
+            noise=batch.get("noise"),
+            timesteps=batch.get("timesteps"),
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -161,6 +165,12 @@ class TextualInversion:
             )
         info = {"final": True} if final else {}
         return SavedArtifact(paths, step, info)
+
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        """The group "embedding" when the file holds vectors of every text encoder this embedding trains."""
+        saved = load_embedding(artifact.paths[0]).vectors
+        shapes = {key: tuple(p.shape) for key, p in zip(self.vectors.keys, self.vectors.params)}
+        return {"embedding"} if {k: tuple(v.shape) for k, v in saved.items()} == shapes else set()
 
     def _card_prompt(self) -> str:
         return self.job.preview.prompt or self.context.dataset.prompt(0, 0)

@@ -50,18 +50,24 @@ def diffusion_loss(
     loss_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     predict: Predict | None = None,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean loss over the batch. `loss_weight` ([B,1,h,w], e.g. from PNG alpha) weights each latent pixel,
     normalised per sample so a mostly transparent image does not simply get a smaller loss. `predict`
-    replaces the plain UNet call (same inputs, same target)."""
+    replaces the plain UNet call (same inputs, same target). `noise` and `timesteps` given (the validation
+    set's fixed ones) replace the random draws."""
     scheduler = bundle.noise_scheduler
     unet = bundle.unet
     dtype = next(unet.parameters()).dtype
     latents = latents.to(device=unet.device, dtype=torch.float32)
-    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents.device)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
-    ).to(latents.device)
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, device="cpu")
+    if timesteps is None:
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
+        )
+    noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if bundle.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)

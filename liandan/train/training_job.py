@@ -24,13 +24,13 @@ from liandan.errors import DatasetError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from liandan.data.dataset import TrainingDataset
+    from liandan.data.dataset import DatasetMix, TrainingDataset
     from liandan.host.base import ArtifactKind, CheckpointRef, Host
-    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
+    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec, ValidationSpec
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
-    from liandan.progress import Control, Reporter
-    from liandan.train.loop import TrainResult
+    from liandan.progress import Control, ProgressEvent, Reporter
+    from liandan.train.loop import TrainResult, Validation
     from liandan.train.method import TrainingMethod
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class MethodContext:
     host: Host
     checkpoint: CheckpointRef
     bundle: ModelBundle
-    dataset: TrainingDataset
+    dataset: TrainingDataset | DatasetMix
     run_dir: Path
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
@@ -84,6 +84,44 @@ def build_dataset(
         model_id=model_id,
         templates_dir=host.folders.templates,
     )
+
+
+def build_training_data(
+    data: list[DataSpec],
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> TrainingDataset | DatasetMix:
+    """The job's dataset, or its datasets (`data` and `extra_data`) trained together."""
+    from liandan.data.dataset import DatasetMix
+
+    parts = [build_dataset(d, train, name=name, bundle=bundle, host=host, model_id=model_id) for d in data]
+    return parts[0] if len(parts) == 1 else DatasetMix(parts, seed=train.seed)
+
+
+def build_validation(
+    spec: ValidationSpec,
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> Validation:
+    """The held-out set with everything random turned off, scored at timesteps spread evenly over the
+    noise schedule (the middle of each of `spec.timesteps` equal parts)."""
+    from liandan.train.loop import Validation
+
+    fixed = spec.replace(
+        flip=0.0, latent_sampling="deterministic", shuffle_tags=False, tag_dropout=0.0, repeats=1
+    )
+    dataset = build_dataset(fixed, train, name=name, bundle=bundle, host=host, model_id=model_id)
+    count = int(bundle.noise_scheduler.config.num_train_timesteps)
+    timesteps = tuple(int((k + 0.5) * count / spec.timesteps) for k in range(spec.timesteps))
+    return Validation(dataset, spec.every, timesteps, seed=train.seed)
 
 
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
@@ -143,15 +181,15 @@ def run_training_job(
     name: str,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
-    progress_bar: bool = False,
 ) -> TrainResult:
     """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
     artifact goes to is its kind's in the registry."""
     from liandan import registry
+    from liandan.jobs import job_to_dict
     from liandan.models.loading import bundle_short_hash
     from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
-    from liandan.train.loop import make_accelerator, train
+    from liandan.train.loop import make_accelerator, release_memory, train
 
     artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
     losses: list[float] = []
@@ -163,10 +201,12 @@ def run_training_job(
     reporter = Reporter(record, reporter)
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
-    data_spec: DataSpec = job.data  # type: ignore[attr-defined]
+    data_specs: list[DataSpec] = [job.data, *job.extra_data]  # type: ignore[attr-defined]
+    validation_spec: ValidationSpec | None = job.validation  # type: ignore[attr-defined]
     preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
-    if not data_spec.folder.is_dir():
-        raise DatasetError(f"dataset folder {data_spec.folder} does not exist or is not a folder")
+    for spec in [*data_specs, *([validation_spec] if validation_spec else [])]:
+        if not spec.folder.is_dir():
+            raise DatasetError(f"dataset folder {spec.folder} does not exist or is not a folder")
 
     checkpoint = host.resolve_checkpoint(job.model)
     run_dir = find_run_dir(job.log_dir or host.folders.logs, name, train_spec.resume)
@@ -183,17 +223,13 @@ def run_training_job(
         checkpoint = dataclasses.replace(
             checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
         )
-        dataset = build_dataset(
-            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=checkpoint.short_hash
-        )
-        template = dataset.template.record()
-        reporter(
-            ProgressEvent(
-                "message",
-                job=name,
-                message=f"prompt template {template['file']} ({len(template['lines'])} lines)",
-            )
-        )
+        where = {"name": name, "bundle": bundle, "host": host, "model_id": checkpoint.short_hash}
+        dataset = build_training_data(data_specs, train_spec, **where)
+        validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
+        templates = [part.template.record() for part in dataset.parts]
+        for template in templates:
+            message = f"prompt template {template['file']} ({len(template['lines'])} lines)"
+            reporter(ProgressEvent("message", job=name, message=message))
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
         train_spec = cap_accumulation(train_spec, len(dataset.batch_plan(0)), accelerator.num_processes)
@@ -210,8 +246,12 @@ def run_training_job(
             ProgressEvent("message", job=name, message=f"caching latents of {len(dataset.images)} images")
         )
         dataset.cache_latents(should_stop=lambda: control.interrupted)
-        if train_spec.move_unused_to_cpu and not dataset.needs_vae:
+        if validation is not None:
+            validation.dataset.cache_latents(should_stop=lambda: control.interrupted)
+        needs_vae = dataset.needs_vae or (validation is not None and validation.dataset.needs_vae)
+        if train_spec.move_unused_to_cpu and not needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
+        release_memory()  # the VAE's activations and the decoded images are garbage now
         context = MethodContext(
             job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
         )
@@ -223,7 +263,7 @@ def run_training_job(
             dataset,
             train_spec,
             run_dir=run_dir,
-            reporter=reporter,
+            reporter=Reporter(lambda event: _all_but_done(event, reporter)),
             control=control,
             batch_plan=dataset.batch_plan,
             loss_csv_name=loss_csv_name,
@@ -231,8 +271,10 @@ def run_training_job(
             preview_seed=seed,
             self_test=preview.self_test,
             accelerator=accelerator,
-            progress_bar=progress_bar,
+            job_spec=job_to_dict(job),
+            validation=validation,
         )
+    release_memory()
     finals = [a for a in result.artifacts if a.info.get("final")]
     model_info = {"title": checkpoint.title, "short_hash": checkpoint.short_hash, "family": checkpoint.family}
     for artifact in finals[-1:]:
@@ -243,7 +285,7 @@ def run_training_job(
             model=model_info,
             extra={
                 "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss},
-                "template": template,
+                "templates": templates,
             },
         )
         write_provenance(artifact.paths[0], record)
@@ -256,6 +298,7 @@ def run_training_job(
             job=name,
             step=result.step,
             total=train_spec.max_steps,
+            loss=result.last_loss,
             message=result.message,
             paths=paths,
         )
@@ -273,3 +316,9 @@ def loss_summary(path: Path, losses: list[float]) -> str:
     window = len(losses) // 10
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
     return f"saved {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} steps)"
+
+
+def _all_but_done(event: ProgressEvent, reporter: Reporter) -> None:
+    """The loop's events, except its "done": the job says it once, after provenance and the refresh."""
+    if event.kind != "done":
+        reporter(event)

@@ -16,9 +16,9 @@ from typing import Any
 
 import gradio as gr
 
-from liandan.errors import LiandanError
+from liandan.errors import ConfigError, LiandanError
 from liandan.host.base import Host
-from liandan.jobs import JobSpec
+from liandan.jobs import JobSpec, ValidationSpec
 from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
 from liandan.ui.spec_form import SpecForm
 
@@ -38,6 +38,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
             ),
             ("data.filename_regex", "data.join_string", "data.shuffle_tags", "data.tag_dropout"),
             ("data.flip", "data.latent_sampling", "data.latent_cache", "data.use_alpha_weight"),
+            ("data.weight",),
         ),
     ),
     (
@@ -48,7 +49,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
             ("train.clip_grad_mode", "train.clip_grad_value", "train.mixed_precision", "clip_skip"),
             ("train.save_every", "train.preview_every", "train.log_every", "train.early_stop_epochs"),
             ("train.seed", "train.nan_policy", "train.gradient_checkpointing", "train.move_unused_to_cpu"),
-            ("train.resume",),
+            ("train.resume", "train.resume_with_changes"),
         ),
     ),
     (
@@ -78,6 +79,7 @@ LABELS: dict[str, str] = {
     "data.flip": "Horizontal flip probability",
     "data.latent_sampling": "Latent sampling method",
     "data.latent_cache": "Latent cache",
+    "data.weight": "Loss weight of this dataset",
     "data.use_alpha_weight": "Use PNG alpha as loss weight",
     "train.learn_rate": "Learning rate (A1111 schedule syntax: 0.005 or 0.1:500, 0.01)",
     "train.lr_scheduler": "Schedule",
@@ -100,6 +102,7 @@ LABELS: dict[str, str] = {
     "train.gradient_checkpointing": "Gradient checkpointing (less memory, slower)",
     "train.move_unused_to_cpu": "Move VAE and CLIP to RAM",
     "train.resume": "Resume this job's last saved state",
+    "train.resume_with_changes": "Resume even if settings changed",
     "preview.prompt": "Preview prompt (empty: from the template)",
     "preview.negative_prompt": "Negative prompt",
     "preview.steps": "Sampling steps",
@@ -109,6 +112,22 @@ LABELS: dict[str, str] = {
     "preview.width": "Width",
     "preview.height": "Height",
     "preview.self_test": "Self-test after each save (with / without)",
+}
+
+
+# A job's further datasets and its validation set, one folder per line with the numbers after "|". They take
+# the dataset section's settings otherwise (each folder has its own captions, cache and repeats).
+MORE_DATA: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "extra_data": (
+        "More datasets trained at once (e.g. class images), one per line: folder | loss weight | repeats",
+        ("weight", "repeats"),
+        "/pictures/class | 1.0 | 1",
+    ),
+    "validation": (
+        "Validation set (held out, scored without training): folder | every N steps | timesteps",
+        ("every", "timesteps"),
+        "/pictures/held-out | 100 | 4",
+    ),
 }
 
 
@@ -124,6 +143,42 @@ def training_sections(f: SpecForm[Any], ctx: UIContext, labels: Mapping[str, str
                             f.dropdown(path, label, ctx.template_choices())
                         else:
                             f.auto(path, label)
+            if title == "Dataset":
+                for path, (label, _, example) in MORE_DATA.items():
+                    f.add(path, gr.Textbox("", label=label, placeholder=example, elem_id=f.elem_id(path)))
+
+
+def _folder_lines(path: str, text: str) -> list[dict[str, Any]]:
+    """Lines "folder | 0.5 | 2" as {"folder": ..., "weight": 0.5, "repeats": 2}; blank lines are skipped."""
+    _, fields, _ = MORE_DATA[path]
+    entries = []
+    for line in text.splitlines():
+        folder, *numbers = (part.strip() for part in line.split("|"))
+        if not folder and not numbers:
+            continue
+        if not folder or len(numbers) > len(fields):
+            raise ConfigError(f"{path}: {line.strip()!r} is not 'folder' or 'folder | {' | '.join(fields)}'")
+        entry: dict[str, Any] = {"folder": folder}
+        for name, number in zip(fields, numbers):
+            try:
+                entry[name] = float(number) if name == "weight" else int(number)
+            except ValueError as e:
+                raise ConfigError(f"{path}: {name} {number!r} in {line.strip()!r} is not a number") from e
+        entries.append(entry)
+    return entries
+
+
+def with_more_data(job: Any, extra_text: str, validation_text: str) -> Any:
+    """The job with the form's further datasets and validation set, each with the job's dataset settings."""
+    extra = [
+        job.data.from_dict({**job.data.to_dict(), **entry})
+        for entry in _folder_lines("extra_data", extra_text)
+    ]
+    validation = _folder_lines("validation", validation_text)
+    if len(validation) > 1:
+        raise ConfigError("validation: one folder only")
+    held_out = ValidationSpec.from_dict({**job.data.to_dict(), **validation[0]}) if validation else None
+    return job.replace(extra_data=tuple(extra), validation=held_out)
 
 
 @dataclass(frozen=True)
@@ -196,8 +251,9 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         """The Create settings apply to a name that does not exist yet; the spec checks every value."""
         form = dict(zip(create_paths + train_paths, values))
         form.update(model=job_model(model_title), name=name or form.get("name", ""))
+        more = [form.pop(path) for path in MORE_DATA]
         try:
-            job = train_form.to_spec(form)
+            job = with_more_data(train_form.to_spec(form), *more)
         except LiandanError as e:
             return _error(e)
         job_id = ctx.runner.submit(job)
