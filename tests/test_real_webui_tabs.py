@@ -52,6 +52,13 @@ def _wait_status(browser: Browser, selector: str, text: str, timeout: float = 30
     wait_until(lambda: text in text_of(browser, selector), timeout, f"{selector} to show {text!r}")
 
 
+def _wait_latest_job(session: Session, kind: str) -> None:
+    """The tab's status says done; the job queue it shares with REST says so too once all is written."""
+    jobs = [job for job in session.webui.get("/liandan/v1/jobs")["jobs"] if job["kind"] == kind]
+    assert jobs, f"no {kind} job was submitted"
+    assert session.webui.wait_job(jobs[-1]["id"])["state"] == "done", jobs[-1]
+
+
 def _fill_numbers(browser: Browser, prefix: str, numbers: dict[str, int]) -> None:
     for field, value in numbers.items():
         browser.fill(f"#{prefix}_{field} input[type=number]", str(value))
@@ -79,6 +86,7 @@ def test_textual_inversion_from_the_tab(browser: Browser, session: Session) -> N
     _fill_numbers(browser, "liandan_ti", SMALL_RUN)
     browser.click("#liandan_ti_train")
     _wait_status(browser, "#liandan_ti_status", "done · step 3/3")
+    _wait_latest_job(session, "textual_inversion")
     assert session.webui.embeddings()["loaded"]["tab_ti"]["step"] == 3
 
 
@@ -91,6 +99,7 @@ def test_hypernetwork_from_the_tab(browser: Browser, session: Session) -> None:
     _fill_numbers(browser, "liandan_hn", SMALL_RUN)
     browser.click("#liandan_hn_train")
     _wait_status(browser, "#liandan_hn_status", "done · step 3/3")
+    _wait_latest_job(session, "hypernetwork")
     assert "tab_hn" in [h["name"] for h in session.webui.get("/sdapi/v1/hypernetworks")]
 
 
