@@ -264,6 +264,9 @@ class WebUI:
     def stop(self, timeout: float = 60) -> None:
         """SIGINT to the process group, as Ctrl+C in a terminal (A1111 exits at once on it); SIGKILL after."""
         if self.process.poll() is None:
+            # webui.sh starts launch.py again while tmp/restart exists, which only a start that prepares
+            # the environment removes
+            (self.root / "tmp" / "restart").unlink(missing_ok=True)
             os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout)
