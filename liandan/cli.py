@@ -1,5 +1,6 @@
-"""`python -m liandan ...`: train from a job file, serve the standalone UI, write the tiny models, inspect a
-checkpoint. Starting it stays fast: torch, gradio and the methods are imported by the subcommand that runs.
+"""`python -m liandan ...`: train from a job file, serve the standalone UI, write the tiny models, tell what
+an artifact file is. Starting it stays fast: torch, gradio and the methods are imported by the subcommand
+that runs.
 
 Other packages add subcommands through a module listed in COMMAND_MODULES exposing `add_parser(subparsers)`;
 the parser it adds sets `run=<function(args) -> exit code>` with `set_defaults`.
@@ -61,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=cmd_tiny_model)
 
     info = sub.add_parser(
-        "info", help="library versions, and what a checkpoint is (family, prediction, hash)"
+        "info",
+        help="library versions and the GPU; with FILE, what an embedding, hypernetwork, LoRA or checkpoint "
+        "file is and which models it fits",
     )
-    info.add_argument("checkpoint", type=Path, nargs="?")
+    info.add_argument("file", type=Path, nargs="?", metavar="FILE")
     info.set_defaults(run=cmd_info)
 
     demo = sub.add_parser(
@@ -244,14 +247,26 @@ def cmd_info(args: argparse.Namespace) -> int:
         versions = library_versions() | versions  # its own list names liandan too: print it once
     for name, version in versions.items():
         print(f"{name} {version}")
-    if args.checkpoint is not None:
-        from liandan.models.loading import bundle_short_hash, load_bundle
+    print(f"gpu {gpu_summary()}")
+    if args.file is not None:
+        from liandan.formats.identify import identify
 
-        if not args.checkpoint.exists():
-            raise ConfigError(f"checkpoint {args.checkpoint} does not exist")
-        bundle = load_bundle(args.checkpoint)
-        print(f"checkpoint {args.checkpoint}")
-        print(f"  family {bundle.family}")
-        print(f"  prediction {bundle.prediction_type}")
-        print(f"  short hash {bundle_short_hash(bundle) or '-'}")
+        described = identify(args.file)
+        print(f"file {args.file}")
+        print("\n".join(described.lines()))
     return 0
+
+
+def gpu_summary() -> str:
+    """The accelerators torch sees, or plainly that there is none (the CUDA build alone says nothing)."""
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return ", ".join(names)
+    if torch.backends.mps.is_available():
+        return "Apple MPS"
+    build = (
+        f"torch is built for CUDA {torch.version.cuda}" if torch.version.cuda else "torch is a CPU-only build"
+    )
+    return f"none found ({build}): training runs on the CPU, slowly"

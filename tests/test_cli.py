@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import torch
 
 from liandan import cli, job_runner
 from liandan.errors import ConfigError, DatasetError
@@ -142,24 +143,36 @@ def test_tiny_model_writes_into_out(tmp_path: Path, monkeypatch, capsys) -> None
     assert f"wrote {tmp_path / 'm' / 'tiny-sd1.safetensors'}" in capsys.readouterr().out
 
 
-def test_info_prints_versions_and_refuses_a_missing_checkpoint(tmp_path: Path, capsys) -> None:
+def test_info_prints_versions_says_there_is_no_gpu_and_refuses_a_missing_file(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import torch
+
     import liandan
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert cli.main(["info"]) == 0
-    assert capsys.readouterr().out.splitlines().count(f"liandan {liandan.__version__}") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count(f"liandan {liandan.__version__}") == 1
+    gpu = next(line for line in lines if line.startswith("gpu "))
+    assert "none found" in gpu and "training runs on the CPU" in gpu
     assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 1
-    assert "nope.safetensors does not exist" in capsys.readouterr().err
+    assert "nope.safetensors: file not found" in capsys.readouterr().err
 
 
-def test_info_describes_a_real_checkpoint(tmp_path: Path, capsys) -> None:
-    tiny = pytest.importorskip("liandan.models.tiny")
-    if not hasattr(tiny, "write_tiny_models"):
-        pytest.skip("liandan.models.tiny.write_tiny_models not written yet")
-    tiny.write_tiny_models(tmp_path)
-    checkpoint = sorted(tmp_path.glob("*.safetensors"))[0]
-    assert cli.main(["info", str(checkpoint)]) == 0
+def test_info_describes_an_embedding_and_a_real_checkpoint(tmp_path: Path, capsys) -> None:
+    from liandan.formats.embedding import Embedding, save_embedding_pt
+    from liandan.models.tiny import write_tiny_models
+
+    embedding = save_embedding_pt(Embedding("cat", {"*": torch.zeros(2, 768)}), tmp_path / "cat.pt")
+    assert cli.main(["info", str(embedding)]) == 0
     out = capsys.readouterr().out
-    assert "family sd" in out and "prediction " in out and "short hash " in out
+    assert "kind    A1111 textual-inversion embedding" in out and "family  SD1 (text encoder 768)" in out
+
+    assert cli.main(["info", str(write_tiny_models(tmp_path)["sdxl"])]) == 0
+    out = capsys.readouterr().out
+    assert "kind    Stable Diffusion checkpoint" in out and "family  SDXL" in out
 
 
 def test_other_packages_add_subcommands(monkeypatch, capsys) -> None:
