@@ -31,8 +31,8 @@ QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m liandan",
-        description="Train Stable Diffusion embeddings, hypernetworks, LoRA and more, inside or outside "
-        "the AUTOMATIC1111 WebUI.",
+        description="Train Stable Diffusion textual-inversion embeddings and hypernetworks, inside or "
+        "outside the AUTOMATIC1111 WebUI.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
