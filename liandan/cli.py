@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -144,7 +145,9 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from liandan.job_runner import load_methods
     from liandan.jobs import job_from_dict, job_to_dict, load_job_file
+    from liandan.train.launcher import check_process_count, parent_command_line
 
+    check_process_count(os.environ, parent_command_line())
     load_methods()
     spec = load_job_file(args.job)
     if args.overrides:
