@@ -25,9 +25,11 @@ def test_rollback_returns_the_snapshot_until_too_many_in_a_row() -> None:
 def test_a_good_step_resets_the_count() -> None:
     guard = NanGuard("rollback", "no")
     guard.remember(0, {}, {})
-    for _ in range(2 * MAX_ROLLBACKS_IN_A_ROW):
-        guard.bad_step(1, "the loss", None)
+    for _ in range(2 * MAX_ROLLBACKS_IN_A_ROW):  # more bad steps than the limit, never in a row
+        assert guard.bad_step(1, "the loss", None).step == 0
         guard.good_step()
+        assert guard.bad_in_a_row == 0
+    assert guard.rollbacks == 2 * MAX_ROLLBACKS_IN_A_ROW
 
 
 def test_stop_policy_and_fp16_advice() -> None:
