@@ -155,6 +155,16 @@ def test_checkpoints(tmp_path: Path) -> None:
     assert identify(_checkpoint(tmp_path / "inpaint.safetensors", 9)).fits.startswith("generating only")
 
 
+def test_diffusers_model_folder(tmp_path: Path) -> None:
+    (tmp_path / "xl" / "unet").mkdir(parents=True)
+    (tmp_path / "xl" / "model_index.json").write_text("{}")
+    (tmp_path / "xl" / "unet" / "config.json").write_text('{"cross_attention_dim": 2048, "in_channels": 4}')
+    info = identify(tmp_path / "xl")
+    assert info.kind == "diffusers model folder" and info.family == "sdxl"
+    with pytest.raises(FormatError, match="a folder, but no diffusers model"):
+        identify(tmp_path / "xl" / "unet")
+
+
 def test_what_is_none_of_them_says_so(tmp_path: Path) -> None:
     save_file(
         {"a.weight": torch.zeros(2, 2), "b.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors")

@@ -1,13 +1,15 @@
 """What an artifact file is, for `python -m liandan info FILE`: its kind, the model family it was made for,
 and where it fits. One place that knows every layout we meet: A1111 embeddings (`string_to_param` .pt/.bin),
 `emb_params` and SDXL `clip_l`/`clip_g` safetensors, diffusers `learned_embeds`, PNG/WebP cards,
-hypernetworks, A1111 `.optim` sidecars, kohya and diffusers/peft LoRAs, and single-file checkpoints.
+hypernetworks, A1111 `.optim` sidecars, kohya and diffusers/peft LoRAs, single-file checkpoints and diffusers
+model folders.
 
 Only keys and shapes decide; a `.pt` is read with the same restricted unpickler as everywhere else.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ def identify(path: str | os.PathLike[str]) -> ArtifactInfo:
     """What `path` is; FormatError (CheckpointError for a model file) naming the file when it is none of
     the known kinds."""
     path = Path(path)
+    if path.is_dir():
+        return _diffusers_folder_info(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -232,4 +236,22 @@ def _checkpoint_info(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Artif
         f"context {context}",
         tuple(details),
         f"{use}: put it in models/Stable-diffusion/",
+    )
+
+
+def _diffusers_folder_info(path: Path) -> ArtifactInfo:
+    config_file = path / "unet" / "config.json"
+    if not (path / "model_index.json").is_file() or not config_file.is_file():
+        raise FormatError(f"{path}: a folder, but no diffusers model (model_index.json, unet/config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FormatError(f"{config_file}: unreadable ({error})") from error
+    context = config.get("cross_attention_dim")
+    return ArtifactInfo(
+        "diffusers model folder",
+        _CONTEXT_FAMILY.get(context) if isinstance(context, int) else None,
+        f"context {context}",
+        (f"UNet input channels {config.get('in_channels')}",),
+        "a base to train on with liandan (in models/Stable-diffusion/ or by path); A1111 reads single files",
     )
