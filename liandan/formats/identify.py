@@ -20,12 +20,13 @@ from liandan.errors import FormatError
 from liandan.formats import embedding_card
 from liandan.formats.a1111_pickle import load_pt
 from liandan.formats.embedding import SDXL_KEYS, Embedding, embedding_from_data, load_embedding
+from liandan.models.bundle import Family
 
-FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+FAMILY_NAMES: dict[Family, str] = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 # Text-encoder token widths of an embedding, and the UNet's cross-attention (context) width, per family.
-_EMBEDDING_FAMILY = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
-_CONTEXT_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-_KOHYA_BASES = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))
+_EMBEDDING_FAMILY: dict[tuple[int, ...], Family] = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
+_CONTEXT_FAMILY: dict[int, Family] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_KOHYA_BASES: tuple[tuple[str, Family], ...] = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))
 _PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth", ".optim")
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _PEFT_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
@@ -34,7 +35,7 @@ _PEFT_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.we
 @dataclass(frozen=True)
 class ArtifactInfo:
     kind: str
-    family: str | None  # "sd1", "sd2", "sdxl", or None when no released family has these widths
+    family: Family | None  # None when no released family has these widths (a test model)
     width: str  # the widths that decided it: "text encoder 768 + 1280", "context 2048", "attention 768, 320"
     details: tuple[str, ...]
     fits: str
@@ -134,7 +135,7 @@ def _from_tensors(
     )
 
 
-def _target(family: str | None, otherwise: str) -> str:
+def _target(family: Family | None, otherwise: str) -> str:
     return f"{FAMILY_NAMES[family]} checkpoints" if family else otherwise
 
 
@@ -178,7 +179,7 @@ def _hypernetwork_info(path: Path, data: Mapping[Any, Any]) -> ArtifactInfo:
     )
 
 
-def _kohya_family(metadata: Mapping[str, str]) -> str | None:
+def _kohya_family(metadata: Mapping[str, str]) -> Family | None:
     """kohya's `ss_base_model_version` (sd_v1, sd_v2, sdxl_base_v1-0), for LoRAs without attn2 modules."""
     version = metadata.get("ss_base_model_version", "")
     return next((family for prefix, family in _KOHYA_BASES if version.startswith(prefix)), None)
