@@ -121,10 +121,11 @@ def test_ctrl_c_stops_the_job_cleanly(tmp_path: Path, capsys) -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_demo_says_what_is_missing(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(cli, "DEMO_JOB", tmp_path / "examples" / "demo_ti.toml")
-    assert cli.main(["demo", "--data-dir", str(tmp_path / "data")]) == 1
-    assert "comes with the textual inversion method" in capsys.readouterr().err
+def test_the_shipped_demo_job_is_a_valid_textual_inversion_job() -> None:
+    from liandan.jobs import load_job_file
+
+    job_runner.load_methods()
+    assert load_job_file(cli.DEMO_JOB).kind == "textual_inversion"
 
 
 def test_demo_runs_its_job_file(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -133,14 +134,11 @@ def test_demo_runs_its_job_file(tmp_path: Path, monkeypatch, capsys) -> None:
     assert "cat.safetensors" in capsys.readouterr().out
 
 
-def test_tiny_model_writes_into_out(tmp_path: Path, monkeypatch, capsys) -> None:
-    def write_tiny_models(folder: Path) -> None:
-        (folder / "tiny-sd1.safetensors").write_bytes(b"x")
-
-    tiny = types.SimpleNamespace(write_tiny_models=write_tiny_models)
-    monkeypatch.setitem(sys.modules, "liandan.models.tiny", tiny)
+def test_tiny_model_writes_into_out(tmp_path: Path, capsys) -> None:
     assert cli.main(["tiny-model", "--out", str(tmp_path / "m")]) == 0
-    assert f"wrote {tmp_path / 'm' / 'tiny-sd1.safetensors'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in ("liandan-tiny-sd1.safetensors", "liandan-tiny-sd1.yaml", "liandan-tiny-sdxl.safetensors"):
+        assert f"wrote {tmp_path / 'm' / name}" in out and (tmp_path / "m" / name).is_file()
 
 
 def test_info_prints_versions_says_there_is_no_gpu_and_refuses_a_missing_file(
