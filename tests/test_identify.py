@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from liandan.errors import CheckpointError, FormatError
 from liandan.formats.a1111_pickle import save_pt_a1111
@@ -18,6 +18,7 @@ from liandan.formats.embedding import (
     Embedding,
     save_embedding_card,
     save_embedding_diffusers,
+    save_embedding_optimizer,
     save_embedding_pt,
     save_embedding_safetensors,
 )
@@ -153,6 +154,18 @@ def test_checkpoints(tmp_path: Path) -> None:
     assert info.family == "sd1" and info.width == "context 768"
     assert info.fits.startswith("a base to train on")
     assert identify(_checkpoint(tmp_path / "inpaint.safetensors", 9)).fits.startswith("generating only")
+
+
+def test_ckpt_with_a_state_dict_and_an_optimizer_sidecar(tmp_path: Path) -> None:
+    base = _checkpoint(tmp_path / "base.safetensors", 4)
+    save_pt_a1111({"state_dict": load_file(base), "global_step": 10}, tmp_path / "base.ckpt")
+    assert identify(tmp_path / "base.ckpt").kind == "Stable Diffusion checkpoint (single file, LDM layout)"
+
+    embedding = _sd1_embedding()
+    sidecar = save_embedding_optimizer(tmp_path / "cat.pt", embedding, {"state": {}, "param_groups": []})
+    info = identify(sidecar)
+    assert info.kind == "A1111 optimizer state (.optim sidecar)"
+    assert info.details == (f"guards vectors with checksum {embedding.checksum()}",)
 
 
 def test_diffusers_model_folder(tmp_path: Path) -> None:
