@@ -15,7 +15,14 @@ import torch
 from a1111_safe_unpickler import A1111Refused, check_pt
 
 from liandan.errors import FormatError
-from liandan.formats.a1111_pickle import A1111_ALLOWED_GLOBALS, load_pt, pickle_globals, save_pt_a1111
+from liandan.formats.a1111_pickle import (
+    A1111_ALLOWED_GLOBALS,
+    load_error_summary,
+    load_pt,
+    pickle_globals,
+    save_pt_a1111,
+    torch_load_weights_only,
+)
 from liandan.formats.embedding import load_embedding
 
 
@@ -191,3 +198,18 @@ def test_garbage_says_not_a_pytorch_file_in_one_sentence(tmp_path: Path, content
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="not found"):
         load_pt(tmp_path / "nope.pt")
+
+
+def test_weights_only_refusal_is_summarised_in_one_plain_clause(tmp_path: Path) -> None:
+    """torch's own refusal is paragraphs of advice with terminal escape codes; ours names the culprit."""
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch_load_weights_only(path)
+    assert load_error_summary(caught.value) == (
+        "it refers to torch.nn.modules.linear.Linear, which a weights-only load refuses; "
+        "nothing in it was run"
+    )
+    torch_2_1 = "Weights only load failed. WeightsUnpickler error: Unsupported class a.B"  # its wording
+    assert load_error_summary(pickle.UnpicklingError(torch_2_1)).startswith("it refers to a.B,")
+    assert load_error_summary(RuntimeError("\x1b[1mbad\x1b[0m zip. Try this.\nAnd that.")) == "bad zip"

@@ -54,6 +54,8 @@ _DROPPED_ENTRIES = (".format_version", ".storage_alignment")
 _ALIGNMENT = 64
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp keeps the bytes reproducible
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# How torch's weights-only refusal names the culprit: "GLOBAL posix.system" (>= 2.4), "Unsupported class X".
+_REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
 
 
 def pickle_globals(data_pkl: bytes) -> set[tuple[str, str]]:
@@ -180,11 +182,15 @@ def torch_load_weights_only(path: str | os.PathLike[str], *, mmap: bool = False)
     return _torch_load(Path(path), weights_only=True, mmap=mmap)
 
 
-def _one_line(text: str) -> str:
-    """The first sentence of an error, without terminal escape codes or torch's advice that follows."""
-    lines = _ESCAPES.sub("", text).strip().splitlines()
+def load_error_summary(error: Exception) -> str:
+    """One plain clause for an error from torch's loader, to put in a message: the refused global of a
+    weights-only refusal, else the first sentence, without terminal escape codes or torch's advice."""
+    refused = _REFUSED_GLOBAL.search(str(error))
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        return f"it refers to {refused.group(1)}, which a weights-only load refuses; nothing in it was run"
+    lines = _ESCAPES.sub("", str(error)).strip().splitlines()
     line = "".join(c for c in (lines[0] if lines else "") if c.isprintable())
-    return line.split(". ")[0].rstrip(".")[:160] or "no details"
+    return line.split(". ")[0].rstrip(".")[:160] or type(error).__name__
 
 
 def load_pt(path: str | os.PathLike[str]) -> Any:
@@ -202,5 +208,5 @@ def load_pt(path: str | os.PathLike[str]) -> Any:
     except _Refused as error:
         raise FormatError(f"{path}: refused to load, because {error}; nothing in it was run") from error
     except _CORRUPT_ERRORS as error:
-        detail = _one_line(str(error))
+        detail = load_error_summary(error)
         raise FormatError(f"{path}: not a PyTorch file, or a corrupt one ({detail})") from error

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from liandan.atomic_files import write_text_atomic
 from liandan.errors import CheckpointError
-from liandan.formats.a1111_pickle import torch_load_weights_only
+from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_only
 
 STATE_DIR = "state"
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def load_state(folder: Path) -> LoadedState:
         rng = torch_load_weights_only(folder / "rng.pt")
     except (OSError, ValueError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(
-            f"training state in {folder} cannot be read ({e}); delete that folder to start over, "
-            "or set resume = false"
+            f"training state in {folder} cannot be read ({load_error_summary(e)}); delete that folder to "
+            "start over, or set resume = false"
         ) from e
     return LoadedState(position, trainable, optimizer_state, rng, folder)
