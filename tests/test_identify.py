@@ -166,6 +166,7 @@ def test_ckpt_with_a_state_dict_and_an_optimizer_sidecar(tmp_path: Path) -> None
     info = identify(sidecar)
     assert info.kind == "A1111 optimizer state (.optim sidecar)"
     assert info.details == (f"guards vectors with checksum {embedding.checksum()}",)
+    assert [line.split()[0] for line in info.lines()] == ["kind", "details", "fits"]  # no family to tell
 
 
 def test_diffusers_model_folder(tmp_path: Path) -> None:

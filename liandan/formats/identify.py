@@ -36,13 +36,14 @@ _PEFT_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.we
 class ArtifactInfo:
     kind: str
     family: Family | None  # None when no released family has these widths (a test model)
-    width: str  # the widths that decided it: "text encoder 768 + 1280", "context 2048", "attention 768, 320"
+    width: str | None  # what decided the family ("text encoder 768 + 1280", "context 2048"); None: no family
     details: tuple[str, ...]
     fits: str
 
     def lines(self) -> list[str]:
         family = FAMILY_NAMES[self.family] if self.family else "no released model family"
-        rows = [("kind", self.kind), ("family", f"{family} ({self.width})")]
+        rows = [("kind", self.kind)]
+        rows += [("family", f"{family} ({self.width})")] if self.width else []
         rows += [("details", "; ".join(self.details))] if self.details else []
         rows.append(("fits", self.fits))
         return [f"  {label:<8}{value}" for label, value in rows]
@@ -97,7 +98,7 @@ def _from_pickle(path: Path, data: Any) -> ArtifactInfo:
         return ArtifactInfo(
             "A1111 optimizer state (.optim sidecar)",
             None,
-            "-",
+            None,
             (f"guards vectors with checksum {data.get('hash')}",),
             f"resuming {path.name.removesuffix('.optim')} with the same optimizer",
         )
