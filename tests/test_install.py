@@ -89,6 +89,34 @@ def test_another_provider_of_the_module_counts_as_installed() -> None:
     assert not any(spec.startswith(("onnxruntime", "opencv")) for spec in specs)
 
 
+def _fake_cv2(version: str, *, cascades: bool) -> ModuleType:
+    module = ModuleType("cv2")
+    module.__version__ = version  # type: ignore[attr-defined]
+    if cascades:
+        module.CascadeClassifier = object  # type: ignore[attr-defined]
+    return module
+
+
+def test_an_opencv_without_cascade_classifier_is_reported_with_what_to_do() -> None:
+    """OpenCV 5 imports as cv2 (so it counts as installed) but lacks what the focal crop needs."""
+    opencv5 = {"cv2": _fake_cv2("5.0.0", cascades=False)}
+    [problem] = install.capability_problems(install.CAPABILITIES, opencv5.get)
+    assert problem.startswith("OpenCV 5.0.0 has no CascadeClassifier")
+    assert 'pip install "opencv-python-headless>=4.8,<5"' in problem
+    opencv4 = {"cv2": _fake_cv2("4.11.0", cascades=True)}
+    assert install.capability_problems(install.CAPABILITIES, opencv4.get) == []
+    assert install.capability_problems(install.CAPABILITIES, {}.get) == []  # none: requirements.txt adds it
+
+
+def test_main_prints_the_capability_problem_and_installs_nothing_over_it(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(install, "plan_installs", lambda *args: [])
+    monkeypatch.setattr(install, "import_if_present", {"cv2": _fake_cv2("5.0.0", cascades=False)}.get)
+    assert install.main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("liandan: OpenCV 5.0.0 has no CascadeClassifier")
+
+
 @pytest.mark.parametrize(
     ("torch", "expected"),
     [
