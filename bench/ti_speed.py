@@ -43,8 +43,8 @@ def liandan_step(
 ) -> Callable[[], None]:
     from liandan.host.base import CheckpointRef
     from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
-    from liandan.methods.embedding_create import new_embedding
     from liandan.methods.textual_inversion import TextualInversion
+    from liandan.models.embedding_vectors import new_embedding
 
     job = TextualInversionJob(
         name="benchti",
@@ -54,7 +54,7 @@ def liandan_step(
     dataset = _Prompts()
     context = SimpleNamespace(
         job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=dataset, run_dir=Path(), device=device,
+        dataset=dataset, run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
     optimizer = torch.optim.AdamW([p for g in method.parameter_groups() for p in g.params], lr=LR)

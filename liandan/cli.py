@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import signal
 import sys
@@ -19,14 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from liandan.dependency_noise import quiet_dependency_noise
 from liandan.errors import ConfigError, LiandanError
 
 COMMAND_MODULES = ("liandan.preprocess.command",)
 DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "demo_ti.toml"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-# diffusers imports bitsandbytes, which warns on AVX512-BF16 CPUs that its optional 4-bit CPU kernels (never
-# used here) are missing: noise at the top of every run
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting, dotted for nested ones (train.max_steps=10); values are TOML",
+        help="override a setting, dotted for nested ones (train.max_steps=10, train.learn_rate=0.01); "
+        "values are TOML, anything else is taken as text",
     )
     train.set_defaults(run=cmd_train)
 
@@ -93,8 +91,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_dependency_noise()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -141,17 +138,19 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def with_overrides(spec: Any, pairs: Sequence[str]) -> Any:
+    """The job with `--set` values merged in, validated again as a whole."""
+    from liandan.jobs import job_from_dict, job_to_dict
+
+    return job_from_dict(_merge(job_to_dict(spec), parse_overrides(pairs))) if pairs else spec
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from liandan.job_runner import load_methods
-    from liandan.jobs import job_from_dict, job_to_dict, load_job_file
+    from liandan.jobs import load_job_file
     from liandan.train.launcher import check_process_count, parent_command_line
 
     check_process_count(os.environ, parent_command_line())
-    load_methods()
-    spec = load_job_file(args.job)
-    if args.overrides:
-        spec = job_from_dict(_merge(job_to_dict(spec), parse_overrides(args.overrides)))
-    return run_in_foreground(spec, args.data_dir)
+    return run_in_foreground(with_overrides(load_job_file(args.job), args.overrides), args.data_dir)
 
 
 def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
@@ -213,10 +212,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from liandan.host.standalone import StandaloneHost
-    from liandan.job_runner import JobRunner, load_methods
+    from liandan.job_runner import JobRunner
     from liandan.ui.app import build_app, serve
 
-    load_methods()
     host = StandaloneHost(args.data_dir)
     runner = JobRunner(host)
     print(f"liandan: data in {host.data_dir.resolve()}")

@@ -1,17 +1,15 @@
 """Runs training jobs one at a time in a background thread, and keeps a status snapshot UIs can poll.
 
-Method engineers register a runner per job kind (`register_runner`); the UI, REST routes and the CLI all go
-through `run_job`, so a job behaves the same whoever started it. Errors become a status, never a crash:
+Each job kind's runner is found in `liandan.registry`; the UI, REST routes and the CLI all go through
+`run_job`, so a job behaves the same whoever started it. Errors become a status, never a crash:
 a `LiandanError` keeps its message as it is (it is written for the user), anything else gets a short
 message while the traceback goes to the log.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
-import pkgutil
 import queue
 import threading
 import time
@@ -21,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from liandan.errors import ConfigError, LiandanError
+from liandan import registry
+from liandan.errors import LiandanError
 from liandan.jobs import JobSpec, TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 
@@ -30,47 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JobFn = Callable[[JobSpec, "Host", Reporter, Control], Any]
 JobState = Literal["queued", "running", "done", "interrupted", "error"]
 FINISHED: tuple[JobState, ...] = ("done", "interrupted", "error")
 
-_RUNNERS: dict[str, JobFn] = {}
 _MAX_LOSSES = 20_000  # a point per step; older points are dropped past this
 _MAX_MESSAGES = 50
 
 
-def register_runner(kind: str, fn: JobFn) -> None:
-    """Make `fn(spec, host, reporter, control)` the runner of job specs whose `kind` is `kind`."""
-    if not kind:
-        raise ValueError("a runner needs a non-empty job kind")
-    _RUNNERS[kind] = fn
-
-
-def registered_kinds() -> list[str]:
-    return sorted(_RUNNERS)
-
-
-def load_methods() -> None:
-    """Import every module of `liandan.methods`, so their job specs and runners register themselves. A
-    module whose optional dependency is missing is skipped with a warning; any other error is a bug and
-    propagates."""
-    import liandan.methods
-
-    for module in pkgutil.iter_modules(liandan.methods.__path__):
-        name = f"liandan.methods.{module.name}"
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            log.warning("liandan: method module %s not loaded: %s", name, e)
-
-
 def run_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> Any:
-    """Run one job in the calling thread with the runner registered for its kind."""
-    fn = _RUNNERS.get(spec.kind)
-    if fn is None:
-        known = ", ".join(registered_kinds()) or "none"
-        raise ConfigError(f"no runner for job kind {spec.kind!r} (registered: {known})")
-    return fn(spec, host, reporter, control)
+    """Run one job in the calling thread with the runner its kind has in the registry."""
+    return registry.runner(spec.kind)(spec, host, reporter, control)
 
 
 @dataclass(frozen=True)

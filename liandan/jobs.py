@@ -1,13 +1,16 @@
 """Typed job specs: the one description of a job, identical from the UI, the CLI, TOML files and REST.
 
-A spec is a frozen dataclass validated on construction. `from_dict` rejects unknown keys (a typo in a TOML
-file is an error, not a silently ignored setting) and checks Literal choices and number bounds. Every output
-gets the spec saved beside it as JSON, with dataset hashes, library versions and seeds (`provenance`).
+A spec is a frozen dataclass validated once, on construction: types, Literal choices and number bounds for
+every field, `~` expanded in every path, and each spec's own rules (`validate`: schedules, names, option
+syntax). The runner and the loop receive values that are already valid. `from_dict` rejects unknown keys (a
+typo in a TOML file is an error, not a silently ignored setting) and suggests the nearest valid one. Every
+output gets the spec saved beside it as JSON, with dataset hashes, library versions and seeds (`provenance`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
 import types
@@ -20,6 +23,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 from liandan.errors import ConfigError
 
 SPEC_VERSION = 1
+NAME_PUNCTUATION = "._- "
 S = TypeVar("S", bound="Spec")
 
 
@@ -44,6 +48,12 @@ class Spec:
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise ConfigError(f"{f.name} = {value!r} is out of range [{lo}, {hi}]")
+            if isinstance(value, Path) and str(value).startswith("~"):
+                object.__setattr__(self, f.name, value.expanduser())  # "~/pics" as a shell means it
+        self.validate()
+
+    def validate(self) -> None:
+        """A spec's own rules beyond types and bounds (schedules, names, cross-field checks); ConfigError."""
 
     @classmethod
     def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
@@ -51,7 +61,9 @@ class Spec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - {"kind", "spec_version"})
         if unknown:
-            raise ConfigError(f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}")
+            raise ConfigError(
+                f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}{_nearest(unknown, names)}"
+            )
         defaults = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for name, value in data.items():
@@ -76,6 +88,15 @@ class Spec:
 
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)
+
+
+def _nearest(unknown: list[str], names: set[str]) -> str:
+    """'; did you mean 'learn_rate'?' for the first unknown key that resembles a valid one, else ''."""
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]!r} (for {key!r})?"
+    return f"; valid: {', '.join(sorted(names))}"
 
 
 def _field_default(f: dataclasses.Field[Any]) -> Any:
@@ -113,7 +134,22 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return tuple(_coerce(name, v, item) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a number where a schedule or other text is expected: learn_rate = 0.01
     return value
+
+
+def check_name(name: str, what: str) -> None:
+    """The one naming rule of every artifact (embedding, hypernetwork, LoRA, ...): A1111's letters, digits
+    and `._- `, safe in a file name and in a prompt (`<hypernet:name:1>` breaks on ':')."""
+    if not name.strip():
+        raise ConfigError(f"the {what} needs a name")
+    bad = sorted({c for c in name if not (c.isalnum() or c in NAME_PUNCTUATION)})
+    if bad:
+        allowed = f"use letters, digits and {NAME_PUNCTUATION!r}"
+        raise ConfigError(f"{what} name {name!r}: {''.join(bad)!r} not allowed; {allowed}")
+    if name != name.strip() or set(name) <= set(NAME_PUNCTUATION):
+        raise ConfigError(f"{what} name {name!r} must start and end with a letter, digit or '.', '_', '-'")
 
 
 def _check_type(where: str, value: Any, hint: Any) -> None:
@@ -183,6 +219,14 @@ class TrainSpec(Spec):
     nan_policy: Literal["stop", "rollback"] = "rollback"
     move_unused_to_cpu: bool = True  # "move VAE and CLIP to RAM" once latents/conds are cached
     resume: bool = True  # continue from the last full-state checkpoint of this job if there is one
+    resume_with_changes: bool = False  # resume even when the job's settings differ from the saved run's
+
+    def validate(self) -> None:
+        from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
+
+        learn_rate_schedule(self.learn_rate, self.lr_scheduler, self.max_steps, self.lr_warmup_steps)
+        if self.clip_grad_mode != "disabled":
+            clip_value_schedule(self.clip_grad_value, self.max_steps)
 
 
 @dataclass(frozen=True)
@@ -193,7 +237,7 @@ class DataSpec(Spec):
     height: int = bounded(512, 64, 4096)
     buckets: bool = False  # aspect-ratio buckets instead of one W×H
     resize_mode: Literal["crop", "stretch"] = "crop"  # one W×H: centre crop, or A1111's stretch (no crop)
-    template: str = "style_filewords.txt"  # a file in the templates folder, or a path
+    template: str = "liandan_style_filewords.txt"  # a file in the templates folder, or a path
     filename_regex: str = ""
     join_string: str = " "
     shuffle_tags: bool = False
@@ -203,6 +247,17 @@ class DataSpec(Spec):
     latent_cache: Literal["ram", "disk", "off"] = "ram"
     use_alpha_weight: bool = False  # PNG alpha as loss weight
     repeats: int = bounded(1, 1, 10000)
+    weight: float = bounded(1.0, 0.01, 100.0)  # loss weight beside the other datasets (DreamBooth's prior)
+
+
+@dataclass(frozen=True)
+class ValidationSpec(DataSpec):
+    """A held-out image folder scored every `every` steps, without gradients, at `timesteps` fixed
+    timesteps spread over the noise schedule with fixed noise, so every score compares alike. Its images
+    are used as they are: no flips, the latents' mean, the template's lines without shuffle or dropout."""
+
+    every: int = bounded(100, 1)
+    timesteps: int = bounded(4, 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -231,25 +286,14 @@ class JobSpec(Spec):
     clip_skip: int = bounded(1, 1, 12)
 
 
-JOB_KINDS: dict[str, type[JobSpec]] = {}
-
-
-def register_job(cls: type[JobSpec]) -> type[JobSpec]:
-    """Class decorator: make a job spec loadable by its `kind`."""
-    if not cls.kind or cls.kind in JOB_KINDS:
-        raise ValueError(f"job kind {cls.kind!r} is empty or registered twice")
-    JOB_KINDS[cls.kind] = cls
-    return cls
-
-
 def job_from_dict(data: Mapping[str, Any]) -> JobSpec:
-    kind = data.get("kind")
-    if kind not in JOB_KINDS:
-        raise ConfigError(f"job kind {kind!r} is unknown; expected one of: {', '.join(sorted(JOB_KINDS))}")
+    """The job spec of a TOML/JSON/REST dict, its class found in the registry by `kind`."""
+    from liandan import registry
+
     version = data.get("spec_version", SPEC_VERSION)
     if version != SPEC_VERSION:
         raise ConfigError(f"job file has spec_version {version}; this liandan reads version {SPEC_VERSION}")
-    return JOB_KINDS[kind].from_dict(data)
+    return registry.spec_class(data.get("kind")).from_dict(data)
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:
@@ -265,6 +309,8 @@ def resolve_paths(spec: S, base: Path) -> S:
             changes[f.name] = base / value
         elif isinstance(value, Spec):
             changes[f.name] = resolve_paths(value, base)
+        elif isinstance(value, tuple) and all(isinstance(v, Spec) for v in value):
+            changes[f.name] = tuple(resolve_paths(v, base) for v in value)
     return dataclasses.replace(spec, **changes)
 
 
@@ -291,12 +337,12 @@ def load_job_file(path: Path) -> JobSpec:
 # --- job kinds -----------------------------------------------------------------------------------------
 
 
-@register_job
 @dataclass(frozen=True)
 class TextualInversionJob(JobSpec):
     """Create (if missing or `overwrite`) and train a textual-inversion embedding.
 
-    An existing embedding of that name is trained further from its saved step, as A1111's Train does.
+    An existing embedding of that name is trained further from its saved step, as A1111's Train does, with
+    its own vector count (`vectors` and `init_text` make a new one). See liandan/methods/textual_inversion.py.
     """
 
     kind: ClassVar[str] = "textual_inversion"
@@ -307,11 +353,15 @@ class TextualInversionJob(JobSpec):
     file_format: Literal["pt", "safetensors"] = "pt"
     save_png_cards: bool = True
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.005"))
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="style_filewords.txt"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_style_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
 
+    def validate(self) -> None:
+        check_name(self.name, "embedding")
 
-@register_job
+
 @dataclass(frozen=True)
 class HypernetworkJob(JobSpec):
     """Create (if missing or `overwrite`) and train a hypernetwork; an existing `<name>.pt` trains on from its
@@ -334,5 +384,19 @@ class HypernetworkJob(JobSpec):
     activate_output: bool = False
     overwrite: bool = False
     train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.000005"))
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="hypernetwork.txt"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_hypernetwork.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+    def validate(self) -> None:
+        from liandan.models.hypernetwork_modules import (
+            check_activation,
+            parse_dropout_structure,
+            parse_layer_structure,
+        )
+
+        check_name(self.name, "hypernetwork")
+        layers = parse_layer_structure(self.layer_structure)
+        check_activation(self.activation)
+        parse_dropout_structure(self.dropout_structure, layers, self.use_dropout, self.last_layer_dropout)

@@ -1,7 +1,9 @@
-"""A1111 entry point: the liandan tab, its settings, REST routes, and cleanup on UI reload.
+"""A1111 entry point: the liandan tab, its settings and REST routes.
 
 A1111 imports this file with the extension root on sys.path only during the import, so the `liandan`
 package is imported here at the top; its submodules stay importable later through the package's own path.
+A UI reload runs this file again: the job queue lives in `liandan.host.webui`, so jobs survive it, and we
+patch nothing in A1111, so there is nothing to undo on `on_script_unloaded`.
 """
 
 from __future__ import annotations
@@ -15,21 +17,13 @@ from modules import script_callbacks, shared
 import liandan.host.webui
 import liandan.job_runner
 import liandan.jobs
+import liandan.registry
 import liandan.ui.app
 import liandan.ui.components
 from liandan.errors import LiandanError
 
 SECTION = ("liandan", "Liandan")
-_runner: liandan.job_runner.JobRunner | None = None
-
-
-def runner() -> liandan.job_runner.JobRunner:
-    """The one job queue of this WebUI process, shared by the tab and the REST routes."""
-    global _runner
-    if _runner is None:
-        liandan.job_runner.load_methods()
-        _runner = liandan.job_runner.JobRunner(liandan.host.webui.WebUIHost())
-    return _runner
+runner = liandan.host.webui.webui_runner
 
 
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
@@ -79,8 +73,8 @@ def _api_auth(credentials_text: str | None) -> list[Any]:
 
 
 def on_app_started(demo: Any, app: Any) -> None:
-    """REST: GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id}, POST /liandan/v1/jobs (a job spec as JSON,
-    the same keys as a job file), POST /liandan/v1/interrupt.
+    """REST: GET /liandan/v1/kinds (the job kinds), GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id},
+    POST /liandan/v1/jobs (a job spec as JSON, the same keys as a job file), POST /liandan/v1/interrupt.
 
     The routes read and write any folder, so like A1111's own API they exist only with --api (or
     --nowebui, where `demo` is None), behind --api-auth when it is set: gradio's login never covers
@@ -90,6 +84,10 @@ def on_app_started(demo: Any, app: Any) -> None:
     if demo is not None and not getattr(shared.cmd_opts, "api", False):
         return
     router = APIRouter(dependencies=_api_auth(getattr(shared.cmd_opts, "api_auth", None)))
+
+    @router.get("/liandan/v1/kinds")
+    def list_kinds() -> dict[str, list[str]]:
+        return {"kinds": liandan.registry.kinds()}
 
     @router.get("/liandan/v1/jobs")
     def list_jobs() -> dict[str, Any]:
@@ -117,16 +115,6 @@ def on_app_started(demo: Any, app: Any) -> None:
     app.include_router(router)
 
 
-def on_script_unloaded() -> None:
-    """A UI reload re-imports this file: stop our worker so no job outlives the runner that tracks it (we
-    patch nothing in A1111, so there is nothing else to undo)."""
-    global _runner
-    if _runner is not None:
-        _runner.close(timeout=30)
-        _runner = None
-
-
 script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_app_started(on_app_started)
-script_callbacks.on_script_unloaded(on_script_unloaded)

@@ -4,6 +4,9 @@ The method is a tiny conv denoiser: it sees `latent + noise` and predicts the no
 (upsampled 2x2 random fields), so a 3x3 conv can learn to separate them from the white noise: the loss falls
 clearly within a few dozen steps. Noise comes from the global torch RNG (so resume must restore it) unless
 `global_rng=False`, when each item carries its own noise derived from (seed, epoch, index).
+
+`gradient_sync="prepare"` makes it a large-module method: the loop wraps the conv (DDP on several
+processes) and `loss` calls the wrapper it was handed; `prepared` records what it got.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from liandan.atomic_files import atomic_path
@@ -62,16 +66,21 @@ class ToyMethod:
         global_rng: bool = True,
         nan_on_loss_calls: set[int] | None = None,
         preview_ignores_artifact: bool = False,
+        gradient_sync: str = "all_reduce",
     ) -> None:
         torch.manual_seed(seed)
         self.name, self.out_dir = name, out_dir
         self.net = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+        self.gradient_sync = gradient_sync
+        self.forward_net: torch.nn.Module = self.net
+        self.prepared: list[torch.nn.Module] = []
         self.global_rng = global_rng
         self.nan_on_loss_calls = nan_on_loss_calls or set()
         self.preview_ignores_artifact = preview_ignores_artifact
         self.loss_calls = 0
         self.batch_sizes: list[int] = []
         self.hook_steps: list[int] = []
+        self.weights_after_step: list[torch.Tensor] = []
         self.saves: list[tuple[int, bool]] = []
         self.previews: list[tuple[str, int, bool]] = []
 
@@ -81,12 +90,17 @@ class ToyMethod:
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.net]
 
+    def use_prepared_modules(self, modules: list[torch.nn.Module]) -> None:
+        self.prepared = list(modules)
+        (self.forward_net,) = modules
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         self.loss_calls += 1
         latents = batch["latents"]
         self.batch_sizes.append(len(latents))
-        noise = torch.randn_like(latents) if self.global_rng else batch["noise"]
-        prediction = self.net(latents + noise)
+        fixed = "timesteps" in batch or not self.global_rng  # validation batches bring their noise
+        noise = batch["noise"] if fixed else torch.randn_like(latents)
+        prediction = self.forward_net(latents + noise)
         loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
         if self.loss_calls in self.nan_on_loss_calls:
             loss = loss * float("nan")
@@ -100,6 +114,7 @@ class ToyMethod:
 
     def after_optimizer_step(self, step: int) -> None:
         self.hook_steps.append(step)
+        self.weights_after_step.append(torch.cat([p.detach().reshape(-1) for p in self.net.parameters()]))
 
     def save(self, step: int, final: bool) -> SavedArtifact:
         self.saves.append((step, final))
@@ -107,6 +122,10 @@ class ToyMethod:
         with atomic_path(path) as tmp:
             save_file(self.trainable_state(), str(tmp), metadata={"step": str(step)})
         return SavedArtifact([path], step)
+
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        with safe_open(str(artifact.paths[0]), "pt") as f:
+            return {"net"} if set(f.keys()) == set(self.net.state_dict()) else set()
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         self.previews.append((prompt, seed, enabled))

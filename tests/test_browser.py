@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from browser_driver import Browser, chromium_one_shot, require_chromium, standalone_ui
 
-from liandan.ui.tabs import TABS
+from liandan.ui.tabs import tab_list
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_tab_renders(app_url: str, tmp_path: Path) -> None:
     dom = chromium_one_shot(app_url, tmp_path, "--dump-dom")
-    for tab in TABS:
+    for tab in tab_list():
         assert tab.title.replace("&", "&amp;") in dom, f"tab {tab.title!r} missing"
     assert 'id="liandan_tabs"' in dom
     assert 'id="liandan_tab_textual_inversion"' in dom

@@ -60,7 +60,7 @@ def test_create_train_interrupt_resume_through_the_tab(served, tmp_path: Path, f
         for field, value in numbers.items():
             browser.fill(f"#liandan_hn_{field} input[type=number]", str(value))
         browser.fill("#liandan_hn_train_learn_rate textarea", "0.0001")
-        browser.click("#liandan_hn_start")
+        browser.click("#liandan_hn_train")
         browser.wait_for_text("Started hypernetwork", timeout=30)
         # "running · step 0/60" shows while the model loads; a loss shows once a step has trained, and only
         # then does an interrupt leave a saved file and a self-test preview behind

@@ -27,8 +27,8 @@ def test_create_train_and_see_progress_and_a_preview(served: str, fixtures_dir: 
     with Browser(tmp_path) as browser:
         browser.open(served)
         browser.click_text("Textual Inversion")
-        browser.fill("#liandan_ti_create_name textarea", "browserti")
-        browser.fill("#liandan_ti_create_init_text textarea", "a photo")
+        browser.fill("#liandan_ti_name textarea", "browserti")
+        browser.fill("#liandan_ti_init_text textarea", "a photo")
         browser.click("#liandan_ti_create")
         browser.wait_for_text("Created", timeout=120)
         browser.fill("#liandan_ti_data_folder textarea", str(images))

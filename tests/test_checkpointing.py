@@ -19,6 +19,7 @@ from liandan.train.checkpointing import (
     preserved_rng,
     restore_rng,
     save_state,
+    spec_differences,
 )
 
 
@@ -32,8 +33,9 @@ def saved(tmp_path: Path, step: int = 5) -> Path:
     weight.grad = torch.ones_like(weight)
     optimizer.step()
     position = LoopPosition(step=step, epoch=1, batch_index=2, best_epoch_loss=0.5, method_kind="toy")
+    job = {"kind": "toy", "train": {"learn_rate": "0.01", "max_steps": 10}}
     return save_state(
-        tmp_path, position, {"w": weight}, {"optimizer": optimizer.state_dict()}, [capture_rng()]
+        tmp_path, position, {"w": weight}, {"optimizer": optimizer.state_dict()}, [capture_rng()], job
     )
 
 
@@ -45,7 +47,9 @@ def test_round_trip(tmp_path: Path) -> None:
     )
     assert set(state.trainable) == {"w"}
     assert state.optimizer_state["optimizer"]["state"][0]["exp_avg"].shape == (4, 4)
+    assert state.job_spec == {"kind": "toy", "train": {"learn_rate": "0.01", "max_steps": 10}}
     assert sorted(p.name for p in folder.iterdir()) == [
+        "job.json",
         "meta.json",
         "optimizer.pt",
         "rng.pt",
@@ -95,3 +99,24 @@ def test_damaged_state_gives_a_clear_error(tmp_path: Path) -> None:
     (folder / "optimizer.pt").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="delete that folder"):
         load_state(folder)
+
+
+def test_a_state_without_a_job_file_still_loads(tmp_path: Path) -> None:
+    folder = saved(tmp_path)
+    (folder / "job.json").unlink()  # written by an earlier liandan
+    assert load_state(folder).job_spec is None
+
+
+def test_spec_differences_name_what_changed_but_not_how_long() -> None:
+    old = {"kind": "ti", "name": "cat", "train": {"learn_rate": "0.01", "max_steps": 10, "seed": 0},
+           "data": {"folder": "/a"}, "extra_data": [], "preview": {"seed": 1}}  # fmt: skip
+    new = {"kind": "ti", "name": "cat", "train": {"learn_rate": "0.02", "max_steps": 99, "seed": 0},
+           "data": {"folder": "/b", "weight": 2.0}, "extra_data": [{"folder": "/c"}],
+           "preview": {"seed": 2}}  # fmt: skip
+    assert spec_differences(old, new) == [
+        "data.folder: '/a' -> '/b'",
+        "data.weight: (not set) -> 2.0",
+        "extra_data.0.folder: (not set) -> '/c'",
+        "train.learn_rate: '0.01' -> '0.02'",
+    ]
+    assert spec_differences(old, old) == []

@@ -14,9 +14,9 @@ from typing import ClassVar
 import pytest
 import torch
 
-from liandan import cli, job_runner
+from liandan import cli, registry
 from liandan.errors import ConfigError, DatasetError
-from liandan.jobs import JOB_KINDS, JobSpec, register_job
+from liandan.jobs import JobSpec
 from liandan.progress import ProgressEvent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,10 +27,6 @@ class CliJob(JobSpec):
     kind: ClassVar[str] = "cli_test_job"
     steps: int = 3
     behaviour: str = "ok"  # "ok" | "dataset_error" | "ctrl_c"
-
-
-if CliJob.kind not in JOB_KINDS:
-    register_job(CliJob)
 
 
 def cli_runner(spec: CliJob, host, reporter, control) -> None:
@@ -52,11 +48,10 @@ def cli_runner(spec: CliJob, host, reporter, control) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _runner(monkeypatch):
-    monkeypatch.setattr(job_runner, "load_methods", lambda: None)  # the real methods are not under test here
-    job_runner.register_runner(CliJob.kind, cli_runner)
+def _runner():
+    registry.register(registry.Method(CliJob, cli_runner, "CLI test"))
     yield
-    job_runner._RUNNERS.pop(CliJob.kind, None)
+    registry.unregister(CliJob.kind)
 
 
 def _job_file(tmp_path: Path, body: str) -> Path:
@@ -88,6 +83,17 @@ def test_parse_overrides_reads_toml_values_and_dotted_keys() -> None:
     }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         cli.parse_overrides(["max_steps"])
+
+
+def test_set_takes_numbers_for_a_schedule_and_names_a_mistyped_key(tmp_path: Path) -> None:
+    from liandan.jobs import load_job_file
+
+    path = tmp_path / "ti.toml"
+    path.write_text('kind = "textual_inversion"\nname = "cat"\n', encoding="utf-8")
+    job = cli.with_overrides(load_job_file(path), ["train.learn_rate=0.01", "train.max_steps=7"])
+    assert job.train.learn_rate == "0.01" and job.train.max_steps == 7
+    with pytest.raises(ConfigError, match="did you mean 'learn_rate'"):
+        cli.with_overrides(job, ["train.learning_rate=0.01"])
 
 
 def test_train_runs_the_job_with_overrides_and_prints_outputs(tmp_path: Path, capsys) -> None:

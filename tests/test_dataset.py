@@ -8,14 +8,14 @@ import pytest
 import torch
 from data_helpers import counted_vae, gradient_image, save, tiny_vae
 
-from liandan.data.dataset import TrainingDataset, preview_captions
+from liandan.data.dataset import DatasetMix, TrainingDataset, preview_captions
 from liandan.data.image_folder import open_image
 from liandan.data.pixels import to_pixel_tensor
 from liandan.errors import ConfigError, DatasetError
 from liandan.jobs import DataSpec
 
 BATCH_KEYS = {"latents", "prompts", "captions", "loss_weight", "paths", "flipped"}
-BATCH_KEYS |= {"original_size", "crop_top_left", "target_size"}
+BATCH_KEYS |= {"original_size", "crop_top_left", "target_size", "loss_scale"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _scaled_mean(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def test_fixture_batch_contract(train64: Path, vae) -> None:
-    ds = _dataset(train64, vae, template="style_filewords.txt")
+    ds = _dataset(train64, vae, template="liandan_style_filewords.txt")
     assert ds.cache_latents() == 4 and not ds.needs_vae
     assert len(ds) == 4
     plan = ds.batch_plan(0)
@@ -167,7 +167,7 @@ def test_captions_from_names_and_txt_and_templates(tmp_path: Path, vae) -> None:
     (folder / "other.txt").write_text("from text, file\n")
     save(gradient_image((64, 64)), folder / "badcap.png")
     (folder / "badcap.txt").write_bytes(b"\xff\xfe")
-    ds = _dataset(folder, vae, template="none.txt", filename_regex=r"[a-z]+", join_string="+")
+    ds = _dataset(folder, vae, template="liandan_none.txt", filename_regex=r"[a-z]+", join_string="+")
     assert sorted(img.caption for img in ds.images) == ["from text, file", "red+fox+jumping"]
     assert "badcap.txt is not UTF-8" in ds.report()
     user = tmp_path / "templates"
@@ -227,3 +227,41 @@ def test_source_images_are_untouched(train64: Path, vae, tmp_path: Path) -> None
     ds.cache_latents()
     assert {p.name: p.read_bytes() for p in train64.iterdir()} == before
     assert np.asarray(open_image(train64 / "img0.png")).shape == (64, 64, 3)
+
+
+def test_several_datasets_train_together_each_with_its_own_settings(tmp_path: Path) -> None:
+    """DreamBooth's instance and class images: own captions, template, repeats, weight and cache."""
+    for i in range(2):
+        save(gradient_image((64, 64), seed=i), tmp_path / "instance" / f"me{i}.png")
+    for i in range(3):
+        save(gradient_image((64, 64), seed=10 + i), tmp_path / "class" / f"a dog {i}.png")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "instance.txt").write_text("a photo of [name]\n")
+    (tmp_path / "t" / "class.txt").write_text("a photo of [filewords]\n")
+    vae, calls = counted_vae()
+    instance = _dataset(tmp_path / "instance", vae, template="instance.txt", templates_dir=tmp_path / "t",
+                        repeats=3, latent_cache="disk", cache_dir=tmp_path / "cache")  # fmt: skip
+    classes = _dataset(
+        tmp_path / "class", vae, template="class.txt", templates_dir=tmp_path / "t", weight=0.5
+    )
+    mix = DatasetMix([instance, classes], seed=0)
+    assert len(mix) == 6 + 3 and len(mix.images) == 5
+    assert mix.cache_latents() == 5 and not mix.needs_vae and calls == [1] * 5
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # only the instance set asked for disk
+
+    plan = mix.batch_plan(0)
+    assert sorted(i for batch in plan for i in batch) == sorted(
+        [i for b in instance.batch_plan(0) for i in b] + [6 + i for b in classes.batch_plan(0) for i in b]
+    )
+    assert plan == mix.batch_plan(0) and plan != mix.batch_plan(1)
+    for batch in plan:
+        parts = {index >= 6 for index in batch}
+        assert len(parts) == 1  # a batch never mixes datasets
+        collated = mix.collate([mix[i] for i in batch])
+        if parts == {True}:
+            assert collated["loss_scale"] == 0.5 and collated["prompts"][0].startswith("a photo of a dog")
+        else:
+            assert collated["loss_scale"] == 1.0 and collated["prompts"] == ["a photo of goldti"] * len(batch)
+    assert mix.prompt(7, 0) == classes.prompt(1, 0)
+    with pytest.raises(IndexError):
+        mix[9]

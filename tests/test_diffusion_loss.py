@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from liandan.models.tiny import tiny_bundle
-from liandan.train.diffusion_loss import diffusion_loss
+from liandan.train.diffusion_loss import batch_added_conditioning, diffusion_loss
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,41 @@ def test_same_generator_gives_the_same_loss_and_gradient_reaches_the_context(sd1
     assert torch.equal(a, b) and a.item() > 0
     a.backward()
     assert context.grad is not None and context.grad.abs().sum() > 0
+
+
+def test_a_methods_own_prediction_replaces_the_unet_call_with_the_same_noise_and_target(sd1) -> None:
+    """The hook APT's guided prediction needs: same noisy input and timesteps, the method's prediction."""
+    latents, context = _inputs(sd1)
+    seen = {}
+
+    def through_unet(noisy, timesteps, ctx, added):
+        seen.update(noisy=noisy, timesteps=timesteps, added=added)
+        return sd1.unet(noisy, timesteps, ctx).sample
+
+    plain = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1))
+    hooked = diffusion_loss(
+        sd1, latents, context, generator=torch.Generator().manual_seed(1), predict=through_unet
+    )
+    assert torch.equal(plain, hooked) and seen["noisy"].shape == latents.shape and seen["added"] is None
+    zero = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(1),
+                          predict=lambda noisy, t, ctx, added: torch.zeros_like(noisy))  # fmt: skip
+    assert not torch.equal(zero, plain)  # the loss is taken from the hook's prediction
+
+
+def test_sdxl_added_conditioning_comes_from_the_batch_sizes_and_none_for_sd1(sd1) -> None:
+    from liandan.models.conditioning import Conditioning
+
+    batch = {
+        "original_size": torch.tensor([[96, 128], [64, 64]]),
+        "crop_top_left": torch.tensor([[0, 8], [0, 0]]),
+        "target_size": torch.tensor([[64, 64], [64, 64]]),
+    }
+    cond = Conditioning(torch.zeros(2, 77, 8), torch.ones(2, 8))
+    assert batch_added_conditioning(sd1, batch, cond) is None
+    sdxl = tiny_bundle("sdxl")
+    added = batch_added_conditioning(sdxl, batch, cond)
+    assert added["time_ids"].tolist() == [[96, 128, 0, 8, 64, 64], [64, 64, 0, 0, 64, 64]]
+    assert torch.equal(added["text_embeds"], cond.pooled)
 
 
 def test_v_prediction_uses_another_target(sd1) -> None:

@@ -20,7 +20,6 @@ from liandan.formats.embedding import (
     init_vectors,
     load_embedding,
     load_embedding_optimizer,
-    sanitize_name,
     save_embedding_card,
     save_embedding_diffusers,
     save_embedding_optimizer,
@@ -202,12 +201,3 @@ def test_init_vectors_a1111_rule() -> None:
 def test_vector_count_bounds(count: object) -> None:
     with pytest.raises(ConfigError, match="1 to 75"):
         validate_num_vectors(count)  # type: ignore[arg-type]
-
-
-def test_sanitize_name() -> None:
-    assert sanitize_name("my style_v2.1") == "my style_v2.1"
-    assert sanitize_name("fancy*name?!") == "fancyname"
-    assert sanitize_name("日本語") == "日本語"  # A1111 keeps any alphanumeric
-    for bad in ("../evil", "a/b", "a\\b", "..", "***", ""):
-        with pytest.raises(ConfigError):
-            sanitize_name(bad)

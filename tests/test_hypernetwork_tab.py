@@ -13,8 +13,10 @@ from liandan.errors import ConfigError
 from liandan.formats.hypernetwork import load_hypernetwork
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import JobRunner
+from liandan.jobs import HypernetworkJob
 from liandan.ui.components import UIContext
-from liandan.ui.hypernetwork_tab import PREFIX, build, job_from_form
+from liandan.ui.hypernetwork_tab import PREFIX, build, job_from_form, size_choices
+from liandan.ui.spec_form import SpecForm
 
 
 def test_form_values_become_a_job() -> None:
@@ -23,7 +25,9 @@ def test_form_values_become_a_job() -> None:
          "train.learn_rate": "5e-6", "data.folder": "pics", "data.flip": 0.5, "preview.seed": -1.0}
     )  # fmt: skip
     assert job.sizes == (768, 320) and job.train.max_steps == 7 and job.data.folder == Path("pics")
-    assert job.data.template == "hypernetwork.txt"  # a partial section keeps the hypernetwork's defaults
+    assert (
+        job.data.template == "liandan_hypernetwork.txt"
+    )  # a partial section keeps the hypernetwork's defaults
     assert job.train.learn_rate == "5e-6" and job.data.flip == 0.5
     with pytest.raises(ConfigError):
         job_from_form({"weight_init": "Uniform"})
@@ -73,7 +77,7 @@ def test_train_button_runs_a_job_and_refuses_bad_input(tab, fixtures_dir, tmp_pa
     host, runner, demo = tab
     data = tmp_path / "train64"
     shutil.copytree(fixtures_dir / "train64", data)
-    train = Form(demo, "start")
+    train = Form(demo, "train")
     assert "is out of range" in train(name="x", layer_structure="1, -2, 1", data_folder=str(data))
     refused = train(train_name="x", data_folder=str(data), train_learn_rate="0.1:abc")
     assert "liandan-error" in refused and "schedule" in refused
@@ -95,7 +99,27 @@ def test_prompt_template_offers_the_template_files_like_the_ti_tab(tab) -> None:
     template = next(
         b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"{PREFIX}_data_template"
     )
-    assert isinstance(template, gr.Dropdown) and template.value == "hypernetwork.txt"
-    assert {"hypernetwork.txt", "style_filewords.txt"} <= {
+    assert isinstance(template, gr.Dropdown) and template.value == "liandan_hypernetwork.txt"
+    assert {"liandan_hypernetwork.txt", "liandan_style_filewords.txt"} <= {
         c[0] if isinstance(c, tuple) else c for c in template.choices
     }
+
+
+def test_every_setting_has_a_control_and_module_sizes_follow_the_model(tab, tmp_path) -> None:
+    host, _runner, demo = tab
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    form = SpecForm(HypernetworkJob, PREFIX)
+    missing = [p for p in form.leaf_paths() if p != "model" and form.elem_id(p) not in by_id]
+    assert not missing, f"settings with no control in the hypernetwork tab: {missing}"
+    # the tiny SD1 checkpoint's own attention widths, read from its header, not a fixed SD1 list
+    sizes = by_id[f"{PREFIX}_sizes"]
+    assert [c[1] if isinstance(c, tuple) else c for c in sizes.choices] == ["32", "64", "128"]
+    refresh_sizes = next(
+        demo.fns[i].fn
+        for i, d in enumerate(demo.dependencies)
+        if by_id[f"{PREFIX}_refresh"]._id in d["targets"] and sizes._id in d["outputs"]
+    )
+    assert refresh_sizes("")["choices"] == ["32", "64", "128"]  # Refresh reads the model's widths again
+    pickle = tmp_path / "old.ckpt"  # its shapes cannot be read without loading it: the known widths
+    pickle.write_bytes(b"")
+    assert "768" in size_choices(UIContext(host=host, runner=None), str(pickle))  # type: ignore[arg-type]

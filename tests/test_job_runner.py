@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import registry
 from liandan.errors import ConfigError, DatasetError
-from liandan.job_runner import JobRunner, register_runner, run_job
+from liandan.job_runner import JobRunner, run_job
 from liandan.jobs import JobSpec, TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 
@@ -49,9 +49,9 @@ def fake_runner(spec: FakeJob, host, reporter: Reporter, control: Control) -> No
 
 @pytest.fixture(autouse=True)
 def _fake_kind():
-    register_runner(FakeJob.kind, fake_runner)
+    registry.register(registry.Method(FakeJob, fake_runner, "Fake"))
     yield
-    job_runner._RUNNERS.pop(FakeJob.kind, None)
+    registry.unregister(FakeJob.kind)
 
 
 def test_job_runs_to_done_with_history_previews_and_outputs() -> None:
@@ -159,7 +159,7 @@ def test_run_job_names_the_known_kinds_when_one_is_missing() -> None:
     class Unknown(JobSpec):
         kind: ClassVar[str] = "no_such_method"
 
-    with pytest.raises(ConfigError, match=r"no runner for job kind 'no_such_method'.*fake_job"):
+    with pytest.raises(ConfigError, match=r"job kind 'no_such_method' is unknown.*fake_job"):
         run_job(Unknown(), FakeHost(), Reporter(), Control())
 
 

@@ -30,8 +30,8 @@ def test_toml_job_round_trips_through_dict(tmp_path: Path) -> None:
 def test_partial_section_keeps_the_jobs_own_defaults() -> None:
     job = job_from_dict({"kind": "hypernetwork", "name": "h", "train": {"max_steps": 5}})
     assert isinstance(job, HypernetworkJob)
-    assert job.train.learn_rate == HypernetworkJob().train.learn_rate != TrainSpec().learn_rate
-    assert job.data.template == "hypernetwork.txt"
+    assert job.train.learn_rate == HypernetworkJob(name="h").train.learn_rate != TrainSpec().learn_rate
+    assert job.data.template == "liandan_hypernetwork.txt"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,28 @@ def test_partial_section_keeps_the_jobs_own_defaults() -> None:
         ({"kind": "textual_inversion", "train": {"batch_size": "2"}}, "expected int"),
         ({"kind": "textual_inversion", "spec_version": 99}, "spec_version 99"),
         ({"kind": "dreams"}, "job kind 'dreams' is unknown"),
+        (
+            {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": "0.1"}},
+            "did you mean 'learn_rate' (for 'learning_rate')?",
+        ),
+        (
+            {"kind": "textual_inversion", "name": "cat", "train": {"learn_rate": "0.1:abc"}},
+            "'abc' is not a number",
+        ),
+        (
+            {
+                "kind": "textual_inversion",
+                "name": "cat",
+                "train": {"clip_grad_mode": "norm", "clip_grad_value": "x"},
+            },
+            "clip_grad_value schedule 'x'",
+        ),
+        ({"kind": "textual_inversion", "name": ""}, "the embedding needs a name"),
+        ({"kind": "hypernetwork", "name": "a:b"}, "hypernetwork name 'a:b': ':' not allowed"),
+        ({"kind": "hypernetwork", "name": "../x"}, "'/' not allowed"),
+        ({"kind": "hypernetwork", "name": " x"}, "must start and end with"),
+        ({"kind": "hypernetwork", "name": "h", "layer_structure": "1, abc, 1"}, "'abc' is not a number"),
+        ({"kind": "hypernetwork", "name": "h", "activation": "relux"}, "unknown hypernetwork activation"),
     ],
 )
 def test_bad_settings_name_the_value(data: dict, message: str) -> None:
@@ -61,10 +83,33 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 def test_relative_paths_are_taken_from_the_job_files_folder(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
     path = tmp_path / "jobs" / "job.toml"
-    path.write_text('kind = "textual_inversion"\nlog_dir = "logs"\n[data]\nfolder = "../images"\n')
+    path.write_text(
+        'kind = "textual_inversion"\nname = "cat"\nlog_dir = "logs"\n[data]\nfolder = "../images"\n'
+    )
     job = load_job_file(path)
     assert job.data.folder == tmp_path / "jobs" / "../images"
     assert job.log_dir == tmp_path / "jobs" / "logs"
     absolute = tmp_path / "elsewhere"
-    path.write_text(f'kind = "textual_inversion"\n[data]\nfolder = "{absolute.as_posix()}"\n')
+    path.write_text(f'kind = "textual_inversion"\nname = "cat"\n[data]\nfolder = "{absolute.as_posix()}"\n')
     assert load_job_file(path).data.folder == absolute
+
+
+def test_home_folders_are_expanded_once_and_stay_absolute_in_a_job_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text('kind = "textual_inversion"\nname = "cat"\n[data]\nfolder = "~/pics"\n')
+    assert load_job_file(path).data.folder == Path.home() / "pics"
+
+
+def test_a_number_where_text_is_expected_is_taken_as_its_text() -> None:
+    job = job_from_dict({"kind": "hypernetwork", "name": "h", "train": {"learn_rate": 0.01}})
+    assert job.train.learn_rate == "0.01"
+
+
+def test_one_naming_rule_for_every_artifact() -> None:
+    from liandan.jobs import check_name
+
+    for good in ("my style_v2.1", "日本語", "a-b"):  # A1111 keeps any alphanumeric
+        check_name(good, "embedding")
+    for bad in ("../evil", "a/b", "a\\b", "..", "***", "", "fancy*name?!", "x:1"):
+        with pytest.raises(ConfigError, match="name"):
+            check_name(bad, "hypernetwork")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from helpers_toy_method import ToyDataset, ToyMethod
+from safetensors.torch import load_file
 
-from liandan.errors import ConfigError, DatasetError, TrainingStopped
+from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.jobs import TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
-from liandan.train.loop import TrainResult, default_batch_plan, train
+from liandan.train.loop import TrainResult, Validation, default_batch_plan, train
+from liandan.train.method import ParamGroup, SavedArtifact
 
 
 def run(
@@ -121,9 +125,11 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path)
     assert (accumulated - initial).abs().max() > 1e-3  # both really trained
 
 
-def test_resume_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gradient_sync", ["all_reduce", "prepare"])
+def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str) -> None:
     spec = TrainSpec(learn_rate="0.01", max_steps=12, batch_size=3, save_every=0, preview_every=5)
-    straight, _ = run(tmp_path / "straight", spec, preview_prompt="p")
+    straight = ToyMethod(tmp_path / "straight" / "out", gradient_sync=gradient_sync)
+    run(tmp_path / "straight", spec, method=straight, preview_prompt="p")
 
     control = Control()
 
@@ -131,7 +137,7 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
         if event.kind == "step" and event.step == 7:  # mid-epoch: 8 items / batch 3 = 2 steps per epoch
             control.interrupt()
 
-    method = ToyMethod(tmp_path / "resumed" / "out")
+    method = ToyMethod(tmp_path / "resumed" / "out", gradient_sync=gradient_sync)
     result = train(
         method,
         ToyDataset(8),
@@ -148,7 +154,7 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
     resumed, result = run(
         tmp_path / "resumed",
         spec,
-        method=ToyMethod(tmp_path / "resumed" / "out", seed=99),
+        method=ToyMethod(tmp_path / "resumed" / "out", seed=99, gradient_sync=gradient_sync),
         preview_prompt="p",
     )
     assert result.start_step == 7 and result.step == 12
@@ -202,36 +208,78 @@ def test_self_test_warns_when_the_artifact_changes_nothing(tmp_path: Path) -> No
     assert any("changes nothing" in m for m in warnings)
 
 
-def test_nan_rollback_restores_weights_and_continues(tmp_path: Path) -> None:
-    events: list[ProgressEvent] = []
-    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
-    initial = method.trainable_state()
-    restored: list[dict[str, torch.Tensor]] = []
+def _train_watching(tmp_path: Path, method: ToyMethod, spec: TrainSpec) -> tuple[TrainResult, list[tuple]]:
+    """Train; return the result and (message, weights at that moment) for each NaN-guard message."""
+    seen: list[tuple[str, dict[str, torch.Tensor]]] = []
 
     def on_event(event: ProgressEvent) -> None:
-        events.append(event)
-        if event.kind == "message" and "rolled back" in event.message:
-            restored.append(method.trainable_state())
+        if event.kind == "message" and "non-finite" in event.message:
+            seen.append((event.message, method.trainable_state()))
+        if event.kind == "step":
+            seen.append(("step", method.trainable_state()))
 
-    train(
-        method,
-        ToyDataset(8),
-        TrainSpec(learn_rate="0.01", max_steps=6, save_every=0),
-        run_dir=tmp_path / "run",
-        reporter=Reporter(on_event),
-        control=Control(),
-        tensorboard=False,
-    )
-    assert len(restored) == 1  # rolled back to the snapshot taken at the start (step 0)
-    assert all(torch.equal(restored[0][k], initial[k]) for k in initial)
-    assert method.hook_steps == list(range(1, 7))  # the bad batch was skipped, training went on
-    assert all(torch.isfinite(p).all() for p in method.net.parameters())
-    assert method.loss_calls == 7
+    result = train(method, ToyDataset(8), spec, run_dir=tmp_path / "run", reporter=Reporter(on_event),
+                   control=Control(), tensorboard=False)  # fmt: skip
+    return result, seen
 
 
-def test_nan_three_rollbacks_in_a_row_stop_with_advice(tmp_path: Path) -> None:
-    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={2, 3, 4, 5})
-    with pytest.raises(TrainingStopped, match="lower the learning rate"):
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
+    result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
+    messages = [m for m, _ in seen]
+    skip = messages.index("non-finite step skipped: the loss at step 4")
+    assert _same(seen[skip][1], seen[skip - 1][1])  # the weights of step 3, untouched by the bad batch
+    assert not _same(seen[skip + 1][1], seen[skip][1])  # the next batch trained again
+    assert result.skipped_steps == 1 and result.rollbacks == 0 and result.step == 6
+    assert method.hook_steps == list(range(1, 7)) and method.loss_calls == 7
+
+
+def test_bad_steps_in_a_row_roll_back_to_the_in_memory_snapshot(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4, 5, 6})
+    initial = method.trainable_state()
+    result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
+    (rollback,) = [(m, w) for m, w in seen if "rolled back" in m]
+    assert "rolled back to step 0" in rollback[0]  # the snapshot taken at the start
+    assert _same(rollback[1], initial)
+    assert result.rollbacks == 1 and result.skipped_steps == 2 and result.step == 6
+
+
+def test_large_trainables_roll_back_from_the_state_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the size threshold nothing is copied to memory: the last saved state is the good one."""
+    from liandan.train import nan_guard
+
+    monkeypatch.setattr(nan_guard, "SNAPSHOT_MAX_BYTES", 0)
+    copies: list[object] = []
+    monkeypatch.setattr(nan_guard, "to_cpu_copy", copies.append)
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4, 5, 6})
+    spec = TrainSpec(learn_rate="0.01", max_steps=6, save_every=2, preview_every=0)
+    result, seen = _train_watching(tmp_path, method, spec)
+    (rollback,) = [(m, w) for m, w in seen if "rolled back" in m]
+    assert "rolled back to step 2" in rollback[0]
+    assert _same(rollback[1], load_file(str(tmp_path / "out" / "toy-2.safetensors")))
+    assert copies == [] and result.rollbacks == 1
+
+
+def test_large_trainables_without_a_saved_state_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from liandan.train import nan_guard
+
+    monkeypatch.setattr(nan_guard, "SNAPSHOT_MAX_BYTES", 0)
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls={2, 3, 4})
+    with pytest.raises(
+        TrainingStopped, match=r"no saved state to roll back to yet \(the first is written at step 50"
+    ):
+        run(tmp_path, TrainSpec(max_steps=20, save_every=50), method=method)
+
+
+def test_bad_steps_also_after_the_rollback_stop_with_advice(tmp_path: Path) -> None:
+    method = ToyMethod(tmp_path / "out", nan_on_loss_calls=set(range(2, 9)))
+    with pytest.raises(TrainingStopped, match=r"6 steps in a row .* lower the learning rate"):
         run(tmp_path, TrainSpec(max_steps=20, save_every=0), method=method)
     assert method.hook_steps == [1]
 
@@ -297,3 +345,173 @@ def test_default_batch_plan_is_seeded_and_drops_the_partial_batch() -> None:
     assert plan(0) == plan(0) and plan(0) != plan(1)
     assert [len(b) for b in plan(0)] == [3, 3, 3]
     assert len({i for b in plan(0) for i in b}) == 9
+
+
+def test_resuming_with_other_settings_says_what_differs_and_refuses(tmp_path: Path) -> None:
+    first = TrainSpec(learn_rate="0.01", max_steps=3, save_every=0)
+    run(tmp_path, first)
+    longer = first.replace(max_steps=5)  # training on for longer is what resume is for: no question
+    with pytest.raises(CheckpointError, match=r"train.learn_rate: '0.01' -> '0.02'.*resume_with_changes"):
+        run(tmp_path, longer.replace(learn_rate="0.02"))
+    events: list[ProgressEvent] = []
+    _, result = run(tmp_path, longer.replace(learn_rate="0.02", resume_with_changes=True), events=events)
+    assert result.start_step == 3 and result.step == 5
+    assert any("resuming with changed settings: train.learn_rate" in e.message for e in events)
+    _, result = run(tmp_path, longer.replace(max_steps=6, learn_rate="0.02"))  # the state now holds 0.02
+    assert result.start_step == 5 and result.step == 6
+
+
+class _UnusedGroup(ToyMethod):
+    """Asks to train a tensor its loss never touches (a text-encoder part that never trains)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.unused = torch.nn.Parameter(torch.zeros(3))
+
+    def parameter_groups(self) -> list[ParamGroup]:
+        return [*super().parameter_groups(), ParamGroup("text_encoder", [self.unused])]
+
+
+class _UndoesItsStep(ToyMethod):
+    """Its per-step hook puts the old weights back: gradients flow, nothing trains."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.load_trainable_state(self.initial)
+
+    def loss(self, batch):
+        self.initial = getattr(self, "initial", None) or self.trainable_state()
+        return super().loss(batch)
+
+
+class _SavesNothing(ToyMethod):
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        return set()
+
+
+@pytest.mark.parametrize(
+    ("method_class", "message"),
+    [
+        (_UnusedGroup, "parameter group 'text_encoder' received no gradient at step 1"),
+        (_UndoesItsStep, "parameter group 'net' did not change in step 1"),
+        (_SavesNothing, "toy-2.safetensors lacks the trained parameter group.s. 'net'"),
+    ],
+)
+def test_the_audit_stops_a_run_that_would_train_nothing(
+    tmp_path: Path, method_class: type[ToyMethod], message: str
+) -> None:
+    method = method_class(tmp_path / "out")
+    with pytest.raises(TrainingStopped, match=message):
+        run(tmp_path, TrainSpec(learn_rate="0.01", max_steps=4, save_every=2), method=method)
+    assert len(method.hook_steps) <= 2  # stopped at the audit, not after the run
+
+
+def test_the_audit_waits_for_a_step_that_updates(tmp_path: Path) -> None:
+    """A schedule that starts at rate 0 leaves the weights as they are in that step: no false alarm."""
+    method = ToyMethod(tmp_path / "out")
+    initial = torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+    _, result = run(tmp_path, TrainSpec(learn_rate="0:1, 0.01:4", max_steps=4, save_every=0), method=method)
+    assert result.step == 4
+    first, second = method.weights_after_step[:2]
+    assert torch.equal(first, initial) and not torch.equal(second, first)
+
+
+def _flat(method: ToyMethod) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in method.net.parameters()])
+
+
+class _Weighted(ToyDataset):
+    def __init__(self, loss_scale: float) -> None:
+        super().__init__(8)
+        self.loss_scale = loss_scale
+
+    def collate(self, items):
+        return {**super().collate(items), "loss_scale": self.loss_scale}
+
+
+def test_a_dataset_weight_scales_the_loss_and_its_gradient(tmp_path: Path) -> None:
+    def update(loss_scale: float) -> torch.Tensor:
+        method = ToyMethod(tmp_path / "out", global_rng=False)
+        before = _flat(method)
+        spec = TrainSpec(learn_rate="1", optimizer="SGD", max_steps=1, save_every=0)
+        run(tmp_path / str(loss_scale), spec, method=method, dataset=_Weighted(loss_scale),
+            batch_plan=lambda epoch: [[0, 1]])  # fmt: skip
+        return _flat(method) - before
+
+    once = update(1.0)
+    assert once.abs().max() > 1e-3 and torch.allclose(update(2.0), 2 * once, atol=1e-6)
+
+
+def test_validation_scores_a_held_out_set_at_fixed_noise(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    spec = TrainSpec(learn_rate="0.02", max_steps=30, save_every=0)
+    validation = Validation(ToyDataset(4, seed=5), every=10, timesteps=(0, 500, 999))
+    _, result = run(tmp_path / "v", spec, events=events, validation=validation)
+    assert [step for step, _ in result.validation_losses] == [10, 20, 30]
+    losses = [loss for _, loss in result.validation_losses]
+    assert losses[-1] < losses[0]
+    assert [e.extra["validation_loss"] for e in events if "validation_loss" in e.extra] == losses
+    run(tmp_path / "plain", spec)  # scoring leaves the training RNG alone: the same run without it
+    assert csv_losses(tmp_path / "v") == csv_losses(tmp_path / "plain")
+    frozen = Validation(ToyDataset(4, seed=5), every=1, timesteps=(0, 500, 999))
+    _, result = run(tmp_path / "frozen", spec.replace(learn_rate="0", max_steps=3), validation=frozen)
+    assert len({loss for _, loss in result.validation_losses}) == 1  # same weights, same noise: same score
+
+
+def test_a_step_reads_from_the_device_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor -> Python conversion would be a host-device sync on a GPU: a plain step has one (the
+    loss and the finiteness flags together). SGD: Adam reads its step counter, which lives on the CPU."""
+    reads: list[str] = []
+    for name in ("tolist", "item", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(steps: int) -> int:
+        reads.clear()
+        spec = TrainSpec(learn_rate="0.01", optimizer="SGD", max_steps=steps, save_every=0, preview_every=0)
+        run(tmp_path / str(steps), spec)
+        return len(reads)
+
+    assert reads_for(12) - reads_for(6) == 6
+
+
+class _LeavesACycle(ToyMethod):
+    """Its save leaves garbage in a reference cycle, which only the cycle collector frees."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.left: weakref.ref | None = None
+        self.alive_at_loss: list[bool] = []
+
+    def save(self, step: int, final: bool) -> SavedArtifact:
+        cycle: dict = {"pixels": torch.zeros(1000)}
+        cycle["self"] = cycle
+        self.left = weakref.ref(cycle["pixels"])
+        return super().save(step, final)
+
+    def loss(self, batch):
+        if self.left is not None:
+            self.alive_at_loss.append(self.left() is not None)
+        return super().loss(batch)
+
+
+def test_what_a_save_leaves_is_freed_before_training_goes_on(tmp_path: Path) -> None:
+    method = _LeavesACycle(tmp_path / "out")
+    gc.disable()  # only the loop's own collection may free the cycle
+    try:
+        run(tmp_path, TrainSpec(max_steps=4, save_every=2), method=method)
+    finally:
+        gc.enable()
+    assert method.alive_at_loss == [False, False]  # steps 3 and 4, after the save at step 2
+
+
+def test_an_interrupted_run_is_not_scored_again_on_its_way_out(tmp_path: Path) -> None:
+    control = Control()
+    control.interrupt()
+    validation = Validation(ToyDataset(4, seed=5), every=10, timesteps=(0,))
+    _, result = run(tmp_path, TrainSpec(max_steps=50), control=control, validation=validation)
+    assert result.interrupted and result.validation_losses == []

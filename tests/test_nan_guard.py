@@ -1,40 +1,56 @@
-"""The NaN guard's decisions and its advice (the loop-level behaviour is in test_loop.py)."""
+"""The NaN guard's decisions, its advice and its one-read finiteness check (the loop-level behaviour is in
+test_loop.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from liandan.errors import TrainingStopped
-from liandan.train.nan_guard import MAX_ROLLBACKS_IN_A_ROW, NanGuard, grads_are_finite, to_cpu_copy
+from liandan.train.nan_guard import (
+    SKIPS_BEFORE_ROLLBACK,
+    SNAPSHOT_MAX_BYTES,
+    NanGuard,
+    snapshot_fits_in_memory,
+    step_status,
+    to_cpu_copy,
+)
 
 
-def test_rollback_returns_the_snapshot_until_too_many_in_a_row() -> None:
-    guard = NanGuard("rollback", "no")
-    weights = {"w": torch.ones(2)}
-    guard.remember(7, weights, {"optimizer": {"state": {0: {"m": torch.zeros(2)}}}})
-    weights["w"] += 1  # the snapshot is a copy
-    for _ in range(MAX_ROLLBACKS_IN_A_ROW):
-        snapshot = guard.bad_step(9, "the loss", 0.01)
-        assert snapshot.step == 7 and torch.equal(snapshot.trainable["w"], torch.ones(2))
-    with pytest.raises(TrainingStopped, match="3 rollbacks in a row"):
-        guard.bad_step(9, "the loss", 0.01)
-    assert guard.rollbacks == MAX_ROLLBACKS_IN_A_ROW
+def test_bad_steps_skip_then_roll_back_then_stop() -> None:
+    guard = NanGuard("rollback", "no", in_memory=True)
+    actions = []
+    with pytest.raises(TrainingStopped, match=f"{2 * SKIPS_BEFORE_ROLLBACK} steps in a row"):
+        for _ in range(10):
+            actions.append(guard.bad_step(9, "the loss", 0.01))
+    assert actions == ["skip", "skip", "rollback", "skip", "skip"]
+    assert guard.rollbacks == 1 and guard.skipped == 4
 
 
 def test_a_good_step_resets_the_count() -> None:
-    guard = NanGuard("rollback", "no")
-    guard.remember(0, {}, {})
-    for _ in range(2 * MAX_ROLLBACKS_IN_A_ROW):  # more bad steps than the limit, never in a row
-        assert guard.bad_step(1, "the loss", None).step == 0
+    guard = NanGuard("rollback", "no", in_memory=True)
+    for _ in range(3):
+        assert [guard.bad_step(1, "the loss", None) for _ in range(SKIPS_BEFORE_ROLLBACK - 1)] == ["skip"] * 2
         guard.good_step()
-        assert guard.bad_in_a_row == 0
-    assert guard.rollbacks == 2 * MAX_ROLLBACKS_IN_A_ROW
+    assert guard.rollbacks == 0
+
+
+def test_the_snapshot_is_a_cpu_copy_kept_only_in_memory_mode() -> None:
+    weights = {"w": torch.ones(2)}
+    guard = NanGuard("rollback", "no", in_memory=True)
+    guard.remember(7, weights, {"optimizer": {"state": {0: {"m": torch.zeros(2)}}}})
+    weights["w"] += 1
+    assert guard.snapshot is not None and guard.snapshot.step == 7
+    assert torch.equal(guard.snapshot.trainable["w"], torch.ones(2))
+    for large in (NanGuard("rollback", "no", in_memory=False), NanGuard("stop", "no", in_memory=True)):
+        large.remember(7, weights, {})
+        assert large.snapshot is None
 
 
 def test_stop_policy_and_fp16_advice() -> None:
-    guard = NanGuard("stop", "fp16")
-    guard.remember(0, {}, {})
+    guard = NanGuard("stop", "fp16", in_memory=True)
     with pytest.raises(TrainingStopped) as caught:
         guard.bad_step(4, "a gradient", 0.5)
     message = str(caught.value)
@@ -43,15 +59,26 @@ def test_stop_policy_and_fp16_advice() -> None:
     assert "use bf16" in message and "VAE in fp16" in message
 
 
-def test_no_snapshot_means_stop() -> None:
-    with pytest.raises(TrainingStopped, match="no good state"):
-        NanGuard("rollback", "no").bad_step(0, "the loss", 0.1)
+def test_size_threshold() -> None:
+    floats = SNAPSHOT_MAX_BYTES // 4 // 3  # weights + Adam's two moments, float32
+    assert snapshot_fits_in_memory([torch.nn.Parameter(torch.zeros(floats))])
+    assert not snapshot_fits_in_memory([torch.nn.Parameter(torch.zeros(floats + 1))])
 
 
-def test_helpers() -> None:
-    p = torch.nn.Parameter(torch.zeros(2))
-    assert grads_are_finite([p])  # no gradient yet
-    p.grad = torch.tensor([1.0, float("inf")])
-    assert not grads_are_finite([p])
-    copied = to_cpu_copy({"a": [p.grad, (1, "x")]})
-    assert copied["a"][1] == (1, "x") and copied["a"][0] is not p.grad
+def test_step_status_reads_loss_and_gradient_finiteness_together() -> None:
+    p, q = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    assert step_status(torch.tensor(0.5), [p, q], True) == (0.5, True)  # no gradients yet
+    p.grad, q.grad = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 3.0, 1.0])
+    assert step_status(torch.tensor(0.5), [p, q], True) == (0.5, True)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        q.grad = torch.tensor([0.0, bad, 1.0])
+        assert step_status(torch.tensor(0.5), [p, q], True) == (0.5, False)
+        assert step_status(torch.tensor(0.5), [p, q], False) == (0.5, True)  # the grad scaler checks them
+    loss, finite = step_status(torch.tensor(float("nan")), [p], True)
+    assert math.isnan(loss) and not finite
+
+
+def test_to_cpu_copy() -> None:
+    grad = torch.tensor([1.0, 2.0])
+    copied = to_cpu_copy({"a": [grad, (1, "x")]})
+    assert copied["a"][1] == (1, "x") and copied["a"][0] is not grad and torch.equal(copied["a"][0], grad)

@@ -32,7 +32,12 @@ def test_run_state_resumes_under_the_webui_checker(tmp_path: Path, webui_torch_l
     weight.grad = torch.ones_like(weight)
     optimizer.step()
     folder = save_state(
-        tmp_path, LoopPosition(step=7), {"w": weight}, {"optimizer": optimizer.state_dict()}, [capture_rng()]
+        tmp_path,
+        LoopPosition(step=7),
+        {"w": weight},
+        {"optimizer": optimizer.state_dict()},
+        [capture_rng()],
+        {"kind": "toy"},
     )
     state = load_state(folder)
     assert state.position.step == 7

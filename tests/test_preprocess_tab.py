@@ -44,7 +44,9 @@ def test_tab_builds_and_its_start_button_runs_a_job(tmp_path) -> None:
     status = runner.wait(runner.status(kind="preprocess").id, timeout=60)
     assert status.state == "done", status.error
     assert (tmp_path / "out" / "a.png").is_file() and "1 processed" in status.messages[-1]
-    assert "liandan_preprocess_status" in by_id
+    assert "liandan_preprocess_status" in by_id and "liandan_preprocess_interrupt" in by_id
+    # a preprocess job trains nothing: no loss plot, no previews, nothing to resume
+    assert not {f"liandan_preprocess_{part}" for part in ("loss", "previews", "resume")} & set(by_id)
     values[names.index("destination")] = str(src)
     assert "never written" in fn(*values)
     values[names.index("in_place_captions")] = True

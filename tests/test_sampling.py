@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -137,7 +138,24 @@ def test_euler_reproduces_a1111_reference_images(fixtures_dir, tmp_path):
             sampler="euler",
             embeddings={"goldti": goldti},
         )
-        expected = Image.open(fixtures_dir / "reference_outputs" / f"{reference}.png").convert("RGB")
+        reference_png = Image.open(fixtures_dir / "reference_outputs" / f"{reference}.png")
+        # A1111's "parameters" text, but for its version, the hashes of embedding files (ours are trained in
+        # memory) and where our noise comes from
+        theirs = re.sub(r', (Version|TI hashes): ("[^"]*"|[^,]*)', "", reference_png.info["parameters"])
+        assert image.info["parameters"].replace(", RNG: CPU", "") == theirs
+        expected = reference_png.convert("RGB")
         difference = np.abs(_pixels(image) - _pixels(expected))
         # the reference notes +-1 between thread counts; a wrong layer, pad or splice moves pixels by tens
         assert difference.max() <= 2 and difference.mean() < 0.01, (reference, difference.max())
+
+
+def test_saved_previews_keep_their_parameters_for_png_info(bundles, tmp_path):
+    from liandan.train.self_test import save_png
+
+    image = generate(bundles["sd1"], "a cat, sitting", "blurry", steps=2, cfg_scale=5.0, seed=3, width=64,
+                     height=64, sampler="dpmpp_2m", clip_skip=2)  # fmt: skip
+    saved = Image.open(save_png(image, tmp_path / "preview.png"))
+    prompt, negative, settings = saved.info["parameters"].split("\n")
+    assert (prompt, negative) == ("a cat, sitting", "Negative prompt: blurry")
+    assert settings.startswith("Steps: 2, Sampler: DPM++ 2M, CFG scale: 5.0, Seed: 3, Size: 64x64, ")
+    assert "Clip skip: 2" in settings

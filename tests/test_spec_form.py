@@ -55,9 +55,9 @@ def test_submitted_values_become_a_validated_spec() -> None:
     assert job.sizes == (768, 320) and job.train.max_steps == 7 and isinstance(job.train.max_steps, int)
     assert job.log_dir is None and job.data.folder == Path("pics")
     assert job.data.flip == 1.0 and job.preview.cfg_scale == 5.0
-    assert job.train.learn_rate == "0.000005" and job.data.template == "hypernetwork.txt"
+    assert job.train.learn_rate == "0.000005" and job.data.template == "liandan_hypernetwork.txt"
 
-    ti = SpecForm(TextualInversionJob, "t").to_spec({"vectors": 3.0, "train.max_steps": 2})
+    ti = SpecForm(TextualInversionJob, "t").to_spec({"name": "cat", "vectors": 3.0, "train.max_steps": 2})
     assert ti.vectors == 3 and ti.train.learn_rate == "0.005"
     pre = SpecForm(PreprocessJob, "q").to_spec(
         {"width": 64.0, "deepdanbooru_project": "", "captioners": ["blip"]}
@@ -81,3 +81,28 @@ def test_bad_values_and_unknown_paths_are_config_errors() -> None:
         form.add("colour", gr.Textbox())
     with pytest.raises(ConfigError, match="sizes = \\['big'\\]: expected numbers"):
         SpecForm(HypernetworkJob, "p").to_spec({"sizes": ["big"]})
+
+
+def test_auto_picks_the_control_the_type_calls_for_and_keys_it_apart_from_other_tabs() -> None:
+    form = SpecForm(TextualInversionJob, "t")
+    with gr.Blocks():
+        sampler = form.auto("preview.sampler", "Sampler")
+        buckets = form.auto("data.buckets", "Buckets")
+        dropout = form.auto("data.tag_dropout", "Tag dropout")
+        steps = form.auto("train.max_steps", "Steps")
+        rate = form.auto("train.learn_rate", "Rate")
+        other = SpecForm(HypernetworkJob, "h").auto("train.learn_rate", "Rate")
+    assert isinstance(sampler, gr.Dropdown) and _values(sampler.choices) == form.choices("preview.sampler")
+    assert isinstance(buckets, gr.Checkbox) and isinstance(dropout, gr.Slider) and dropout.maximum == 1
+    assert isinstance(steps, gr.Number) and steps.precision == 0 and isinstance(rate, gr.Textbox)
+    # A1111's ui-config.json keys saved defaults by tab and label: the prefix keeps two tabs' "Rate" apart
+    assert (rate.custom_script_source, other.custom_script_source) == ("t", "h")
+    assert rate.value == "0.005" and other.value == "0.000005"
+
+
+def test_leaf_paths_reach_into_every_section() -> None:
+    paths = SpecForm(TextualInversionJob, "t").leaf_paths()
+    assert {"name", "model", "clip_skip", "train.learn_rate", "data.folder", "preview.self_test"} <= set(
+        paths
+    )
+    assert "train" not in paths and len(paths) == len(set(paths))

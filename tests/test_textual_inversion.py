@@ -21,8 +21,7 @@ from liandan.formats.embedding import (
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import run_job
 from liandan.jobs import DataSpec, PreviewSpec, TextualInversionJob, TrainSpec
-from liandan.methods import textual_inversion  # noqa: F401 - registers the runner
-from liandan.methods.embedding_create import new_embedding
+from liandan.models.embedding_vectors import new_embedding
 from liandan.models.tiny import tiny_bundle
 from liandan.progress import Control, Reporter
 
@@ -239,12 +238,10 @@ def test_broken_files_are_skipped_and_listed(train64: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("schedule", ["0.1:abc", "0.1:500, 0.2:100", "", "abc"])
-def test_malformed_schedules_are_refused_before_loading(schedule: str, tmp_path: Path) -> None:
-    host = StandaloneHost(tmp_path / "data")
-    job = make_job(tmp_path, train={"learn_rate": schedule})
+def test_malformed_schedules_are_refused_when_the_job_is_made(schedule: str, tmp_path: Path) -> None:
+    """No runner ever receives such a job: the spec cannot be built (so nothing can load a model)."""
     with pytest.raises(ConfigError, match="schedule"):
-        run(job, host)
-    assert not list(host.folders.checkpoints.iterdir())  # refused before any model was touched
+        make_job(tmp_path, train={"learn_rate": schedule})
 
 
 def test_an_embedding_of_another_family_is_refused(train64: Path, tmp_path: Path) -> None:
@@ -297,9 +294,9 @@ def test_only_the_main_process_writes_a_new_embedding(tmp_path: Path) -> None:
     def context(is_main: bool) -> MethodContext:
         return MethodContext(job, host, None, bundle, None, tmp_path / "run", torch.device("cpu"), is_main)  # type: ignore[arg-type]
 
-    embedding, path = prepare_embedding(context(is_main=False), "testti")
+    embedding, path = prepare_embedding(context(is_main=False))
     assert not path.exists() and embedding.single.shape[0] == 3
-    _, main_path = prepare_embedding(context(is_main=True), "testti")
+    _, main_path = prepare_embedding(context(is_main=True))
     assert main_path == path and torch.equal(load_embedding(path).single, embedding.single)
 
 
@@ -324,8 +321,37 @@ def test_gradient_checkpointing_reaches_the_frozen_unet(
 
 
 def test_loss_summary_compares_tenths_of_a_run_and_does_not_pretend_for_a_short_one() -> None:
-    from liandan.methods.textual_inversion import loss_summary
+    from liandan.train.training_job import loss_summary
 
     long = loss_summary(Path("cat.pt"), [2.0] * 10 + [1.0] * 80 + [0.5] * 10)
-    assert long == "embedding cat.pt: loss 2.0000 -> 0.5000 (mean of the first/last 10 steps)"
-    assert loss_summary(Path("cat.pt"), [0.9, 0.8]) == "embedding cat.pt: 2 step(s), last loss 0.8000"
+    assert long == "saved cat.pt: loss 2.0000 -> 0.5000 (mean of the first/last 10 steps)"
+    assert loss_summary(Path("cat.pt"), [0.9, 0.8]) == "saved cat.pt: 2 step(s), last loss 0.8000"
+
+
+def test_continuing_a_png_card_leaves_one_file_of_its_name_and_keeps_its_vector_count(
+    train64: Path, tmp_path: Path
+) -> None:
+    """A1111 loads either of two files of one name: the card becomes cardti.pt, the original is moved into
+    the run folder, and both changes are said; the card's 3 vectors win over the job's 1, out loud."""
+    from PIL import Image
+
+    from liandan.formats.embedding import save_embedding_card
+
+    host = StandaloneHost(tmp_path / "data")
+    card = Embedding("cardti", {"*": torch.randn(3, 32)}, step=5)
+    save_embedding_card(
+        card, Image.new("RGB", (64, 64), "grey"), host.folders.embeddings / "cardti.png", "m", ""
+    )
+    job = make_job(train64, name="cardti", train={"max_steps": 7, "save_every": 0}, save_png_cards=False)
+    job = job.replace(vectors=1, preview=job.preview.replace(self_test=False))
+    _, events = run(job, host)
+
+    same_name = sorted(p.name for p in host.folders.embeddings.iterdir() if p.stem == "cardti")
+    assert same_name == ["cardti.pt"]  # (its .optim sidecar is "cardti.pt.optim": another stem)
+    trained = load_embedding(host.folders.embeddings / "cardti.pt")
+    assert trained.single.shape == (3, 32) and trained.step == 7
+    (moved,) = host.folders.logs.rglob("replaced/cardti.png")
+    assert load_embedding(moved).step == 5
+    messages = " | ".join(e.message for e in events if e.kind == "message")
+    assert "with its own 3 vector(s) per token; vectors = 1 applies to a new embedding" in messages
+    assert f"the original was moved to {moved}" in messages

@@ -10,9 +10,23 @@ from liandan.errors import ConfigError
 from liandan.formats.embedding import load_embedding
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import JobRunner
-from liandan.methods import textual_inversion  # noqa: F401 - registers the runner
+from liandan.jobs import TextualInversionJob
 from liandan.ui.components import UIContext
+from liandan.ui.spec_form import SpecForm
 from liandan.ui.textual_inversion_tab import PREFIX, build, job_from_form
+
+
+def test_every_setting_of_the_job_has_a_control_and_save_as_is_one(tmp_path: Path) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    tab = _Tab(UIContext(host=host, runner=JobRunner(host)))
+    ids = {i for i in tab.by_id if i}
+    form = SpecForm(TextualInversionJob, PREFIX)
+    missing = [p for p in form.leaf_paths() if p not in ("name", "model") and form.elem_id(p) not in ids]
+    assert not missing, f"settings with no control in the TI tab: {missing}"
+    assert {f"{PREFIX}_model", f"{PREFIX}_train_name", f"{PREFIX}_refresh"} <= ids
+    labels = [b.label for b in tab.demo.blocks.values() if getattr(b, "label", None)]
+    assert sum("Save as" in label for label in labels) == 1
+    assert isinstance(tab.by_id[f"{PREFIX}_train_name"], gr.Dropdown)
 
 
 def test_form_values_become_a_job() -> None:
@@ -61,15 +75,13 @@ def test_create_then_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -
     for panel_part in ("status", "interrupt", "resume", "loss", "previews"):
         assert f"{PREFIX}_{panel_part}" in tab.by_id
 
-    created, name_update = tab.call(
-        "create", create_name="tabti", create_init_text="a photo", create_vectors=2
-    )
-    assert "Created" in created and name_update["value"] == "tabti"
+    created, name_update = tab.call("create", name="tabti", init_text="a photo", vectors=2)
+    assert "Created" in created and name_update["value"] == "tabti" and "tabti" in name_update["choices"]
     assert load_embedding(host.folders.embeddings / "tabti.pt").single.shape == (2, 32)
-    again, _ = tab.call("create", create_name="tabti")
+    again, _ = tab.call("create", name="tabti")
     assert "already exists" in again
 
-    message = tab.call("train", name="tabti", data_folder=str(data), data_width=64, data_height=64,
+    message = tab.call("train", train_name="tabti", data_folder=str(data), data_width=64, data_height=64,
                        train_max_steps=2, train_save_every=0, train_preview_every=1, preview_steps=2,
                        preview_width=64, preview_height=64, preview_seed=1)  # fmt: skip
     assert "Started" in message
@@ -85,11 +97,13 @@ def test_a_malformed_form_is_refused_before_queueing(tmp_path: Path) -> None:
     host = StandaloneHost(tmp_path / "data")
     runner = JobRunner(host)
     tab = _Tab(UIContext(host=host, runner=runner))
-    assert "liandan-error" in tab.call("train", name="x", train_max_steps=0)
-    assert "schedule" in tab.call("train", name="x", data_folder=str(tmp_path), train_learn_rate="0.1:abc")
-    assert "enter a name" in tab.call("train", name="", data_folder=str(tmp_path))
-    assert "must not contain" in tab.call("train", name="../x", data_folder=str(tmp_path))
+    assert "liandan-error" in tab.call("train", train_name="x", train_max_steps=0)
+    assert "schedule" in tab.call(
+        "train", train_name="x", data_folder=str(tmp_path), train_learn_rate="0.1:abc"
+    )
+    assert "needs a name" in tab.call("train", train_name="", data_folder=str(tmp_path))
+    assert "not allowed" in tab.call("train", train_name="../x", data_folder=str(tmp_path))
     assert runner.status(kind="textual_inversion") is None
-    bad, _ = tab.call("create", create_name="../x")
-    assert "must not contain" in bad
+    bad, _ = tab.call("create", name="../x")
+    assert "not allowed" in bad
     runner.close(timeout=5)

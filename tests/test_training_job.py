@@ -1,5 +1,6 @@
 import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,6 +26,16 @@ def test_resumable_run_keeps_the_folder_it_started_in(tmp_path: Path) -> None:
     assert find_run_dir(tmp_path, "dog", resume=True, today=later) == tmp_path / "2026-11-25" / "dog"
 
 
+def _recording(contexts: list):
+    """A make_method keeping each context it gets, with a method that has nothing to close."""
+
+    def make_method(context):
+        contexts.append(context)
+        return SimpleNamespace(close=lambda: None)
+
+    return make_method
+
+
 def test_missing_dataset_folder_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     host = StandaloneHost(tmp_path / "data")
     job = TextualInversionJob(name="cat", data=DataSpec(folder=tmp_path / "nowhere"))
@@ -39,7 +50,6 @@ def test_missing_dataset_folder_is_refused_before_any_model_loads(tmp_path: Path
             Reporter(),
             Control(),
             name="cat",
-            artifact_kind="embeddings",
             loss_csv_name="x.csv",
             make_method=never,
         )
@@ -73,9 +83,9 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
     shutil.copytree(fixtures_dir / "train64", folder)
     host = StandaloneHost(tmp_path / "data")
     job = TextualInversionJob(name="cat", data=DataSpec(folder=folder, width=64, height=64))
-    contexts = []
-    run_training_job(job, host, Reporter(), Control(), name="cat", artifact_kind="embeddings",
-                     loss_csv_name="x.csv", make_method=contexts.append)  # fmt: skip
+    contexts: list = []
+    run_training_job(job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv",
+                     make_method=_recording(contexts))  # fmt: skip
     assert len(made) == 1 and seen["accelerator"] is made[0]
     assert contexts[0].device == made[0].device and contexts[0].is_main
 
@@ -87,7 +97,7 @@ def test_accumulation_beyond_an_epoch_is_lowered_like_a1111(tmp_path: Path) -> N
     from liandan.progress import ProgressEvent
 
     host = StandaloneHost(tmp_path / "data")
-    defaults = TextualInversionJob()
+    defaults = TextualInversionJob(name="small")
     job = TextualInversionJob(
         name="small",
         train=defaults.train.replace(max_steps=1, gradient_accumulation=8, save_every=0, preview_every=0),
@@ -98,6 +108,9 @@ def test_accumulation_beyond_an_epoch_is_lowered_like_a1111(tmp_path: Path) -> N
     result = run_textual_inversion(job, host, Reporter(events.append), Control())
     assert result.step == 1
     assert any("gradient accumulation lowered to 4" in e.message for e in events)
+    (done,) = [e for e in events if e.kind == "done"]  # the job says it once, with the loop's loss
+    assert done.message == "finished: 1 steps" and done.loss is not None and done.paths
+    assert sum("finished" in e.message for e in events) == 1
 
 
 def test_a_half_precision_vae_caches_latents_in_float32(
@@ -123,9 +136,83 @@ def test_a_half_precision_vae_caches_latents_in_float32(
     monkeypatch.setattr(host, "model_for_training", half_vae)
     monkeypatch.setattr(loop, "train", lambda *a, **k: TrainResult(0, 0, "max_steps", "done"))
     job = TextualInversionJob(name="cat", data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64))
-    contexts = []
-    run_training_job(job, host, Reporter(), Control(), name="cat", artifact_kind="embeddings",
-                     loss_csv_name="x.csv", make_method=contexts.append)  # fmt: skip
+    contexts: list = []
+    run_training_job(job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv",
+                     make_method=_recording(contexts))  # fmt: skip
     latents = contexts[0].dataset[0]["latents"]
     assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
     assert next(contexts[0].bundle.vae.parameters()).dtype == torch.float32
+
+
+def test_the_method_is_closed_when_training_fails_and_the_checkpoint_is_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hypernetwork's hooks sit on a UNet that may be the host's: close() runs whatever way the loop ends.
+    The context carries one checkpoint reference, with the short hash and family of the loaded model."""
+    # (a model switched in the WebUI meanwhile must not change which model the job trains)
+    from liandan.train import loop
+
+    def broken_train(*args, **kwargs):
+        raise RuntimeError("the loop broke")
+
+    host = StandaloneHost(tmp_path / "data")
+    resolved = []
+    real_resolve = host.resolve_checkpoint
+    monkeypatch.setattr(
+        host, "resolve_checkpoint", lambda model: resolved.append(model) or real_resolve(model)
+    )
+    monkeypatch.setattr(loop, "train", broken_train)
+    closed, contexts = [], []
+
+    def make_method(context):
+        contexts.append(context)
+        return SimpleNamespace(close=lambda: closed.append(True))
+
+    job = TextualInversionJob(name="cat", data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64))
+    with pytest.raises(RuntimeError, match="the loop broke"):
+        run_training_job(
+            job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv", make_method=make_method
+        )
+    checkpoint = contexts[0].checkpoint
+    # the job's "" (the current model) is resolved once; the host is then handed that file, not "" again
+    assert closed == [True] and resolved[0] == "" and set(resolved[1:]) == {checkpoint.path}
+    assert checkpoint.family == "sd1" and checkpoint.short_hash and len(checkpoint.short_hash) == 10
+
+
+def test_a_job_trains_on_several_datasets_and_scores_a_held_out_set(tmp_path: Path) -> None:
+    """`data` as before, `[[extra_data]]` with its own weight and template, a `[validation]` folder; relative
+    folders are the job file's; the state stores the whole job."""
+    import json
+    import shutil
+
+    from liandan.jobs import load_job_file
+    from liandan.methods.textual_inversion import run_textual_inversion
+    from liandan.progress import ProgressEvent
+
+    for folder, names in (("class", ["shape0", "shape1"]), ("val", ["shape2"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            shutil.copy(EXAMPLE_IMAGES / f"{name}.png", tmp_path / folder)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        'kind = "textual_inversion"\nname = "mix"\n'
+        "[train]\nmax_steps = 4\nsave_every = 0\npreview_every = 0\n"
+        f'[data]\nfolder = "{EXAMPLE_IMAGES.as_posix()}"\nwidth = 64\nheight = 64\n'
+        '[[extra_data]]\nfolder = "class"\nwidth = 64\nheight = 64\nweight = 0.5\n'
+        'template = "liandan_subject.txt"\n'
+        '[validation]\nfolder = "val"\nwidth = 64\nheight = 64\nevery = 2\ntimesteps = 2\n'
+        "[preview]\nself_test = false\n"
+    )
+    job = load_job_file(job_file)
+    host = StandaloneHost(tmp_path / "data")
+    events: list[ProgressEvent] = []
+    result = run_textual_inversion(job, host, Reporter(events.append), Control())
+    assert result.step == 4 and [step for step, _ in result.validation_losses] == [2, 4]
+    assert sum("validation loss" in e.message for e in events) == 2
+    assert any(
+        "caching latents of 6 images" in e.message for e in events
+    )  # 4 + 2; the held-out image is cached too
+    (state,) = (tmp_path / "data").rglob("state/job.json")
+    saved = json.loads(state.read_text())
+    assert saved["extra_data"][0]["folder"] == str(tmp_path / "class")
+    assert saved["validation"]["folder"] == str(tmp_path / "val")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from liandan.train.training_log import LossCsv, ProgressBar, TensorBoardLog
+from liandan.train.training_log import LossCsv, TensorBoardLog
 
 
 @pytest.mark.fixtures
@@ -54,12 +54,3 @@ def test_tensorboard_scalars(tmp_path: Path) -> None:
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"Loss/train", "Learn rate/train"}
     assert [e.value for e in events.Scalars("Loss/train")] == [0.5, 0.25]
-
-
-def test_progress_bar_counts_steps(capsys: pytest.CaptureFixture[str]) -> None:
-    bar = ProgressBar(True, start=2, total=5, description="toy")
-    bar.update(0.5, 0.01)
-    assert bar.bar.n == 3
-    bar.close()
-    assert "toy" in capsys.readouterr().err
-    ProgressBar(False, 0, 5, "quiet").update(0.1, 0.1)  # disabled: no bar, no error

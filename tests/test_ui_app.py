@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import importlib.machinery
 import json
 import sys
@@ -12,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import job_runner, registry
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import JobRunner
 from liandan.jobs import JobSpec
@@ -50,15 +51,19 @@ def _by_elem_id(app) -> dict[str, dict]:
 def test_app_has_every_tab_in_order_with_elem_ids(host, runner) -> None:
     app = build_app(host, runner)
     labels = [c["props"]["label"] for c in _config(app)["components"] if c["type"] == "tabitem"]
-    assert labels == [t.title for t in tabs.TABS]
+    assert labels == [m.title for m in registry.METHODS.values()] + [t.title for t in tabs.PLANNED]
     ids = _by_elem_id(app)
-    for tab in tabs.TABS:
+    for tab in tabs.tab_list():
         assert f"liandan_tab_{tab.key}" in ids
     for later in ("dreambooth", "apt", "aesthetic"):
         assert "not in this release" in ids[f"liandan_{later}_notice"]["props"]["value"]
 
 
-def test_missing_tab_module_shows_a_notice_and_a_broken_one_an_error(host, runner, monkeypatch) -> None:
+def test_missing_package_shows_its_name_and_a_broken_tab_an_error(
+    host, runner, monkeypatch, tmp_path
+) -> None:
+    (tmp_path / "needs_package_tab.py").write_text("import liandan_test_absent_package\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     broken = types.ModuleType("broken_tab")
     broken.__spec__ = importlib.machinery.ModuleSpec("broken_tab", None)
 
@@ -67,17 +72,18 @@ def test_missing_tab_module_shows_a_notice_and_a_broken_one_an_error(host, runne
 
     broken.build = build
     monkeypatch.setitem(sys.modules, "broken_tab", broken)
-    monkeypatch.setattr(
-        tabs,
-        "TABS",
-        (
-            tabs.TabDef("gone", "Gone", "liandan.ui.no_such_tab"),
-            tabs.TabDef("broken", "Broken", "broken_tab"),
-            tabs.TabDef("apt", "APT", "liandan.ui.apt_tab"),
-        ),
-    )
+    listed = [
+        tabs.TabDef("needs", "Needs", "needs_package_tab"),
+        tabs.TabDef("gone", "Gone", "liandan.ui.no_such_tab"),
+        tabs.TabDef("broken", "Broken", "broken_tab"),
+        tabs.TabDef("apt", "APT", "liandan.ui.apt_tab"),
+    ]
+    monkeypatch.setattr(tabs, "tab_list", lambda: listed)
     ids = _by_elem_id(build_app(host, runner))
-    assert "not part of this build yet" in ids["liandan_gone_missing"]["props"]["value"]
+    unavailable = ids["liandan_needs_unavailable"]["props"]["value"]
+    assert html.escape("needs the Python package 'liandan_test_absent_package'") in unavailable
+    # a module of ours that is missing is a bug, shown as one (not as "not installed")
+    assert "ModuleNotFoundError" in ids["liandan_gone_failed"]["props"]["value"]
     assert "failed to load: RuntimeError: boom" in ids["liandan_broken_failed"]["props"]["value"]
     assert "liandan_apt_notice" in ids  # the tabs after the broken one were built
 
@@ -96,27 +102,34 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
         if not control.interrupted:
             reporter(ProgressEvent("done", step=spec.steps, total=spec.steps))
 
-    job_runner.register_runner(UiJob.kind, run)
-    monkeypatch.setattr(tabs, "TABS", (tabs.TabDef("job", "Job", "panel_tab"),))
+    registry.register(registry.Method(UiJob, run, "UI test"))
+    monkeypatch.setattr(tabs, "tab_list", lambda: [tabs.TabDef("job", "Job", "panel_tab")])
     module = types.ModuleType("panel_tab")
     module.__spec__ = importlib.machinery.ModuleSpec("panel_tab", None)
     module.build = lambda ctx: components.job_panel(ctx, UiJob.kind, "test")
     monkeypatch.setitem(sys.modules, "panel_tab", module)
     try:
         app = build_app(host, runner)
-        poll_dep = next(d for d in app.dependencies if d["trigger"] == "load")
-        assert poll_dep["every"] == components.POLL_SECONDS
-        poll_fn = app.fns[app.dependencies.index(poll_dep)].fn  # gradio wraps it in a repeating generator
-        assert "No job yet" in next(poll_fn())[0]
+        # no repeating Gradio event (it keeps the server from closing: A1111's Reload UI hung): the page's
+        # timer clicks a hidden button, whose request goes outside the queue
+        assert all(d.get("every") is None for d in app.dependencies)
+        load = next(d for d in app.dependencies if d["trigger"] == "load")
+        assert "setInterval" in load["js"] and "#liandan_poll" in load["js"]
+        ids = _by_elem_id(app)
+        poll_index = next(
+            i for i, d in enumerate(app.dependencies) if ids["liandan_poll"]["id"] in d["targets"]
+        )
+        assert app.dependencies[poll_index]["queue"] is False
+        poll_fn = app.fns[poll_index].fn
+        assert "No job yet" in poll_fn()[0]
 
         job = runner.submit(UiJob(steps=3))
         assert started.wait(5)
-        html, plot, gallery = next(poll_fn())
+        html, curve, gallery = poll_fn()
         assert "running" in html and "step 3/3" in html and "loss 0.33333" in html
-        assert list(plot["loss"]) == [1.0, 0.5, 1 / 3]
+        assert "<svg" in curve and "loss 0.33333 at step 3" in curve
         assert gallery == [str(preview)]  # a preview file that vanished is left out
 
-        ids = _by_elem_id(app)
         click = {
             ids[name]["id"]: app.fns[i].fn
             for i, d in enumerate(app.dependencies)
@@ -134,7 +147,7 @@ def test_job_panel_polls_the_runner_and_its_buttons_interrupt_and_resume(host, r
         assert runner.status(kind=UiJob.kind).id != job and "Resumed as" in resumed
     finally:
         release.set()
-        job_runner._RUNNERS.pop(UiJob.kind, None)
+        registry.unregister(UiJob.kind)
 
 
 def test_render_status_escapes_and_shows_errors() -> None:
@@ -147,9 +160,20 @@ def test_render_status_escapes_and_shows_errors() -> None:
 def test_loss_plot_is_thinned_but_keeps_the_last_point() -> None:
     losses = tuple((i, float(i)) for i in range(1, 5001))
     status = job_runner.JobStatus(id="x", kind="k", state="running", losses=losses)
-    frame = components.loss_points(status)
-    assert len(frame) <= components.MAX_PLOT_POINTS + 1
-    assert frame.iloc[-1]["step"] == 5000 and frame.iloc[0]["step"] == 1
+    points = components.loss_points(status)
+    assert len(points) <= components.MAX_PLOT_POINTS + 1
+    assert points[-1] == (5000, 5000.0) and points[0] == (1, 1.0)
+
+
+def test_loss_curve_is_svg_with_the_last_loss_and_a_gap_for_nan() -> None:
+    losses = ((1, 2.0), (2, float("nan")), (3, 1.0))
+    svg = components.render_loss_curve(job_runner.JobStatus(id="x", kind="k", state="running", losses=losses))
+    assert "<svg" in svg and "loss 1.00000 at step 3" in svg
+    points = svg.split('points="')[1].split('"')[0].split()
+    assert len(points) == 2  # the NaN step is left out, not drawn at the bottom
+    (x1, y1), (x2, y2) = (tuple(map(float, p.split(","))) for p in points)
+    assert x1 < x2 and y1 < y2  # higher loss is higher up (smaller y)
+    assert "no steps yet" in components.render_loss_curve(None)
 
 
 def test_template_choices_list_user_templates_first(host, runner) -> None:

@@ -12,12 +12,12 @@ from typing import ClassVar
 
 import pytest
 
-from liandan import job_runner
+from liandan import registry
 from liandan.errors import CheckpointError, LiandanError
 from liandan.host.base import Host
 from liandan.host.webui import WebUIHost, parse_version
 from liandan.job_runner import JobRunner
-from liandan.jobs import JOB_KINDS, JobSpec, register_job
+from liandan.jobs import JobSpec
 from liandan.progress import ProgressEvent
 
 STUB = Path(__file__).parent / "a1111_stub"
@@ -209,10 +209,6 @@ class CountJob(JobSpec):
     steps: int = 3
 
 
-if CountJob.kind not in JOB_KINDS:
-    register_job(CountJob)
-
-
 @pytest.fixture
 def count_job(fake_loader):
     """A job emitting `steps` steps inside model_for_training, as a training job does; it waits at step 2
@@ -232,9 +228,9 @@ def count_job(fake_loader):
                     go_on.wait(5)
             reporter(ProgressEvent("done", job="count", step=spec.steps, total=spec.steps))
 
-    job_runner.register_runner(CountJob.kind, run)
+    registry.register(registry.Method(CountJob, run, "Count"))
     yield at_step_two, go_on
-    job_runner._RUNNERS.pop(CountJob.kind)
+    registry.unregister(CountJob.kind)
 
 
 def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
@@ -278,23 +274,32 @@ def test_unload_setting_off_keeps_the_webui_model_where_it_is(a1111, fake_loader
 # --- scripts/liandan.py, loaded the way A1111 loads extension scripts -----------------------------------
 
 
-@pytest.fixture
-def entry_script(a1111, count_job):
+def _load_entry_script():
+    """scripts/liandan.py run as A1111 runs it: at start, and again at every UI reload."""
     import importlib.util
 
-    pytest.importorskip("gradio", reason="the entry script builds Gradio tabs (not in the newest-stack job)")
-    modules = a1111()
     spec = importlib.util.spec_from_file_location("liandan_entry", REPO / "scripts" / "liandan.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    yield script, modules
-    script.on_script_unloaded()
+    return script
+
+
+@pytest.fixture
+def entry_script(a1111, count_job, monkeypatch):
+    import liandan.host.webui
+
+    pytest.importorskip("gradio", reason="the entry script builds Gradio tabs (not in the newest-stack job)")
+    modules = a1111()
+    monkeypatch.setattr(liandan.host.webui, "_runner", None)  # a queue of this test's stand-in WebUI
+    yield _load_entry_script(), modules
+    if liandan.host.webui._runner is not None:
+        liandan.host.webui._runner.close(timeout=5)
 
 
 def test_entry_script_registers_its_callbacks_and_settings(entry_script) -> None:
     _, modules = entry_script
     registered = {k: v for k, v in modules.script_callbacks.callbacks.items() if v}
-    assert set(registered) == {"ui_tabs", "ui_settings", "app_started", "script_unloaded"}
+    assert set(registered) == {"ui_tabs", "ui_settings", "app_started"}  # nothing patched: nothing to undo
     for callback in registered["ui_settings"]:
         callback()
     labels = modules.shared.opts.data_labels
@@ -311,7 +316,7 @@ def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
     assert labels[:3] == ["Textual Inversion", "Hypernetwork", "Preprocess & Caption"]
 
 
-def test_entry_script_rest_routes(entry_script, count_job) -> None:
+def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
@@ -334,13 +339,47 @@ def test_entry_script_rest_routes(entry_script, count_job) -> None:
     assert client.get(f"/liandan/v1/jobs/{job_id}").json()["state"] == "interrupted"
     assert client.get("/liandan/v1/jobs/other-1").status_code == 404
 
+    # the spec's own message is the response; no tab was built, and every kind is known (preprocess too)
+    assert {"textual_inversion", "hypernetwork", "preprocess"} <= set(
+        client.get("/liandan/v1/kinds").json()["kinds"]
+    )
+    typo = {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": 0.01}}
+    assert "did you mean 'learn_rate'" in client.post("/liandan/v1/jobs", json=typo).json()["detail"]
+    assert "has no 'kind'" in client.post("/liandan/v1/jobs", json={"name": "cat"}).json()["detail"]
+    source = tmp_path / "nowhere"
+    job_id = client.post("/liandan/v1/jobs", json={"kind": "preprocess", "source": str(source)}).json()["id"]
+    status = script.runner().wait(job_id, timeout=30)
+    assert status.state == "error" and "nowhere does not exist" in status.error
 
-def test_script_unloaded_stops_the_worker(entry_script) -> None:
+
+def test_jobs_survive_a_ui_reload(entry_script, count_job) -> None:
+    """Reload UI runs scripts/liandan.py again: a running job keeps going and the new tab's queue lists it."""
+    script, modules = entry_script
+    _, go_on = count_job
+    before = script.runner()
+    job_id = before.submit(script.liandan.jobs.job_from_dict({"kind": "count_job", "steps": 3}))
+    for callback in modules.script_callbacks.callbacks.get("script_unloaded", []):
+        callback()
+    reloaded = _load_entry_script()
+    assert reloaded.runner() is before
+    go_on.set()
+    assert reloaded.runner().wait(job_id, timeout=10).state == "done"
+    assert [status.id for status in reloaded.runner().jobs()] == [job_id]
+
+
+def test_a_failed_job_is_reported_in_the_webui_console(entry_script, capsys) -> None:
+    from liandan.errors import DatasetError
+
+    def fail(spec, host, reporter, control):
+        raise DatasetError("dataset folder /nowhere does not exist or is not a folder")
+
     script, _ = entry_script
-    job_runner_ = script.runner()
-    script.on_script_unloaded()
-    assert script._runner is None
-    assert job_runner_._worker is None or not job_runner_._worker.is_alive()
+    registry.unregister(CountJob.kind)  # count_job's teardown unregisters this one
+    registry.register(registry.Method(CountJob, fail, "Count"))
+    job_id = script.runner().submit(CountJob())
+    assert script.runner().wait(job_id, timeout=10).state == "error"
+    console = capsys.readouterr().err
+    assert "failed: dataset folder /nowhere does not exist" in console
 
 
 # --- A1111's shared.state and queue_lock belong to whoever holds the lock -------------------------------

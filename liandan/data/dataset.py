@@ -27,7 +27,12 @@ Batch dict (the contract methods rely on):
     "target_size"    long [B, 2] (height, width) the model sees             }
     "paths"          list[str] source image paths
     "flipped"        bool [B]
+    "loss_scale"     float: the dataset's `weight`; the loop multiplies the batch's loss by it
 Batches never mix sizes (buckets); every batch of an epoch is full (see buckets.plan_batches).
+
+Several datasets at once (DreamBooth's instance and class images): `DatasetMix` puts TrainingDatasets, each
+with its own folder, captions, template, repeats, cache and weight, into one index space; its batches never
+mix datasets, so each batch has one `loss_scale`.
 """
 
 from __future__ import annotations
@@ -151,6 +156,11 @@ class TrainingDataset(Dataset):
 
     # --- what the loop calls ---------------------------------------------------------------------------
 
+    @property
+    def parts(self) -> list[TrainingDataset]:
+        """The datasets this one is made of (itself), as a DatasetMix lists its own."""
+        return [self]
+
     def __len__(self) -> int:
         return len(self.images) * self.spec.repeats
 
@@ -191,6 +201,7 @@ class TrainingDataset(Dataset):
             "target_size": geometry.target_size[::-1],
             "path": str(image.record.path),
             "flipped": flip,
+            "loss_scale": self.spec.weight,
         }
 
     @staticmethod
@@ -206,6 +217,7 @@ class TrainingDataset(Dataset):
             "target_size": torch.tensor([item["target_size"] for item in items], dtype=torch.long),
             "paths": [item["path"] for item in items],
             "flipped": torch.tensor([item["flipped"] for item in items], dtype=torch.bool),
+            "loss_scale": items[0]["loss_scale"],  # one dataset per batch (see DatasetMix)
         }
 
     def prompt(self, index: int, epoch: int) -> str:
@@ -287,6 +299,69 @@ class TrainingDataset(Dataset):
             sizes[image.geometry.target_size] = sizes.get(image.geometry.target_size, 0) + 1
         details = [f"  {w}x{h}: {count} image(s)" for (w, h), count in sorted(sizes.items())]
         return describe(self.scan.folder, len(self.images), self.skipped, details)
+
+
+class DatasetMix(Dataset):
+    """Several TrainingDatasets trained together. Index space: the parts' indices one after another. An
+    epoch's plan is every part's own batch plan (its buckets and batch size), shuffled together by
+    (seed, epoch); a part with more images or repeats has more batches in it."""
+
+    collate = staticmethod(TrainingDataset.collate)
+
+    def __init__(self, parts: Sequence[TrainingDataset], seed: int = 0) -> None:
+        if not parts:
+            raise DatasetError("no dataset to train on")
+        self.parts, self.seed = list(parts), seed
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+        self.images = [image for part in self.parts for image in part.images]
+        self.skipped = [skipped for part in self.parts for skipped in part.skipped]
+        self.template = self.parts[0].template  # the first (instance) dataset's, for preview prompts
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def _locate(self, index: int) -> tuple[TrainingDataset, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"dataset index {index} out of range [0, {len(self)})")
+        part = next(i for i, end in enumerate(self.offsets[1:]) if index < end)
+        return self.parts[part], index - self.offsets[part]
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def batch_plan(self, epoch: int) -> list[list[int]]:
+        plan = [
+            [offset + i for i in batch]
+            for part, offset in zip(self.parts, self.offsets)
+            for batch in part.batch_plan(epoch)
+        ]
+        random.Random(derive_seed(self.seed, epoch, "mix")).shuffle(plan)
+        return plan
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part, local = self._locate(index)
+        return part[local]
+
+    def prompt(self, index: int, epoch: int) -> str:
+        part, local = self._locate(index)
+        return part.prompt(local, epoch)
+
+    @property
+    def needs_vae(self) -> bool:
+        return any(part.needs_vae for part in self.parts)
+
+    def cache_latents(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int:
+        return sum(part.cache_latents(progress, should_stop) for part in self.parts)
+
+    def report(self) -> str:
+        return "\n".join(part.report() for part in self.parts)
 
 
 def preview_captions(dataset: TrainingDataset, n: int = 8, epoch: int = 0) -> list[str]:

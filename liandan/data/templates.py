@@ -1,7 +1,9 @@
 """Prompt templates: one prompt per line, with `[name]` (the trained name) and `[filewords]` (the caption).
 
 A template argument is a file name looked up in the user's templates folder (searched recursively, like
-A1111's `textual_inversion_templates`), then in ours (`liandan/data/templates/`), or a path to a file.
+A1111's `textual_inversion_templates`), then in ours (`liandan/data/templates/`), or a path to a file. Ours
+are named `liandan_*.txt`, never like the WebUI's own files, so a name means the same file inside the WebUI
+and on the command line pointed at the same folder tree.
 
 Filling follows A1111's `create_text`: pick a line; split the caption on "," (spaces kept); drop each tag
 unless `random() > tag_dropout`; shuffle the tags if asked; join them with ","; replace `[filewords]`, then
@@ -35,7 +37,7 @@ def list_templates(user_dir: Path | None = None) -> dict[str, Path]:
 def resolve_template(template: str, user_dir: Path | None = None) -> Path:
     """The file a template argument names: a file name in the templates folders, or a path."""
     if not template:
-        raise DatasetError("no prompt template given: name a file such as 'style_filewords.txt'")
+        raise DatasetError("no prompt template given: name a file such as 'liandan_style_filewords.txt'")
     known = list_templates(user_dir)
     if template in known:
         return known[template]
@@ -69,6 +71,10 @@ class PromptTemplate:
         if not lines:
             raise DatasetError(f"prompt template {path} has no prompt lines")
         return cls(path, lines, shuffle_tags, tag_dropout)
+
+    def record(self) -> dict[str, object]:
+        """Which file and lines a job used (its provenance): a user's file of the same name wins over ours."""
+        return {"file": str(self.path), "lines": list(self.lines)}
 
     @property
     def uses_filewords(self) -> bool:

@@ -26,7 +26,6 @@ SINGLE_KEY = "*"
 SDXL_KEYS = ("clip_l", "clip_g")
 MAX_VECTORS = 75  # one 75-token chunk, A1111's UI limit
 A1111_TOKEN_ID = 265  # the placeholder id A1111 writes in string_to_token; never read back
-_NAME_PUNCTUATION = "._- "
 
 
 @dataclass
@@ -73,16 +72,6 @@ class Embedding:
         for v in (flat * 100).to(torch.int64).tolist():  # float32 product, truncated toward zero like int()
             r = (r * 281 ^ v * 997) & 0xFFFFFFFF
         return f"{r & 0xFFFF:04x}"
-
-
-def sanitize_name(name: str) -> str:
-    """A1111's rule (letters, digits and `._- `); path separators and `..` are refused, not mangled."""
-    if "/" in name or "\\" in name or ".." in name:
-        raise ConfigError(f"embedding name {name!r} must not contain '/', '\\' or '..'")
-    clean = "".join(c for c in name if c.isalnum() or c in _NAME_PUNCTUATION).strip()
-    if not clean or set(clean) <= set(_NAME_PUNCTUATION):
-        raise ConfigError(f"embedding name {name!r} has no letters or digits")
-    return clean
 
 
 def validate_num_vectors(count: int) -> int:

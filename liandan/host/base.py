@@ -70,6 +70,11 @@ class Host(Protocol):
 
     def list_checkpoints(self) -> list[CheckpointRef]: ...
 
+    def resolve_checkpoint(self, model: str | Path | None) -> CheckpointRef:
+        """A job's `model` setting ("" for the current checkpoint, a path, or a name the host lists) as one
+        reference; CheckpointError when there is none. A job resolves it once and carries the result."""
+        ...
+
     def model_for_training(self, checkpoint: Path | None = None) -> AbstractContextManager[ModelBundle]:
         """Context manager giving a ModelBundle to train on. Inside A1111 it frees the WebUI's VRAM on
         entry and restores the WebUI model on exit, whatever happens in between."""

@@ -28,6 +28,7 @@ from liandan.host.base import ArtifactKind, CheckpointRef, Folders
 from liandan.progress import Control, ProgressEvent, Reporter
 
 if TYPE_CHECKING:
+    from liandan.job_runner import JobRunner
     from liandan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,26 @@ REQUIRED_API = (
     ("modules.devices", "torch_gc"),
     ("modules.paths", "models_path"),
 )
+
+
+_runner: JobRunner | None = None
+_runner_lock = threading.Lock()
+
+
+def webui_runner() -> JobRunner:
+    """The one job queue of this WebUI process, shared by the tab and the REST routes.
+
+    It lives here, not in scripts/liandan.py: A1111 runs that file again at every UI reload ("Reload UI",
+    "Apply and restart UI") while this package stays imported, so a job keeps running across a reload and
+    the rebuilt tab still lists it with the jobs before it.
+    """
+    global _runner
+    from liandan.job_runner import JobRunner
+
+    with _runner_lock:
+        if _runner is None:
+            _runner = JobRunner(WebUIHost())
+        return _runner
 
 
 def parse_version(tag: str) -> tuple[int, int] | None:
@@ -266,6 +287,10 @@ class WebUIHost:
         while we hold its queue_lock: outside it the state is a running txt2img's."""
         from modules import shared
 
+        if event.kind == "error" or (event.kind == "done" and event.message):
+            # the WebUI's console is where its users look when something went wrong, as for A1111's own jobs
+            outcome = "failed" if event.kind == "error" else "done"
+            print(f"liandan: {event.job or 'job'} {outcome}: {event.message}", file=sys.stderr, flush=True)
         if self._holding_lock is not threading.current_thread():
             return
         state = shared.state

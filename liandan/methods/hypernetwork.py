@@ -21,7 +21,6 @@ Decisions where A1111 leaves room:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,16 +34,17 @@ from liandan.formats.hypernetwork import (
     save_hypernetwork,
     save_hypernetwork_optimizer,
 )
-from liandan.job_runner import register_runner
 from liandan.jobs import HypernetworkJob
 from liandan.models.hypernetwork_modules import (
     Hypernetwork,
-    check_activation,
     check_sizes,
     parse_dropout_structure,
     parse_layer_structure,
 )
+from liandan.train.diffusion_loss import batch_added_conditioning, diffusion_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
+from liandan.train.optimizer_sidecar import OptimizerSidecar
+from liandan.train.training_job import MethodContext, render_preview, run_training_job
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -53,12 +53,9 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
     from liandan.progress import Control, Reporter
     from liandan.train.loop import TrainResult
-    from liandan.train.training_job import MethodContext
 
 LOSS_CSV = "hypernetwork_loss.csv"
 MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
-
-log = logging.getLogger(__name__)
 
 
 def model_attention_widths(bundle: ModelBundle) -> list[int]:
@@ -68,20 +65,9 @@ def model_attention_widths(bundle: ModelBundle) -> list[int]:
     return sorted({kv_input_width(attn) for attn in attention_layers(bundle.unet).values()})
 
 
-def check_options(job: HypernetworkJob) -> None:
-    """Everything about the new hypernetwork that can be checked without the model (fast, before loading)."""
-    if not job.name.strip():
-        raise ConfigError("a hypernetwork needs a name")
-    if any(c in job.name for c in '/\\:*?"<>|'):
-        raise ConfigError(f"hypernetwork name {job.name!r} contains a character not allowed in file names")
-    layers = parse_layer_structure(job.layer_structure)
-    check_activation(job.activation)
-    parse_dropout_structure(job.dropout_structure, layers, job.use_dropout, job.last_layer_dropout)
-
-
 def build_hypernetwork(job: HypernetworkJob, model_widths: Sequence[int]) -> Hypernetwork:
-    """A fresh hypernetwork with the job's options, for a model whose attention widths are `model_widths`."""
-    check_options(job)
+    """A fresh hypernetwork with the job's options (valid: the spec checked them), for a model whose
+    attention widths are `model_widths`."""
     layers = parse_layer_structure(job.layer_structure)
     sizes = list(job.sizes) or list(model_widths)
     check_sizes(sizes, model_widths)
@@ -103,11 +89,10 @@ def create_hypernetwork(host: Host, job: HypernetworkJob) -> Path:
     """A1111's "Create hypernetwork": write `<hypernetworks>/<name>.pt` at step 0 for the job's model.
 
     Refuses to replace an existing file unless `job.overwrite`."""
-    check_options(job)
     path = host.folders.hypernetworks / f"{job.name}.pt"
     if path.exists() and not job.overwrite:
         raise ConfigError(f"hypernetwork {path} already exists; tick overwrite to replace it")
-    checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
+    checkpoint = host.resolve_checkpoint(job.model)
     with host.model_for_training(checkpoint.path) as bundle:
         hypernetwork = build_hypernetwork(job, model_attention_widths(bundle))
     save_hypernetwork(hypernetwork, path)
@@ -119,6 +104,7 @@ class HypernetworkMethod:
     """The TrainingMethod of a hypernetwork (see the module docstring)."""
 
     kind = "hypernetwork"
+    gradient_sync = "all_reduce"  # runs inside the UNet's attention, never through its own forward
 
     def __init__(
         self,
@@ -129,14 +115,13 @@ class HypernetworkMethod:
     ) -> None:
         from liandan.models.attention_hooks import install_kv_transforms
         from liandan.models.conditioning import PromptEncoder
-        from liandan.train.diffusion_loss import freeze_for_training
 
         self.context = context
         self.job: HypernetworkJob = context.job  # type: ignore[assignment]
         self.bundle = context.bundle
         self.name = hypernetwork.name
         self.start_step = hypernetwork.step  # a file trained earlier counts on from its step, as in A1111
-        self.optimizer: Any = None
+        self.sidecar = OptimizerSidecar(context.say)
         self.existing_file = existing_file  # the file trained earlier, whose `.optim` may be reused
         self.device = context.device
         freeze_for_training(self.bundle, self.device, self.job.train)  # the hypernetwork stays float32
@@ -189,18 +174,18 @@ class HypernetworkMethod:
         return [self.hypernetwork]
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        from liandan.models.conditioning import Conditioning, added_cond_kwargs
-        from liandan.train.diffusion_loss import diffusion_loss
+        from liandan.models.conditioning import Conditioning
 
         context, pooled = self._cond(list(batch["prompts"]))
-        extra = None
-        if self.bundle.is_sdxl:
-            time_ids = torch.cat(
-                [batch["original_size"], batch["crop_top_left"], batch["target_size"]], dim=1
-            ).float()
-            extra = added_cond_kwargs(Conditioning(context, pooled), time_ids)
+        extra = batch_added_conditioning(self.bundle, batch, Conditioning(context, pooled))
         return diffusion_loss(
-            self.bundle, batch["latents"], context, added_cond_kwargs=extra, loss_weight=batch["loss_weight"]
+            self.bundle,
+            batch["latents"],
+            context,
+            added_cond_kwargs=extra,
+            loss_weight=batch["loss_weight"],
+            noise=batch.get("noise"),
+            timesteps=batch.get("timesteps"),
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -212,16 +197,11 @@ class HypernetworkMethod:
     def attach_optimizer(self, optimizer: Any) -> int:
         """The loop's hook: keep the optimizer for `.optim` sidecars and, for a file trained earlier, start
         from its A1111 sidecar when that belongs to this file and this optimizer."""
-        self.optimizer = optimizer
+        saved = None
         if self.existing_file is not None:
             name, state = load_hypernetwork_optimizer(self.existing_file)
-            if state is not None and name == self.job.train.optimizer:
-                try:
-                    optimizer.load_state_dict(state)
-                except (ValueError, KeyError, RuntimeError) as error:
-                    log.warning(
-                        "%s.optim does not fit this optimizer (%s); not used", self.existing_file, error
-                    )
+            saved = state if name == self.job.train.optimizer else None
+        self.sidecar.attach(optimizer, saved, self.existing_file)
         return self.start_step
 
     def after_optimizer_step(self, step: int) -> None:
@@ -230,7 +210,7 @@ class HypernetworkMethod:
     def save(self, step: int, final: bool) -> SavedArtifact:
         hypernetwork = self.hypernetwork
         hypernetwork.step = step
-        hypernetwork.sd_checkpoint = self.bundle.short_hash or self.context.checkpoint.short_hash
+        hypernetwork.sd_checkpoint = self.context.checkpoint.short_hash
         hypernetwork.sd_checkpoint_name = self.context.checkpoint.path.stem
         if final:
             path = self.context.host.folders.hypernetworks / f"{self.name}.pt"
@@ -238,15 +218,19 @@ class HypernetworkMethod:
             path = self.context.run_dir / "hypernetworks" / f"{self.name}-{hypernetwork.step}.pt"
         save_hypernetwork(hypernetwork, path)
         paths = [path]
-        if self.optimizer is not None:
-            state = self.optimizer.state_dict()
+        state = self.sidecar.state_dict()
+        if state is not None:
             paths.append(save_hypernetwork_optimizer(path, self.job.train.optimizer, state))
         return SavedArtifact(paths, step, {"final": final})
+
+    def saved_groups(self, artifact: SavedArtifact) -> set[str]:
+        """The group "hypernetwork" when the file holds a module pair for every width this one trains."""
+        saved = load_hypernetwork(artifact.paths[0])
+        return {"hypernetwork"} if sorted(saved.sizes) == sorted(self.hypernetwork.sizes) else set()
 
     def preview(self, prompt: str, seed: int, enabled: bool) -> Image.Image:
         """A fixed-seed image with the hypernetwork at strength 1 (eval: no dropout) or not installed."""
         from liandan.models.attention_hooks import install_kv_transforms
-        from liandan.train.training_job import render_preview
 
         self.hypernetwork.eval()
         self.hypernetwork.strength = 1.0
@@ -294,41 +278,21 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     else:
         hypernetwork = build_hypernetwork(job, widths)
         existing = None
-    fixed = prompts_are_fixed(job, len(context.dataset.template.lines))
+    # only the first dataset's template is known here: several datasets encode their prompts as they come
+    fixed = not job.extra_data and prompts_are_fixed(job, len(context.dataset.template.lines))
     return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
 
 
 def run_hypernetwork_job(
-    job: HypernetworkJob, host: Host, reporter: Reporter, control: Control, progress_bar: bool = False
+    job: HypernetworkJob, host: Host, reporter: Reporter, control: Control
 ) -> TrainResult:
     """The "hypernetwork" job: create or load `<name>.pt`, train it, save it where A1111 finds it."""
-    from liandan.train.training_job import run_training_job
-
-    if not isinstance(job, HypernetworkJob):
-        raise ConfigError(f"the hypernetwork runner got a {type(job).__name__}")
-    check_options(job)
-    methods: list[HypernetworkMethod] = []
-
-    def make(context: MethodContext) -> HypernetworkMethod:
-        method = make_hypernetwork_method(context)
-        methods.append(method)
-        return method
-
-    try:
-        return run_training_job(
-            job,
-            host,
-            reporter,
-            control,
-            name=job.name,
-            artifact_kind="hypernetworks",
-            loss_csv_name=LOSS_CSV,
-            make_method=make,
-            progress_bar=progress_bar,
-        )
-    finally:
-        for method in methods:
-            method.close()
-
-
-register_runner(HypernetworkJob.kind, run_hypernetwork_job)  # type: ignore[arg-type]
+    return run_training_job(
+        job,
+        host,
+        reporter,
+        control,
+        name=job.name,
+        loss_csv_name=LOSS_CSV,
+        make_method=make_hypernetwork_method,
+    )

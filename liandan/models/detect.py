@@ -64,3 +64,17 @@ def detect_family(
         if not allow_inpainting:
             raise _refuse(path, f"this is {kind} model ({in_channels} UNet input channels), not allowed here")
     return Detected(family, in_channels)
+
+
+def attention_widths(shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
+    """The K/V input widths of a checkpoint's UNet attention layers (what hypernetwork sizes can name), from
+    the LDM keys' shapes: self-attention (attn1) takes the block's channels, cross-attention (attn2) the
+    text context."""
+    return sorted(
+        {
+            shape[1]
+            for key, shape in shapes.items()
+            if key.startswith("model.diffusion_model.")
+            and key.endswith((".attn1.to_k.weight", ".attn2.to_k.weight"))
+        }
+    )

@@ -9,6 +9,7 @@ previews see A1111's conditioning, CLIP skip and textual-inversion embeddings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
@@ -25,6 +26,49 @@ if TYPE_CHECKING:
 Sampler = Literal["euler_a", "euler", "ddim", "dpmpp_2m"]
 SAMPLERS: tuple[Sampler, ...] = ("euler_a", "euler", "ddim", "dpmpp_2m")
 LatentMode = Literal["sample", "mean"]
+# A1111's names, for the infotext (its PNG "parameters" chunk)
+A1111_SAMPLER_NAMES = {"euler_a": "Euler a", "euler": "Euler", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}
+
+
+def _quote(value: object) -> str:
+    """A1111's rule: a value holding a comma, colon or newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def infotext(
+    bundle: ModelBundle,
+    prompt: str,
+    negative_prompt: str,
+    *,
+    steps: int,
+    sampler: str,
+    cfg_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+    clip_skip: int = 1,
+) -> str:
+    """The generation parameters as A1111 writes them into a PNG's "parameters" text, so PNG Info reads
+    them and "Send to txt2img" sets them up. "RNG: CPU": our noise comes from a CPU generator."""
+    from liandan.models.loading import bundle_short_hash  # hashes the checkpoint file once, on first use
+
+    fields = {
+        "Steps": steps,
+        "Sampler": A1111_SAMPLER_NAMES.get(sampler, sampler),
+        # our Euler samplers use A1111's own default schedule; the others follow diffusers' spacing
+        "Schedule type": "Automatic" if sampler in ("euler", "euler_a") else None,
+        "CFG scale": cfg_scale,
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": bundle_short_hash(bundle),
+        "Model": bundle.name,
+        "Clip skip": clip_skip if clip_skip > 1 else None,
+        "RNG": "CPU",
+    }
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value is not None)
+    return f"{prompt}{negative}\n{settings}"
 
 
 def make_scheduler(bundle: ModelBundle, sampler: str):
@@ -216,8 +260,8 @@ def generate(
     clip_skip: int = 1,
     embeddings: Mapping[str, EmbeddingVectors] | None = None,
 ) -> Image.Image:
-    """One fixed-seed image of `prompt`."""
-    return generate_batch(
+    """One fixed-seed image of `prompt`; its `info["parameters"]` holds A1111's infotext for it."""
+    image = generate_batch(
         bundle,
         [prompt],
         [negative_prompt],
@@ -230,3 +274,8 @@ def generate(
         clip_skip=clip_skip,
         embeddings=embeddings,
     )[0]
+    image.info["parameters"] = infotext(
+        bundle, prompt, negative_prompt, steps=steps, sampler=sampler, cfg_scale=cfg_scale, seed=seed,
+        width=width, height=height, clip_skip=clip_skip,
+    )  # fmt: skip
+    return image

@@ -1,7 +1,7 @@
 """The `preprocess` job spec: image operations and captioners over a folder, the same from UI, CLI and TOML.
 
-Importing this module registers the spec (`liandan.jobs.JOB_KINDS["preprocess"]`) and its runner
-(`liandan.job_runner`); both imports are light, the work happens in `liandan.preprocess.batch`.
+Its entry in `liandan.registry` names this spec and `run_preprocess_job`; the import is light, the work
+happens in `liandan.preprocess.batch`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from liandan.errors import ConfigError
-from liandan.job_runner import register_runner
-from liandan.jobs import JobSpec, bounded, register_job
+from liandan.jobs import JobSpec, bounded
 
 if TYPE_CHECKING:
     from liandan.host.base import Host
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 CaptionerName = Literal["deepbooru", "blip", "wd14", "deepdanbooru"]
 
 
-@register_job
 @dataclass(frozen=True)
 class PreprocessJob(JobSpec):
     """`source` is only read. Outputs go to `destination`, which must be outside `source`, unless
@@ -79,8 +77,7 @@ class PreprocessJob(JobSpec):
     batch_size: int = bounded(4, 1, 256)
     allow_download: bool = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
         if self.autosize_min_dim > self.autosize_max_dim:
             raise ConfigError(
                 f"autosize_min_dim {self.autosize_min_dim} > autosize_max_dim {self.autosize_max_dim}"
@@ -159,5 +156,3 @@ LABELS: dict[str, str] = {
     "allow_download": "Download missing weights",
     "captioners": "Captioners (joined)",
 }
-
-register_runner(PreprocessJob.kind, run_preprocess_job)

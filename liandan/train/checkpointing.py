@@ -5,6 +5,7 @@ Files (nothing needs pickled code to load):
 - `optimizer.pt`           optimizer (and fp16 grad-scaler) state, loaded with weights_only=True
 - `rng.pt`                 python/numpy/torch(/cuda) RNG states, one entry per process
 - `meta.json`              step, epoch, position in the epoch's batch plan, early-stop and epoch-loss counters
+- `job.json`               the full job spec the run trains (resuming with another spec lists what differs)
 
 A checkpoint is written to `state.new/`, then swapped in with renames (`state` -> `state.old`,
 `state.new` -> `state`, delete `state.old`), so a crash leaves a complete old or new state; loading falls
@@ -33,6 +34,17 @@ from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_
 
 STATE_DIR = "state"
 FORMAT_VERSION = 1
+# Settings a resume may change without a word: how long and how often, not what trains.
+RESUME_MAY_CHANGE = (
+    "train.max_steps",
+    "train.resume",
+    "train.resume_with_changes",
+    "train.save_every",
+    "train.preview_every",
+    "train.log_every",
+    "preview.",
+    "log_dir",
+)
 
 
 @dataclass
@@ -99,6 +111,7 @@ def save_state(
     trainable: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
     rng_per_process: list[dict[str, Any]],
+    job_spec: dict[str, Any],
 ) -> Path:
     """Write a full state (call on the main process only) and return its folder."""
     final = run_dir / STATE_DIR
@@ -111,6 +124,7 @@ def save_state(
     torch.save(rng_per_process, building / "rng.pt")
     meta = {"format_version": FORMAT_VERSION, **asdict(position)}
     write_text_atomic(building / "meta.json", json.dumps(meta, indent=1))
+    write_text_atomic(building / "job.json", json.dumps(job_spec, indent=1, sort_keys=True))
     shutil.rmtree(previous, ignore_errors=True)
     if final.exists():
         final.rename(previous)
@@ -126,6 +140,7 @@ class LoadedState:
     optimizer_state: dict[str, Any]
     rng_per_process: list[dict[str, Any]]
     folder: Path
+    job_spec: dict[str, Any] | None  # None: a state written before job.json existed
 
 
 def find_state(run_dir: Path) -> Path | None:
@@ -147,9 +162,37 @@ def load_state(folder: Path) -> LoadedState:
         trainable = load_file(str(folder / "trainable.safetensors"))
         optimizer_state = torch_load_weights_only(folder / "optimizer.pt")
         rng = torch_load_weights_only(folder / "rng.pt")
+        job_file = folder / "job.json"
+        job_spec = json.loads(job_file.read_text(encoding="utf-8")) if job_file.is_file() else None
     except (OSError, ValueError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(
             f"training state in {folder} cannot be read ({load_error_summary(e)}); delete that folder to "
             "start over, or set resume = false"
         ) from e
-    return LoadedState(position, trainable, optimizer_state, rng, folder)
+    return LoadedState(position, trainable, optimizer_state, rng, folder, job_spec)
+
+
+def _flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys, list items by index: {"train": {"seed": 0}, "extra_data": [{"folder": "a"}]} ->
+    {"train.seed": 0, "extra_data.0.folder": "a"}."""
+    items = spec.items() if isinstance(spec, dict) else enumerate(spec) if isinstance(spec, list) else None
+    if items is None:
+        return {prefix.rstrip("."): spec}  # an empty list adds no key: the same as no list
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'train.learn_rate: '0.01' -> '0.02'' for each setting that differs and matters to what trains."""
+    old, new = _flatten(saved), _flatten(current)
+
+    def shown(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "(not set)"
+
+    return [
+        f"{key}: {shown(old, key)} -> {shown(new, key)}"
+        for key in sorted(old.keys() | new.keys())
+        if not key.startswith(RESUME_MAY_CHANGE) and old.get(key, ...) != new.get(key, ...)
+    ]

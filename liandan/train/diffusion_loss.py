@@ -1,8 +1,11 @@
-"""The denoising loss every Stable Diffusion method shares: noise the latents at a random timestep, predict
-with the UNet, compare with the target the model was trained for (epsilon or v)."""
+"""What the loss of every Stable Diffusion method shares: SDXL's added conditioning from the batch, the frozen
+model in the mixed-precision dtype, and the denoising loss: noise the latents at a random timestep, predict
+(with the UNet, or a method's own `predict`), compare with the target the model was trained for (epsilon or
+v)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,6 +14,24 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from liandan.jobs import TrainSpec
     from liandan.models.bundle import ModelBundle
+    from liandan.models.conditioning import Conditioning
+
+# (noisy latents, timesteps, context, SDXL added conditioning or None) -> the model's prediction; all on the
+# UNet's device and dtype. A method with its own prediction (APT's guided one) passes it to diffusion_loss.
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "dict[str, torch.Tensor] | None"], torch.Tensor]
+
+
+def batch_added_conditioning(
+    bundle: ModelBundle, batch: Mapping[str, Any], cond: Conditioning
+) -> dict[str, torch.Tensor] | None:
+    """SDXL's added conditioning of a dataset batch (pooled text embeddings, and the size ids the dataset
+    recorded per image); None for SD1/SD2, whose UNet takes none."""
+    from liandan.models.conditioning import added_cond_kwargs
+
+    if not bundle.is_sdxl:
+        return None
+    sizes = [batch["original_size"], batch["crop_top_left"], batch["target_size"]]
+    return added_cond_kwargs(cond, torch.cat(sizes, dim=1).float())
 
 
 def frozen_weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -28,27 +49,37 @@ def diffusion_loss(
     added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     loss_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    predict: Predict | None = None,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean loss over the batch. `loss_weight` ([B,1,h,w], e.g. from PNG alpha) weights each latent pixel,
-    normalised per sample so a mostly transparent image does not simply get a smaller loss."""
+    normalised per sample so a mostly transparent image does not simply get a smaller loss. `predict`
+    replaces the plain UNet call (same inputs, same target). `noise` and `timesteps` given (the validation
+    set's fixed ones) replace the random draws."""
     scheduler = bundle.noise_scheduler
     unet = bundle.unet
     dtype = next(unet.parameters()).dtype
     latents = latents.to(device=unet.device, dtype=torch.float32)
-    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents.device)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
-    ).to(latents.device)
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, device="cpu")
+    if timesteps is None:
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
+        )
+    noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if bundle.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
 
-    kwargs: dict[str, Any] = {}
+    added = None
     if added_cond_kwargs is not None:
-        kwargs["added_cond_kwargs"] = {k: v.to(unet.device, dtype) for k, v in added_cond_kwargs.items()}
-    prediction = unet(noisy.to(dtype), timesteps, context.to(unet.device, dtype), **kwargs).sample
+        added = {k: v.to(unet.device, dtype) for k, v in added_cond_kwargs.items()}
+    prediction = (predict or _unet_prediction(unet))(
+        noisy.to(dtype), timesteps, context.to(unet.device, dtype), added
+    )
 
     error = F.mse_loss(prediction.float(), target.float(), reduction="none")
     if loss_weight is None:
@@ -58,6 +89,19 @@ def diffusion_loss(
         1e-8
     )
     return per_sample.mean()
+
+
+def _unet_prediction(unet: torch.nn.Module) -> Predict:
+    def predict(
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        kwargs = {} if added is None else {"added_cond_kwargs": added}
+        return unet(noisy, timesteps, context, **kwargs).sample
+
+    return predict
 
 
 def set_unet_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> None:

@@ -1,21 +1,32 @@
 """The one training loop every method uses (Accelerate; nanoGPT's order, one screen in `train`).
 
 Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one forward/backward each) ->
-average gradients over ranks -> NaN guard -> clip (unscaled) -> step -> zero grad -> method hook -> log ->
-save/preview when due -> stop? Saves come after the step because an artifact is named by the steps it holds.
+average gradients over ranks (methods with gradient_sync "all_reduce"; DDP does it for "prepare") -> NaN
+guard (one device read with the loss) -> audit (first updating step) -> clip (unscaled) -> step -> zero grad
+-> method hook -> log -> save/validate/preview when due -> stop? Saves come after the step because an
+artifact is named by the steps it holds. Memory is released after each side phase (save, preview,
+validation), so the training step gets back what they used.
 
 Data: a map-style dataset with `collate(items)` and `set_epoch(epoch)` whose per-item randomness derives
 from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The default plan is a shuffle seeded
 by (seed, epoch) cut into `batch_size` chunks, the last partial batch dropped (A1111's DataLoader uses
 `shuffle=True, drop_last=True`). An optimizer step takes `gradient_accumulation x processes` batches of
 the plan (rank r takes its own consecutive run); batches left over at the end of an epoch are skipped, as
-A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan.
+A1111 does for gradient accumulation. Resume restarts at the exact batch of the plan. A batch may carry
+`loss_scale` (its dataset's weight, see liandan/data/dataset.py): the loop multiplies the method's loss by it.
+
+Validation (optional): a held-out dataset scored every `Validation.every` steps and at the end (unless
+interrupted), without gradients and with the trainable modules in eval mode, each item at fixed timesteps
+with fixed noise (batch keys "timesteps" and "noise", which a method's loss must use when present).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from liandan.errors import CheckpointError, ConfigError, DatasetError
+from liandan.data.dataset import derive_seed
+from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train import distributed
+from liandan.train.audit import TrainingAudit
 from liandan.train.checkpointing import (
     LoopPosition,
     capture_rng,
@@ -34,12 +47,19 @@ from liandan.train.checkpointing import (
     preserved_rng,
     restore_rng,
     save_state,
+    spec_differences,
 )
 from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
-from liandan.train.nan_guard import SNAPSHOT_EVERY, NanGuard, grads_are_finite
+from liandan.train.nan_guard import (
+    SKIPS_BEFORE_ROLLBACK,
+    SNAPSHOT_EVERY,
+    NanGuard,
+    snapshot_fits_in_memory,
+    step_status,
+)
 from liandan.train.optimizers import build_optimizer, set_learning_rate
 from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
-from liandan.train.training_log import LossCsv, ProgressBar, TensorBoardLog
+from liandan.train.training_log import LossCsv, TensorBoardLog
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -50,6 +70,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BatchPlan = Callable[[int], list[list[int]]]
+GRADIENT_SYNCS = ("all_reduce", "prepare")
+
+
+def release_memory() -> None:
+    """Between phases (caching, training, previews, saving): collect what the last phase left and hand
+    the CUDA allocator's cached blocks back, so the next phase (or the WebUI beside us) can use them."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -63,10 +92,22 @@ class TrainResult:
     last_loss: float | None = None
     artifacts: list[SavedArtifact] = field(default_factory=list)
     rollbacks: int = 0
+    skipped_steps: int = 0  # non-finite steps the NaN guard skipped
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
 
     @property
     def interrupted(self) -> bool:
         return self.stopped_reason == "interrupted"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A held-out set: every item is scored at each of `timesteps` with noise seeded by (seed, item)."""
+
+    dataset: Any
+    every: int
+    timesteps: tuple[int, ...]
+    seed: int = 0
 
 
 def default_batch_plan(num_items: int, batch_size: int, seed: int) -> BatchPlan:
@@ -127,29 +168,69 @@ class _Run:
         preview_prompt: str | None,
         preview_seed: int,
         self_test: bool,
-        progress_bar: bool,
         tensorboard: bool,
+        job_spec: dict[str, Any],
+        validation: Validation | None,
     ) -> None:
         self.method, self.spec, self.accelerator, self.run_dir = method, spec, accelerator, run_dir
-        self.reporter, self.control = reporter, control
+        self.reporter, self.control, self.job_spec = reporter, control, job_spec
+        self.validation = validation
+        self.validation_losses: list[tuple[int, float]] = []
         self.self_tested_step = -1
         self.is_main = accelerator.is_main_process
         self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
-        self.params = [p for g in method.parameter_groups() for p in g.params if p.requires_grad]
-        self.optimizer = accelerator.prepare(
-            build_optimizer(spec.optimizer, method.parameter_groups(), 0.0, spec.weight_decay)
-        )
+        groups = method.parameter_groups()
+        self.audit = TrainingAudit(groups)
+        optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay)
+        self.sync_targets = self._prepare(optimizer)
+        # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
         self.position = LoopPosition(
             method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
         )
         attach = getattr(method, "attach_optimizer", None)  # optional hook, see TrainingMethod
         if attach is not None:
             self.position.step = attach(self.optimizer)
-        self.guard = NanGuard(spec.nan_policy, spec.mixed_precision)
+        self.guard = NanGuard(spec.nan_policy, spec.mixed_precision, snapshot_fits_in_memory(self.params))
+        self.state_on_disk = False  # a state this run wrote or resumed from: what a large rollback loads
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
-        self.progress_bar = progress_bar
         self.artifacts: list[SavedArtifact] = []
+
+    def _prepare(self, optimizer: torch.optim.Optimizer) -> list[torch.nn.Module]:
+        """Prepare the optimizer (and, for gradient_sync "prepare", the modules with it: accelerate pairs
+        them for FSDP/DeepSpeed); returns the wrapped modules whose no_sync accumulation needs."""
+        sync = self.method.gradient_sync
+        if sync not in GRADIENT_SYNCS:
+            raise ConfigError(f"{self.method.kind}: gradient_sync {sync!r}; expected one of {GRADIENT_SYNCS}")
+        if sync == "all_reduce":
+            self.optimizer = self.accelerator.prepare(optimizer)
+            return []
+        modules = self.method.trainable_modules()
+        use_prepared = getattr(self.method, "use_prepared_modules", None)
+        if not modules or use_prepared is None:
+            raise ConfigError(
+                f"{self.method.kind}: gradient_sync 'prepare' needs trainable_modules() and "
+                "use_prepared_modules(modules)"
+            )
+        *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
+        use_prepared(wrapped)
+        kind = str(self.accelerator.distributed_type)
+        if "FSDP" in kind or "DEEPSPEED" in kind:
+            # the state files hold what rank 0 sees, which for a sharded optimizer is its own shard
+            log.warning("%s shards the optimizer: this run's saved state cannot be resumed exactly", kind)
+        return wrapped
+
+    @contextlib.contextmanager
+    def accumulate(self) -> Iterator[None]:
+        """One micro-step: accelerate counts it and, before the last of a step, DDP skips its all-reduce
+        (`no_sync` on every wrapped module)."""
+        targets = self.sync_targets or [torch.nn.Identity()]  # accelerate wants a module to no_sync on
+        with self.accelerator.accumulate(targets[0]), contextlib.ExitStack() as stack:
+            if not self.accelerator.sync_gradients:
+                for module in targets[1:]:
+                    stack.enter_context(self.accelerator.no_sync(module))
+            yield
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.is_main:
@@ -174,10 +255,9 @@ class _Run:
                 f"{folder} holds the state of {saved.method_kind} {saved.method_name!r}, not of "
                 f"{self.method.kind} {self.method.name!r}; use another log folder or set resume = false"
             )
-        self.method.load_trainable_state(state.trainable)
-        self.optimizer.load_state_dict(state.optimizer_state["optimizer"])
-        if self.accelerator.scaler is not None and state.optimizer_state["scaler"]:
-            self.accelerator.scaler.load_state_dict(state.optimizer_state["scaler"])
+        self._check_same_job(folder, state.job_spec)
+        self._load_good_state(state.trainable, state.optimizer_state)
+        self.state_on_disk = True
         rank = self.accelerator.process_index
         if saved.world_size != self.accelerator.num_processes:
             log.warning(
@@ -192,22 +272,66 @@ class _Run:
             self.csv.drop_rows_after(saved.step)
         return True
 
+    def _check_same_job(self, folder: Path, saved: dict[str, Any] | None) -> None:
+        changes = spec_differences(saved, self.job_spec) if saved is not None else []
+        if not changes:
+            return
+        listed = "; ".join(changes)
+        if not self.spec.resume_with_changes:
+            raise CheckpointError(
+                f"{folder} holds a run with other settings ({listed}). To continue it with the new "
+                "settings set train.resume_with_changes = true (CLI: --set train.resume_with_changes=true); "
+                "to start over set resume = false or use another log folder"
+            )
+        self.emit("message", message=f"resuming with changed settings: {listed}", extra={"level": "warning"})
+
+    def _load_good_state(self, trainable: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+        self.method.load_trainable_state(trainable)
+        self.optimizer.load_state_dict(optimizer_state["optimizer"])
+        if self.accelerator.scaler is not None and optimizer_state["scaler"]:
+            self.accelerator.scaler.load_state_dict(optimizer_state["scaler"])
+
     def remember_good_state(self) -> None:
-        self.guard.remember(self.position.step, self.method.trainable_state(), self.optimizer_state())
+        if self.guard.in_memory:  # large trainables roll back from the state on disk instead
+            self.guard.remember(self.position.step, self.method.trainable_state(), self.optimizer_state())
+
+    def roll_back(self, learn_rate: float) -> int:
+        """The NaN guard's rollback: restore the last good weights and optimizer state; returns their step."""
+        snapshot = self.guard.snapshot
+        if snapshot is not None:
+            self._load_good_state(snapshot.trainable, snapshot.optimizer_state)
+            return snapshot.step
+        folder = find_state(self.run_dir) if self.state_on_disk else None
+        if folder is None:
+            every = self.spec.save_every
+            first = f"the first is written at step {every}" if every else "only the end writes one"
+            raise self.guard.no_state_to_roll_back_to(self.position.step, first, learn_rate)
+        state = load_state(folder)
+        self._load_good_state(state.trainable, state.optimizer_state)
+        return state.position.step
 
     def save(self, final: bool) -> None:
-        """Full state + artifact (+ self-test). Every rank takes part; only the main process writes."""
+        """Full state + artifact (+ self-test), and the audit of what was written. Every rank takes part;
+        only the main process writes."""
         rng = distributed.gather_objects(capture_rng())
         self.remember_good_state()
+        problem = None
         if self.is_main:
             with preserved_rng():
-                save_state(
-                    self.run_dir, self.position, self.method.trainable_state(), self.optimizer_state(), rng
-                )
+                trainable = self.method.trainable_state()
+                save_state(self.run_dir, self.position, trainable, self.optimizer_state(), rng, self.job_spec)
+                del trainable
                 artifact = self.method.save(self.position.step, final)
             self.artifacts.append(artifact)
             self.emit("save", paths=tuple(artifact.paths), message="final" if final else "checkpoint")
-        distributed.barrier()
+            where = f"the saved {artifact.paths[0].name}" if artifact.paths else "the save"
+            problem = self.audit.check_saved(self.method.saved_groups(artifact), where)
+        self.state_on_disk = True
+        # the vote is also the barrier: no rank reads the new state before rank 0 has written it
+        (bad,) = distributed.any_rank(problem is not None, device=self.accelerator.device)
+        release_memory()
+        if bad:
+            raise TrainingStopped(problem or "the saved artifact does not hold the trained parameter groups")
 
     def preview(self, after_save: bool, periodic: bool) -> None:
         """The self-test after a save and/or the periodic preview (one render of "with" serves both)."""
@@ -233,7 +357,39 @@ class _Run:
                     self.emit("preview", paths=(path,))
             for module in self.method.trainable_modules():
                 module.train()  # a preview may have switched them to eval
+            release_memory()
         distributed.barrier()
+
+    def validate(self) -> None:
+        """Score the validation set. Every rank scores all of it: a DDP/FSDP forward is a collective
+        that all ranks must join, and the set is small."""
+        validation, device = self.validation, self.accelerator.device
+        if validation is None or any(step == self.position.step for step, _ in self.validation_losses):
+            return
+        modules = self.method.trainable_modules()
+        for module in modules:
+            module.eval()
+        total = torch.zeros((), device=device)
+        with preserved_rng(), torch.no_grad():
+            for index in range(len(validation.dataset)):
+                batch = validation.dataset.collate([validation.dataset[index]] * len(validation.timesteps))
+                generator = torch.Generator().manual_seed(derive_seed(validation.seed, index, "validation"))
+                batch["noise"] = torch.randn(batch["latents"].shape, generator=generator)
+                batch["timesteps"] = torch.tensor(validation.timesteps)
+                with self.accelerator.autocast():
+                    total += self.method.loss(_to_device(batch, device)).detach().float()
+        for module in modules:
+            module.train()
+        loss = float(total) / len(validation.dataset)
+        self.validation_losses.append((self.position.step, loss))
+        if self.tensorboard is not None:
+            self.tensorboard.add_validation(self.position.step, loss)
+        self.emit(
+            "message",
+            message=f"validation loss {loss:.5f} at step {self.position.step}",
+            extra={"validation_loss": loss},
+        )
+        release_memory()
 
     def log_step(self, loss: float, learn_rate: float, epoch_step: int) -> None:
         step = self.position.step
@@ -277,16 +433,18 @@ def train(
     preview_seed: int = 0,
     self_test: bool = True,
     accelerator: Accelerator | None = None,
-    progress_bar: bool = False,
     tensorboard: bool = True,
+    job_spec: dict[str, Any] | None = None,
+    validation: Validation | None = None,
 ) -> TrainResult:
     """Train `method` on `dataset` as `spec` says; results and state go under `run_dir`.
 
     The method's modules must already sit on `accelerator.device` (batches are moved there); under several
-    processes every rank starts from rank 0's weights and gradients are averaged by the loop (methods call
-    their own modules, so DDP wrappers are not used). `preview_prompt` None turns previews and the
-    self-test off. Raises TrainingStopped (NaN guard) and the
-    typed errors of bad settings; an "error" event is emitted before any exception leaves.
+    processes every rank starts from rank 0's weights, and gradients meet as the method's `gradient_sync`
+    says (see liandan/train/method.py). `preview_prompt` None turns previews and the self-test off.
+    `job_spec` (the whole job as a dict; default: the train spec) is stored with the state, and resuming
+    with other settings is refused unless `spec.resume_with_changes`. Raises TrainingStopped (NaN guard,
+    audit) and the typed errors of bad settings; an "error" event is emitted before any exception leaves.
     """
     from accelerate.utils import set_seed
 
@@ -317,8 +475,9 @@ def train(
         preview_prompt,
         preview_seed,
         self_test,
-        progress_bar,
         tensorboard,
+        job_spec if job_spec is not None else {"train": spec.to_dict()},
+        validation,
     )
     try:
         return _train_loop(run, dataset, plan_for, lr_schedule.rate_at, clip_values)
@@ -335,21 +494,20 @@ def _train_loop(
 ) -> TrainResult:
     spec, accelerator, method = run.spec, run.accelerator, run.method
     resumed = run.resume()
-    distributed.broadcast_parameters(run.params)
+    all_reduce = method.gradient_sync == "all_reduce"
+    if all_reduce:  # DDP broadcast rank 0's weights itself when it wrapped the modules
+        distributed.broadcast_parameters(run.params)
     pos = run.position
     start_step, accum = pos.step, spec.gradient_accumulation
     per_step = accum * accelerator.num_processes
     rank_offset = accelerator.process_index * accum
     accelerator.step = 0  # accelerate's micro-step counter: a reused Accelerator may hold an old count
-    modules = method.trainable_modules()
-    sync_target = modules[0] if modules else torch.nn.Identity()  # accelerate wants a module to no_sync on
     if rate_at(pos.step) is None:
         message = f"nothing to do: already trained to step {pos.step}"
         run.emit("done", message=message)
         return TrainResult(pos.step, start_step, "already_done", message)
     run.remember_good_state()
     run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
-    bar = ProgressBar(run.progress_bar and run.is_main, pos.step, spec.max_steps, method.name)
     last_loss, reason, message = None, "", ""
     while not reason:
         dataset.set_epoch(pos.epoch)
@@ -370,28 +528,35 @@ def _train_loop(
             first = pos.batch_index + rank_offset
             for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
                 batch = _to_device(dataset.collate([dataset[i] for i in indices]), accelerator.device)
-                with accelerator.accumulate(sync_target):
+                with run.accumulate():
                     with accelerator.autocast():
-                        loss = method.loss(batch)
+                        loss = method.loss(batch) * batch.get("loss_scale", 1.0)
                     accelerator.backward(loss)
                 step_loss += loss.detach().float() / accum
             if not accelerator.sync_gradients:
                 raise RuntimeError("accelerate's accumulation counter is out of step with the loop")
-            distributed.average_gradients(run.params)
+            if all_reduce:
+                distributed.average_gradients(run.params)
             step_loss = distributed.mean_over_ranks(step_loss)
-            loss_ok = bool(torch.isfinite(step_loss))
-            if not loss_ok or (accelerator.scaler is None and not grads_are_finite(run.params)):
-                run.optimizer.zero_grad(set_to_none=True)  # --- NaN guard: skip, roll back or stop
-                snapshot = run.guard.bad_step(pos.step, "the loss" if not loss_ok else "a gradient", lr)
-                method.load_trainable_state(snapshot.trainable)
-                run.optimizer.load_state_dict(snapshot.optimizer_state["optimizer"])
+            # fp16's grad scaler checks the gradients itself (and skips that step)
+            loss_value, finite = step_status(step_loss, run.params, accelerator.scaler is None)
+            if not finite:  # --- NaN guard: skip, roll back or stop
+                run.optimizer.zero_grad(set_to_none=True)
+                what = "a gradient" if math.isfinite(loss_value) else "the loss"
                 pos.batch_index += per_step
-                run.emit(
-                    "message",
-                    message=f"non-finite step skipped; rolled back to step {snapshot.step}",
-                    extra={"level": "warning"},
-                )
+                if run.guard.bad_step(pos.step, what, lr) == "rollback":
+                    good = run.roll_back(lr)
+                    note = (
+                        f"{SKIPS_BEFORE_ROLLBACK} non-finite steps in a row: weights and optimizer state "
+                        f"rolled back to step {good}"
+                    )
+                else:
+                    note = f"non-finite step skipped: {what} at step {pos.step + 1}"
+                run.emit("message", message=note, extra={"level": "warning"})
                 continue
+            audit_now = run.audit.pending and lr > 0
+            if audit_now:  # --- audit: every group asked for has a gradient ...
+                run.audit.before_step(pos.step)
             if clip_values is not None:  # --- clip (accelerate unscales fp16 gradients first)
                 clip = clip_values.value_at(pos.step)
                 if spec.clip_grad_mode == "norm":
@@ -403,12 +568,13 @@ def _train_loop(
             pos.step += 1
             pos.batch_index += per_step
             method.after_optimizer_step(pos.step)
+            if audit_now and not accelerator.optimizer_step_was_skipped:
+                run.audit.after_step(pos.step, lr)  # --- ... and changed (after the hook, which may undo)
             run.guard.good_step()
-            last_loss = float(step_loss)  # --- log
+            last_loss = loss_value  # --- log
             pos.epoch_loss_sum += last_loss
             pos.epoch_loss_count += 1
             run.log_step(last_loss, lr, pos.batch_index // per_step - 1)
-            bar.update(last_loss, lr)
             control = run.control
             save_now, preview_now, stop_now = distributed.any_rank(
                 control.take_save_request(),
@@ -427,10 +593,11 @@ def _train_loop(
                 run.remember_good_state()
             if save_due or preview_due:
                 run.preview(after_save=save_due, periodic=preview_due)
+            if run.validation is not None and pos.step % run.validation.every == 0:
+                run.validate()
         else:
             message = run.end_epoch() or ""
             reason = "early_stop" if message else ""
-    bar.close()
     message = message or (
         f"finished: {spec.max_steps} steps"
         if reason == "max_steps"
@@ -438,8 +605,12 @@ def _train_loop(
     )
     run.save(final=True)
     run.preview(after_save=True, periodic=False)
+    if reason != "interrupted":  # an interrupt asks to stop soon
+        run.validate()
     run.emit("done", message=message, loss=last_loss)
-    return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, run.guard.rollbacks)
+    guard = run.guard
+    return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, guard.rollbacks,
+                       guard.skipped, run.validation_losses)  # fmt: skip
 
 
 def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:

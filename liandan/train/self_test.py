@@ -27,8 +27,14 @@ NO_CHANGE_WARNING = (
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
+    """Keeps the image's A1111 "parameters" text (see sampling.infotext), which PNG Info shows."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    if isinstance(image.info.get("parameters"), str):
+        text.add_text("parameters", image.info["parameters"])
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", pnginfo=text)
     return path
 
 

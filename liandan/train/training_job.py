@@ -1,12 +1,16 @@
 """Running a training job, the same way for every method: resolve the model through the host, build and
-cache the dataset, hand the method to the one loop, record provenance, make the result usable at once.
+cache the dataset, hand the method to the one loop, close the method, record provenance, make the result
+usable at once, and say where it went and how the loss moved.
 
 A method module supplies only `make_method(context) -> TrainingMethod`; this file owns the order of things.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,14 +24,16 @@ from liandan.errors import DatasetError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from liandan.data.dataset import TrainingDataset
+    from liandan.data.dataset import DatasetMix, TrainingDataset
     from liandan.host.base import ArtifactKind, CheckpointRef, Host
-    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec
+    from liandan.jobs import DataSpec, JobSpec, PreviewSpec, TrainSpec, ValidationSpec
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
-    from liandan.progress import Control, Reporter
-    from liandan.train.loop import TrainResult
+    from liandan.progress import Control, ProgressEvent, Reporter
+    from liandan.train.loop import TrainResult, Validation
     from liandan.train.method import TrainingMethod
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,10 +44,19 @@ class MethodContext:
     host: Host
     checkpoint: CheckpointRef
     bundle: ModelBundle
-    dataset: TrainingDataset
+    dataset: TrainingDataset | DatasetMix
     run_dir: Path
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
+    reporter: Reporter | None = None
+
+    def say(self, text: str) -> None:
+        """A message for the user (job status, console), e.g. what happened to a file the job replaced."""
+        from liandan.progress import ProgressEvent
+
+        log.info(text)
+        if self.reporter is not None:
+            self.reporter(ProgressEvent("message", job=getattr(self.job, "name", ""), message=text))
 
 
 def find_run_dir(log_root: Path, name: str, resume: bool, today: dt.date | None = None) -> Path:
@@ -69,6 +84,44 @@ def build_dataset(
         model_id=model_id,
         templates_dir=host.folders.templates,
     )
+
+
+def build_training_data(
+    data: list[DataSpec],
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> TrainingDataset | DatasetMix:
+    """The job's dataset, or its datasets (`data` and `extra_data`) trained together."""
+    from liandan.data.dataset import DatasetMix
+
+    parts = [build_dataset(d, train, name=name, bundle=bundle, host=host, model_id=model_id) for d in data]
+    return parts[0] if len(parts) == 1 else DatasetMix(parts, seed=train.seed)
+
+
+def build_validation(
+    spec: ValidationSpec,
+    train: TrainSpec,
+    *,
+    name: str,
+    bundle: ModelBundle,
+    host: Host,
+    model_id: str | None,
+) -> Validation:
+    """The held-out set with everything random turned off, scored at timesteps spread evenly over the
+    noise schedule (the middle of each of `spec.timesteps` equal parts)."""
+    from liandan.train.loop import Validation
+
+    fixed = spec.replace(
+        flip=0.0, latent_sampling="deterministic", shuffle_tags=False, tag_dropout=0.0, repeats=1
+    )
+    dataset = build_dataset(fixed, train, name=name, bundle=bundle, host=host, model_id=model_id)
+    count = int(bundle.noise_scheduler.config.num_train_timesteps)
+    timesteps = tuple(int((k + 0.5) * count / spec.timesteps) for k in range(spec.timesteps))
+    return Validation(dataset, spec.every, timesteps, seed=train.seed)
 
 
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
@@ -126,24 +179,36 @@ def run_training_job(
     control: Control,
     *,
     name: str,
-    artifact_kind: ArtifactKind,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
-    progress_bar: bool = False,
 ) -> TrainResult:
-    """The whole job. The job spec must carry `train`, `data` and `preview` sections."""
+    """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
+    artifact goes to is its kind's in the registry."""
+    from liandan import registry
+    from liandan.jobs import job_to_dict
     from liandan.models.loading import bundle_short_hash
-    from liandan.progress import ProgressEvent
+    from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
-    from liandan.train.loop import make_accelerator, train
+    from liandan.train.loop import make_accelerator, release_memory, train
+
+    artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
+    losses: list[float] = []
+
+    def record(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.loss is not None:
+            losses.append(event.loss)
+
+    reporter = Reporter(record, reporter)
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
-    data_spec: DataSpec = job.data  # type: ignore[attr-defined]
+    data_specs: list[DataSpec] = [job.data, *job.extra_data]  # type: ignore[attr-defined]
+    validation_spec: ValidationSpec | None = job.validation  # type: ignore[attr-defined]
     preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
-    if not data_spec.folder.is_dir():
-        raise DatasetError(f"dataset folder {data_spec.folder} does not exist or is not a folder")
+    for spec in [*data_specs, *([validation_spec] if validation_spec else [])]:
+        if not spec.folder.is_dir():
+            raise DatasetError(f"dataset folder {spec.folder} does not exist or is not a folder")
 
-    checkpoint = host.resolve_checkpoint(job.model)  # type: ignore[attr-defined]
+    checkpoint = host.resolve_checkpoint(job.model)
     run_dir = find_run_dir(job.log_dir or host.folders.logs, name, train_spec.resume)
     reporter(
         ProgressEvent("start", job=name, total=train_spec.max_steps, message=f"loading {checkpoint.title}")
@@ -152,11 +217,19 @@ def run_training_job(
     # put every rank on GPU 0), and the loop trains with this same Accelerator
     accelerator = make_accelerator(train_spec)
     device = accelerator.device
-    with host.model_for_training(checkpoint.path) as bundle:
-        short_hash = bundle_short_hash(bundle) or checkpoint.short_hash
-        dataset = build_dataset(
-            data_spec, train_spec, name=name, bundle=bundle, host=host, model_id=short_hash
+    # the method is closed (its hooks off the bundle, which may be the WebUI's model) however the loop ends
+    with host.model_for_training(checkpoint.path) as bundle, contextlib.ExitStack() as cleanup:
+        # the one reference the job carries from here: methods and provenance read it, nothing re-resolves
+        checkpoint = dataclasses.replace(
+            checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
         )
+        where = {"name": name, "bundle": bundle, "host": host, "model_id": checkpoint.short_hash}
+        dataset = build_training_data(data_specs, train_spec, **where)
+        validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
+        templates = [part.template.record() for part in dataset.parts]
+        for template in templates:
+            message = f"prompt template {template['file']} ({len(template['lines'])} lines)"
+            reporter(ProgressEvent("message", job=name, message=message))
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
         train_spec = cap_accumulation(train_spec, len(dataset.batch_plan(0)), accelerator.num_processes)
@@ -173,19 +246,24 @@ def run_training_job(
             ProgressEvent("message", job=name, message=f"caching latents of {len(dataset.images)} images")
         )
         dataset.cache_latents(should_stop=lambda: control.interrupted)
-        if train_spec.move_unused_to_cpu and not dataset.needs_vae:
+        if validation is not None:
+            validation.dataset.cache_latents(should_stop=lambda: control.interrupted)
+        needs_vae = dataset.needs_vae or (validation is not None and validation.dataset.needs_vae)
+        if train_spec.move_unused_to_cpu and not needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
+        release_memory()  # the VAE's activations and the decoded images are garbage now
         context = MethodContext(
-            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process
+            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
         )
         method = make_method(context)
+        cleanup.callback(method.close)
         prompt, seed = preview_prompt_and_seed(preview, dataset)
         result = train(
             method,
             dataset,
             train_spec,
             run_dir=run_dir,
-            reporter=reporter,
+            reporter=Reporter(lambda event: _all_but_done(event, reporter)),
             control=control,
             batch_plan=dataset.batch_plan,
             loss_csv_name=loss_csv_name,
@@ -193,10 +271,12 @@ def run_training_job(
             preview_seed=seed,
             self_test=preview.self_test,
             accelerator=accelerator,
-            progress_bar=progress_bar,
+            job_spec=job_to_dict(job),
+            validation=validation,
         )
+    release_memory()
     finals = [a for a in result.artifacts if a.info.get("final")]
-    model_info = {"title": checkpoint.title, "short_hash": short_hash, "family": bundle.family}
+    model_info = {"title": checkpoint.title, "short_hash": checkpoint.short_hash, "family": checkpoint.family}
     for artifact in finals[-1:]:
         record = provenance(
             job,
@@ -204,11 +284,13 @@ def run_training_job(
             seed=train_spec.seed,
             model=model_info,
             extra={
-                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss}
+                "result": {"step": result.step, "stopped": result.stopped_reason, "loss": result.last_loss},
+                "templates": templates,
             },
         )
         write_provenance(artifact.paths[0], record)
-    host.refresh(artifact_kind)
+    if artifact_kind is not None:
+        host.refresh(artifact_kind)
     paths = tuple(p for a in finals for p in a.paths)
     reporter(
         ProgressEvent(
@@ -216,8 +298,27 @@ def run_training_job(
             job=name,
             step=result.step,
             total=train_spec.max_steps,
+            loss=result.last_loss,
             message=result.message,
             paths=paths,
         )
     )
+    if finals and losses:  # last, so the status box ends on where the artifact went and how it trained
+        reporter(ProgressEvent("message", job=name, message=loss_summary(finals[-1].paths[0], losses)))
     return result
+
+
+def loss_summary(path: Path, losses: list[float]) -> str:
+    """Where the artifact went and how the loss moved (means of the first and last tenth of the steps:
+    single-step losses jump with the random timestep)."""
+    if len(losses) < 20:  # a few single-step losses compare random timesteps, not training
+        return f"saved {path}: {len(losses)} step(s), last loss {losses[-1]:.4f}"
+    window = len(losses) // 10
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    return f"saved {path}: loss {first:.4f} -> {last:.4f} (mean of the first/last {window} steps)"
+
+
+def _all_but_done(event: ProgressEvent, reporter: Reporter) -> None:
+    """The loop's events, except its "done": the job says it once, after provenance and the refresh."""
+    if event.kind != "done":
+        reporter(event)

@@ -1,4 +1,4 @@
-"""The training logs: A1111's loss CSV, TensorBoard scalars and an optional tqdm bar.
+"""The training logs: A1111's loss CSV and TensorBoard scalars.
 
 CSV: the file A1111 writes (`textual_inversion_loss.csv` / `hypernetwork_loss.csv`), with its columns
 `step,epoch,epoch_step,loss,learn_rate`, CRLF line ends (csv module default), the loss as "%.7f" and the
@@ -70,26 +70,10 @@ class TensorBoardLog:
             self.writer.add_scalar("Loss/train", loss, step)
             self.writer.add_scalar("Learn rate/train", learn_rate, step)
 
+    def add_validation(self, step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("Loss/validation", loss, step)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-class ProgressBar:
-    """A tqdm bar for the CLI; silent when disabled."""
-
-    def __init__(self, enabled: bool, start: int, total: int, description: str) -> None:
-        self.bar: Any = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=description, dynamic_ncols=True)
-
-    def update(self, loss: float, learn_rate: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learn_rate:.3g}", refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

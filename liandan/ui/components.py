@@ -1,14 +1,15 @@
 """Widgets every method tab shares: the job status box with its progress bar, Interrupt and Resume, the loss
 curve and the preview gallery, all fed by one poll of the JobRunner (see `start_polling`).
 
-Written against Gradio 3.41 (A1111's), using only what 4.x still has (`gr.update`, `every=`). Gradio is
-imported here at module top: only the UI imports this module.
+Written against Gradio 3.41 (A1111's), using only what 4.x still has. Gradio is imported here at module top:
+only the UI imports this module.
 """
 
 from __future__ import annotations
 
 import html
 import importlib.resources
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from liandan.host.base import Host
 
 POLL_SECONDS = 1.0
-MAX_PLOT_POINTS = 400  # the plot is resent on every poll: keep it small however long the run
+MAX_PLOT_POINTS = 400  # the curve is resent on every poll: keep it small however long the run
 MAX_GALLERY = 12
+PLOT_WIDTH, PLOT_HEIGHT = 420, 200
 
 
 @dataclass
@@ -32,12 +34,12 @@ class JobPanel:
 
     kind: str
     status: Any
-    loss_plot: Any
-    gallery: Any
+    loss_plot: Any | None  # None: a job that does not train (preprocess) has no loss and no previews
+    gallery: Any | None
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.status, self.loss_plot, self.gallery]
+        return [c for c in (self.status, self.loss_plot, self.gallery) if c is not None]
 
 
 @dataclass
@@ -76,16 +78,6 @@ def model_dropdown(ctx: UIContext, prefix: str) -> Any:
     return gr.Dropdown(choices, value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model")
 
 
-def check_train_schedules(train: Any) -> None:
-    """Refuse a malformed lr or clip schedule (a TrainSpec's) when Train is pressed, not after the model
-    loaded: the user then sees the error beside the button instead of "Started"."""
-    from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
-
-    learn_rate_schedule(train.learn_rate, train.lr_scheduler, train.max_steps, train.lr_warmup_steps)
-    if train.clip_grad_mode != "disabled":
-        clip_value_schedule(train.clip_grad_value, train.max_steps)
-
-
 def job_model(title: str | None) -> str:
     """A job spec's `model` from the dropdown: "" means the host's current model."""
     return "" if not title or title == CURRENT_MODEL else title
@@ -121,18 +113,47 @@ def render_status(status: JobStatus | None, checkpoints_dir: Path | None = None)
     return f'<div class="liandan-status">{"".join(rows)}</div>'
 
 
-def loss_points(status: JobStatus | None) -> Any:
-    """The loss history as a DataFrame for gr.LinePlot, thinned to MAX_PLOT_POINTS; None without data."""
+def loss_points(status: JobStatus | None) -> list[tuple[int, float]]:
+    """The loss history thinned to about MAX_PLOT_POINTS, the first and last points always kept."""
     if status is None or not status.losses:
-        return None
-    import pandas as pd
-
+        return []
     losses = status.losses
     stride = max(1, -(-len(losses) // MAX_PLOT_POINTS))  # ceiling: at most MAX_PLOT_POINTS kept
     kept = list(losses[::stride])
     if kept[-1] != losses[-1]:
         kept.append(losses[-1])
-    return pd.DataFrame(kept, columns=["step", "loss"])
+    return kept
+
+
+def render_loss_curve(status: JobStatus | None) -> str:
+    """The loss curve as inline SVG: a few hundred points need no plotting library (gr.LinePlot re-embeds
+    Vega on every update and floods the browser console with version warnings)."""
+    points = loss_points(status)
+    if not points:
+        return '<div class="liandan-loss"><p class="liandan-loss-empty">Loss: no steps yet.</p></div>'
+    steps = [step for step, _ in points]
+    finite = [(step, loss) for step, loss in points if math.isfinite(loss)]  # a NaN step leaves a gap
+    low, high = (min(v for _, v in finite), max(v for _, v in finite)) if finite else (0.0, 1.0)
+    span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
+    pad = 4
+
+    def xy(step: int, loss: float) -> str:
+        x = pad + (step - steps[0]) / span_x * (PLOT_WIDTH - 2 * pad)
+        y = pad + (high - loss) / span_y * (PLOT_HEIGHT - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    line = " ".join(xy(step, loss) for step, loss in finite)
+    caption = (
+        f"loss {points[-1][1]:.5f} at step {steps[-1]} · range {low:.5f} to {high:.5f} "
+        f"over steps {steps[0]} to {steps[-1]}"
+    )
+    return (
+        '<div class="liandan-loss">'
+        f'<svg viewBox="0 0 {PLOT_WIDTH} {PLOT_HEIGHT}" width="100%" role="img" '
+        f'aria-label="{html.escape(caption)}"><title>{html.escape(caption)}</title>'
+        f'<polyline class="liandan-loss-line" fill="none" points="{line}"/></svg>'
+        f'<p class="liandan-loss-caption">{html.escape(caption)}</p></div>'
+    )
 
 
 def preview_paths(status: JobStatus | None) -> list[str]:
@@ -141,19 +162,24 @@ def preview_paths(status: JobStatus | None) -> list[str]:
     return [str(p) for p in status.previews[-MAX_GALLERY:] if Path(p).is_file()]
 
 
-def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
-    """Status, Interrupt/Resume, loss curve and previews for jobs of `kind`; elem_ids start with `prefix`."""
+def job_panel(ctx: UIContext, kind: str, prefix: str, training: bool = True) -> JobPanel:
+    """Status and Interrupt for jobs of `kind`, and for a training job (`training`) Resume, the loss curve
+    and the previews; elem_ids start with `prefix`."""
+    loss_plot = gallery = resume = None
     with gr.Column(elem_id=f"{prefix}_job_panel", elem_classes=["liandan-job-panel"]):
         status = gr.HTML(render_status(ctx.runner.status(kind=kind)), elem_id=f"{prefix}_status")
         with gr.Row():
             interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
-            resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
+            if training:
+                resume = gr.Button("Resume", elem_id=f"{prefix}_resume")
         # what the last button press did: the status box above is rewritten by every poll
         notice = gr.HTML("", elem_id=f"{prefix}_notice")
-        loss_plot = gr.LinePlot(
-            x="step", y="loss", title="Loss", label="Loss", elem_id=f"{prefix}_loss", width=420, height=240
-        )
-        gallery = gr.Gallery(label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto")
+        if training:
+            loss_plot = gr.HTML(render_loss_curve(None), elem_id=f"{prefix}_loss")
+            # "contain": the self-test's side-by-side sheets are wide; a square crop cut their labels
+            gallery = gr.Gallery(
+                label="Previews", elem_id=f"{prefix}_previews", columns=4, height="auto", object_fit="contain"
+            )
 
     def on_interrupt() -> tuple[str, str]:
         job_id = _running_id(ctx.runner, kind)
@@ -169,7 +195,8 @@ def job_panel(ctx: UIContext, kind: str, prefix: str) -> JobPanel:
         return render_status(ctx.runner.status(kind=kind)), _notice(_resume_text(ctx.runner, kind, job_id))
 
     interrupt.click(on_interrupt, None, [status, notice], queue=False)
-    resume.click(on_resume, None, [status, notice], queue=False)
+    if resume is not None:
+        resume.click(on_resume, None, [status, notice], queue=False)
     panel = JobPanel(kind, status, loss_plot, gallery)
     ctx.panels.append(panel)
     return panel
@@ -201,14 +228,49 @@ def poll_values(ctx: UIContext) -> list[Any]:
     values: list[Any] = []
     for panel in ctx.panels:
         status = ctx.runner.status(kind=panel.kind)
-        html_status = render_status(status, ctx.host.folders.checkpoints)
-        values += [html_status, loss_points(status), preview_paths(status)]
+        values.append(render_status(status, ctx.host.folders.checkpoints))
+        if panel.loss_plot is not None:
+            values += [render_loss_curve(status), preview_paths(status)]
     return values
 
 
+# The page's side of the poll. A browser timer clicks the hidden poll button once a second while a job panel
+# is on screen and the previous poll has come back (or has been on its way for over 10 s): not Gradio's
+# `every=`, whose repeating event keeps the server from closing, so A1111's "Reload UI" and "Apply and
+# restart UI" hung for good. The timer stops itself when the button is gone.
+_POLL_BUTTON = "liandan_poll"
+_FIND_BUTTON = f"(typeof gradioApp === 'function' ? gradioApp() : document).querySelector('#{_POLL_BUTTON}')"
+POLL_JS = f"""
+() => {{
+    if (window.liandanPoll) clearInterval(window.liandanPoll);
+    window.liandanPoll = setInterval(() => {{
+        const button = {_FIND_BUTTON};
+        if (!button) {{ clearInterval(window.liandanPoll); return; }}
+        const panels = button.getRootNode().querySelectorAll(".liandan-job-panel");
+        const shown = [...panels].some((panel) => panel.offsetParent !== null);
+        const busy = Date.now() - Number(button.dataset.busySince || 0) < 10000;
+        if (shown && !busy) {{
+            button.dataset.busySince = String(Date.now());
+            button.click();
+        }}
+    }}, {int(POLL_SECONDS * 1000)});
+    return [];
+}}
+"""
+POLL_DONE_JS = (
+    f"() => {{ const button = {_FIND_BUTTON}; if (button) delete button.dataset.busySince; return []; }}"
+)
+_JS_ARG = "_js" if int(gr.__version__.split(".")[0]) < 4 else "js"  # renamed in Gradio 4
+
+
 def start_polling(ctx: UIContext, blocks: Any) -> None:
-    """One repeating load event for all panels of `blocks` (call it last, inside the Blocks). One poll, not
-    one per widget: every repeating event holds a queue slot for as long as the page is open."""
+    """One poll for all panels of `blocks` (call it last, inside the Blocks): a hidden button that the page's
+    timer (POLL_JS) clicks. Each click is one short request outside the queue, so nothing outlives a page
+    and no queue slot is held."""
     outputs = [component for panel in ctx.panels for component in panel.outputs]
-    if outputs:
-        blocks.load(lambda: poll_values(ctx), None, outputs, every=POLL_SECONDS, show_progress="hidden")
+    if not outputs:
+        return
+    poll = gr.Button("poll", elem_id=_POLL_BUTTON, elem_classes=["liandan-hidden"])
+    event = poll.click(lambda: poll_values(ctx), None, outputs, queue=False, show_progress="hidden")
+    event.then(None, None, None, queue=False, **{_JS_ARG: POLL_DONE_JS})
+    blocks.load(None, None, None, queue=False, **{_JS_ARG: POLL_JS})

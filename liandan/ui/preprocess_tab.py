@@ -114,7 +114,7 @@ def build(ctx: UIContext) -> None:
     with gr.Row():
         start = gr.Button("Preprocess", variant="primary", elem_id=f"{PREFIX}_start")
     message = gr.HTML("", elem_id=f"{PREFIX}_message")
-    job_panel(ctx, PreprocessJob.kind, PREFIX)
+    job_panel(ctx, PreprocessJob.kind, PREFIX, training=False)
 
     def on_start(*values: Any) -> str:
         try:

@@ -5,6 +5,7 @@ one validated spec. A tab that builds its form this way cannot drift from the sp
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -28,7 +29,6 @@ class SpecForm(Generic[S]):
         self.spec_class = spec_class
         self.prefix = prefix
         self.controls: dict[str, Any] = {}
-        self._defaults = spec_class()
 
     # --- what a path means ------------------------------------------------------------------------
 
@@ -44,9 +44,13 @@ class SpecForm(Generic[S]):
         return owner
 
     def default(self, path: str) -> Any:
+        """The field's default; read from the fields, since a spec with required values (a name) has no
+        valid default instance."""
         self.hint(path)  # refuse an unknown path before walking into it
-        value: Any = self._defaults
-        for part in path.split("."):
+        first, *rest = path.split(".")
+        field = next(f for f in dataclasses.fields(self.spec_class) if f.name == first)
+        value: Any = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+        for part in rest:
             value = getattr(value, part)
         return value
 
@@ -58,6 +62,9 @@ class SpecForm(Generic[S]):
     def add(self, path: str, control: Any) -> Any:
         """Collect a control built elsewhere (custom choices or value) under its field path."""
         self.hint(path)
+        # A1111 saves and restores tab defaults (ui-config.json) keyed by tab and label only, so the TI and
+        # hypernetwork tabs' "Prompt template" would share one value; this attribute adds our prefix
+        control.custom_script_source = self.prefix
         self.controls[path] = control
         return control
 
@@ -108,6 +115,33 @@ class SpecForm(Generic[S]):
     def choices(self, path: str) -> list[Any]:
         return list(typing.get_args(self.hint(path)))
 
+    def auto(self, path: str, label: str) -> Any:
+        """The control a field's type calls for: a dropdown of a Literal's choices, a checkbox for a bool, a
+        slider for a probability (a float bounded by [0, 1]), a number, else a text box."""
+        hint = self.hint(path)
+        if typing.get_origin(hint) is typing.Literal:
+            return self.dropdown(path, label)
+        if hint is bool:
+            return self.check(path, label)
+        if hint is float and self._bounds(path) == (0.0, 1.0):
+            return self.slider(path, label, 0, 1, 0.05)
+        if hint in (int, float):
+            return self.number(path, label, precision=0 if hint is int else None)
+        return self.text(path, label)
+
+    def _bounds(self, path: str) -> tuple[Any, Any]:
+        *sections, leaf = path.split(".")
+        owner: Any = self.spec_class
+        for part in sections:
+            owner = typing.get_type_hints(owner)[part]
+        metadata = next(f.metadata for f in dataclasses.fields(owner) if f.name == leaf)
+        return metadata.get("min"), metadata.get("max")
+
+    def leaf_paths(self) -> list[str]:
+        """Every field path of the spec down to its leaves ("train.learn_rate", ...): what a complete form
+        has a control for."""
+        return _leaves(self.spec_class, "")
+
     # --- the way back -----------------------------------------------------------------------------
 
     def to_spec(self, values: dict[str, Any]) -> S:
@@ -122,6 +156,18 @@ class SpecForm(Generic[S]):
                 node = node.setdefault(part, {})
             node[leaf] = _from_widget(path, value, self.hint(path))
         return self.spec_class.from_dict(data)
+
+
+def _leaves(spec_class: type[Spec], prefix: str) -> list[str]:
+    hints = typing.get_type_hints(spec_class)
+    paths = []
+    for f in dataclasses.fields(spec_class):
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, Spec):
+            paths += _leaves(hint, f"{prefix}{f.name}.")
+        else:
+            paths.append(f"{prefix}{f.name}")
+    return paths
 
 
 def _from_widget(path: str, value: Any, hint: Any) -> Any:

@@ -1,16 +1,16 @@
-"""The tab list, shared by the standalone app and the A1111 entry script. Each tab is a module with
-`build(ctx: UIContext)`, called inside the Blocks; a tab whose module is not there yet shows a notice."""
+"""The tab list, shared by the standalone app and the A1111 entry script: one tab per registry entry that
+has one (`liandan.registry`), then the methods still to come. Each tab is a module with
+`build(ctx: UIContext)`, called inside the Blocks."""
 
 from __future__ import annotations
 
 import html
-import importlib
-import importlib.util
 import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
+from liandan import registry
 from liandan.ui.components import UIContext
 
 log = logging.getLogger(__name__)
@@ -23,32 +23,35 @@ class TabDef:
     module: str
 
 
-TABS: tuple[TabDef, ...] = (
-    TabDef("textual_inversion", "Textual Inversion", "liandan.ui.textual_inversion_tab"),
-    TabDef("hypernetwork", "Hypernetwork", "liandan.ui.hypernetwork_tab"),
-    TabDef("preprocess", "Preprocess & Caption", "liandan.ui.preprocess_tab"),
+# methods not built yet: their tabs say so (each goes once its method is in the registry)
+PLANNED: tuple[TabDef, ...] = (
     TabDef("dreambooth", "DreamBooth / LoRA", "liandan.ui.dreambooth_tab"),
     TabDef("apt", "APT", "liandan.ui.apt_tab"),
     TabDef("aesthetic", "Aesthetic", "liandan.ui.aesthetic_tab"),
 )
 
 
+def tab_list() -> list[TabDef]:
+    methods = [TabDef(m.kind, m.title, m.tab) for m in registry.METHODS.values() if m.tab is not None]
+    return [*methods, *PLANNED]
+
+
 def build_tabs(ctx: UIContext) -> None:
     """All tabs, inside the current Blocks."""
     with gr.Tabs(elem_id="liandan_tabs"):
-        for tab in TABS:
+        for tab in tab_list():
             with gr.Tab(tab.title, id=tab.key, elem_id=f"liandan_tab_{tab.key}"):
                 build_tab(tab, ctx)
 
 
 def build_tab(tab: TabDef, ctx: UIContext) -> None:
-    if importlib.util.find_spec(tab.module) is None:
-        gr.Markdown(
-            f"The {tab.title} tab is not part of this build yet.", elem_id=f"liandan_{tab.key}_missing"
-        )
-        return
     try:
-        importlib.import_module(tab.module).build(ctx)
+        registry.import_optional(tab.module, f"the {tab.title} tab").build(ctx)
+    except registry.MethodUnavailable as e:  # an optional package is missing: say which, no traceback
+        log.warning("liandan: %s", e)
+        gr.HTML(
+            f'<p class="liandan-error">{html.escape(str(e))}</p>', elem_id=f"liandan_{tab.key}_unavailable"
+        )
     except Exception as e:  # one broken tab must not take the others (or the WebUI's UI) down
         log.exception("liandan: the %s tab failed to build", tab.title)
         message = html.escape(f"{type(e).__name__}: {e}")

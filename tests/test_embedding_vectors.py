@@ -1,4 +1,5 @@
-"""Creating embeddings: A1111's init rule, SDXL pairs, name rules, overwrite, the vector limit."""
+"""Embedding vectors: A1111's init rule, SDXL pairs, the trainable module, and Create (names, overwrite,
+the vector limit)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from liandan.errors import ConfigError
 from liandan.formats.embedding import load_embedding
 from liandan.host.standalone import StandaloneHost
 from liandan.jobs import TextualInversionJob
-from liandan.methods.embedding_create import create_embedding, new_embedding
+from liandan.methods.textual_inversion import create_embedding
+from liandan.models.embedding_vectors import TrainableEmbedding, new_embedding
 from liandan.models.tiny import tiny_bundle
 
 
@@ -41,30 +43,39 @@ def test_sdxl_creates_a_clip_l_clip_g_pair_from_each_encoders_table() -> None:
     assert torch.equal(embedding.vectors["clip_g"][1], table_g[ids[1]])
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "...", " "])
-def test_bad_names_are_refused(name: str) -> None:
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "...", " ", "my*cat?!"])
+def test_bad_names_are_refused_when_the_job_is_made(name: str) -> None:
     with pytest.raises(ConfigError, match="name"):
-        new_embedding(tiny_bundle("sd1"), name, "", 1)
-
-
-def test_names_are_sanitised_like_a1111() -> None:
-    assert new_embedding(tiny_bundle("sd1"), "my*cat?!", "", 1).name == "mycat"
+        TextualInversionJob(name=name)
 
 
 def test_create_embedding_writes_a_file_a1111_loads_and_refuses_to_clobber(tmp_path: Path) -> None:
     host = StandaloneHost(tmp_path / "data")
-    path = create_embedding(host, "newemb", "a photo", 2)
+    path = create_embedding(host, TextualInversionJob(name="newemb", init_text="a photo", vectors=2))
     assert path == host.folders.embeddings / "newemb.pt"
     check_pt(path)
     loaded = load_embedding(path)
     assert loaded.name == "newemb" and loaded.step == 0 and loaded.single.shape == (2, 32)
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="already exists"):
-        create_embedding(host, "newemb", "other words", 4)
+        create_embedding(host, TextualInversionJob(name="newemb", init_text="other words", vectors=4))
     assert path.read_bytes() == before  # nothing lost
-    create_embedding(host, "newemb", "other words", 4, overwrite=True)
+    create_embedding(host, TextualInversionJob(name="newemb", vectors=4, overwrite=True))
     assert load_embedding(path).single.shape == (4, 32)
-    with pytest.raises(ConfigError, match="1 to 75"):
-        create_embedding(host, "big", "", 76)
     with pytest.raises(ConfigError, match="out of range"):
         TextualInversionJob(name="big", vectors=76)
+
+
+def test_trainable_embedding_keeps_keys_and_round_trips_its_state() -> None:
+    pair = {"clip_l": torch.ones(2, 64, dtype=torch.float16), "clip_g": torch.zeros(2, 128)}
+    vectors = TrainableEmbedding(pair)
+    prompt = vectors.as_prompt_embedding()
+    assert set(prompt) == {"clip_l", "clip_g"} and prompt["clip_l"].dtype == torch.float32
+    saved = vectors.state()
+    with torch.no_grad():
+        vectors.params[0].add_(1)
+    assert torch.equal(vectors.detached()["clip_l"], torch.full((2, 64), 2.0))
+    vectors.load_state(saved)
+    assert torch.equal(vectors.detached()["clip_l"], torch.ones(2, 64))
+    single = TrainableEmbedding({"*": torch.zeros(3, 32)}).as_prompt_embedding()
+    assert isinstance(single, torch.nn.Parameter) and single.shape == (3, 32)
