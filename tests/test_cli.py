@@ -130,7 +130,6 @@ def test_ctrl_c_stops_the_job_cleanly(tmp_path: Path, capsys) -> None:
 def test_the_shipped_demo_job_is_a_valid_textual_inversion_job() -> None:
     from liandan.jobs import load_job_file
 
-    job_runner.load_methods()
     assert load_job_file(cli.DEMO_JOB).kind == "textual_inversion"
 
 
