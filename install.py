@@ -12,6 +12,7 @@ the WebUI's own `--skip-install` (in COMMANDLINE_ARGS or launch.args) turn it of
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -22,6 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 try:
     from packaging.requirements import Requirement
@@ -67,6 +69,27 @@ COMPAT_CAPS: tuple[Cap, ...] = (
     Cap("bitsandbytes", "torch", "2.3", "0.47.0", "0.48 requires torch>=2.3"),
     Cap("bitsandbytes", "torch", "2.4", "0.49.2", "0.50 requires torch>=2.4"),
     Cap("onnxruntime", "protobuf", "4", "1.26.0", "1.27 requires protobuf>=4.25.8"),
+)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """An attribute a feature needs from a module that another distribution (often the WebUI's) may
+    provide: an installed module counts as the requirement, so check what it can do, not that it imports."""
+
+    module: str
+    attribute: str
+    problem: str  # what breaks and what to do; {version} is the module's version
+
+
+CAPABILITIES: tuple[Capability, ...] = (
+    Capability(
+        "cv2",
+        "CascadeClassifier",
+        "OpenCV {version} has no CascadeClassifier (5.0 dropped it), so the focal-point crop cannot find "
+        'faces: install OpenCV 4 in its place (pip install "opencv-python-headless>=4.8,<5"), or put '
+        "face_detection_yunet_2023mar.onnx in models/opencv/ for the YuNet detector",
+    ),
 )
 
 
@@ -143,6 +166,27 @@ def plan_installs(
     return specs
 
 
+def capability_problems(
+    capabilities: Iterable[Capability], load: Callable[[str], ModuleType | None]
+) -> list[str]:
+    """The problem of each capability whose module `load` finds but which lacks the attribute."""
+    problems = []
+    for capability in capabilities:
+        module = load(capability.module)
+        if module is not None and not hasattr(module, capability.attribute):
+            problems.append(capability.problem.format(version=getattr(module, "__version__", "?")))
+    return problems
+
+
+def import_if_present(name: str) -> ModuleType | None:
+    if not module_exists(name):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # a broken install: pip cannot help either, and the feature reports it when used
+        return None
+
+
 def installed_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -212,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {a.name for a in additions} | {cap.dependency for cap in COMPAT_CAPS}
     versions = {name: installed_version(name) for name in wanted}
     specs = plan_installs(additions, versions, module_exists)
+    for problem in capability_problems(CAPABILITIES, import_if_present):
+        print(f"liandan: {problem}", file=sys.stderr)
     if not specs:
         return 0
     if skip_requested(argv, os.environ) or webui_skips_install():

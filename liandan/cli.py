@@ -1,5 +1,6 @@
-"""`python -m liandan ...`: train from a job file, serve the standalone UI, write the tiny models, inspect a
-checkpoint. Starting it stays fast: torch, gradio and the methods are imported by the subcommand that runs.
+"""`python -m liandan ...`: train from a job file, serve the standalone UI, write the tiny models, tell what
+an artifact file is. Starting it stays fast: torch, gradio and the methods are imported by the subcommand
+that runs.
 
 Other packages add subcommands through a module listed in COMMAND_MODULES exposing `add_parser(subparsers)`;
 the parser it adds sets `run=<function(args) -> exit code>` with `set_defaults`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,8 +29,8 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m liandan",
-        description="Train Stable Diffusion embeddings, hypernetworks, LoRA and more, inside or outside "
-        "the AUTOMATIC1111 WebUI.",
+        description="Train Stable Diffusion textual-inversion embeddings and hypernetworks, inside or "
+        "outside the AUTOMATIC1111 WebUI.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -53,21 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(run=cmd_ui)
 
     tiny = sub.add_parser(
-        "tiny-model", help="write the tiny random SD1/SD2/SDXL checkpoints (for tests, demos)"
+        "tiny-model", help="write the tiny random SD1 and SDXL checkpoints (for tests, demos)"
     )
     tiny.add_argument("--out", type=Path, default=Path("tiny-models"), help="folder to write them into")
     tiny.set_defaults(run=cmd_tiny_model)
 
     info = sub.add_parser(
-        "info", help="library versions, and what a checkpoint is (family, prediction, hash)"
+        "info",
+        help="library versions and the GPU; with FILE, what an embedding, hypernetwork, LoRA or checkpoint "
+        "file is and which models it fits",
     )
-    info.add_argument("checkpoint", type=Path, nargs="?")
+    info.add_argument("file", type=Path, nargs="?", metavar="FILE")
     info.set_defaults(run=cmd_info)
 
     demo = sub.add_parser(
         "demo",
-        help=f"a short textual-inversion run on the tiny default model ({DEMO_JOB.name}; "
-        "needs the textual inversion method)",
+        help=f"a short textual-inversion run on the tiny default model ({DEMO_JOB.name})",
     )
     _add_data_dir(demo)
     demo.set_defaults(run=cmd_demo)
@@ -144,7 +147,9 @@ def with_overrides(spec: Any, pairs: Sequence[str]) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from liandan.jobs import load_job_file
+    from liandan.train.launcher import check_process_count, parent_command_line
 
+    check_process_count(os.environ, parent_command_line())
     return run_in_foreground(with_overrides(load_job_file(args.job), args.overrides), args.data_dir)
 
 
@@ -198,10 +203,6 @@ def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if not DEMO_JOB.is_file():
-        raise ConfigError(
-            f"the demo job {DEMO_JOB} is not there yet: it comes with the textual inversion method"
-        )
     args.job, args.overrides = DEMO_JOB, []
     return cmd_train(args)
 
@@ -242,14 +243,26 @@ def cmd_info(args: argparse.Namespace) -> int:
         versions = library_versions() | versions  # its own list names liandan too: print it once
     for name, version in versions.items():
         print(f"{name} {version}")
-    if args.checkpoint is not None:
-        from liandan.models.loading import bundle_short_hash, load_bundle
+    print(f"gpu {gpu_summary()}")
+    if args.file is not None:
+        from liandan.formats.identify import identify
 
-        if not args.checkpoint.exists():
-            raise ConfigError(f"checkpoint {args.checkpoint} does not exist")
-        bundle = load_bundle(args.checkpoint)
-        print(f"checkpoint {args.checkpoint}")
-        print(f"  family {bundle.family}")
-        print(f"  prediction {bundle.prediction_type}")
-        print(f"  short hash {bundle_short_hash(bundle) or '-'}")
+        described = identify(args.file)
+        print(f"file {args.file}")
+        print("\n".join(described.lines()))
     return 0
+
+
+def gpu_summary() -> str:
+    """The accelerators torch sees, or plainly that there is none (the CUDA build alone says nothing)."""
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return ", ".join(names)
+    if torch.backends.mps.is_available():
+        return "Apple MPS"
+    build = (
+        f"torch is built for CUDA {torch.version.cuda}" if torch.version.cuda else "torch is a CPU-only build"
+    )
+    return f"none found ({build}): training runs on the CPU, slowly"

@@ -9,6 +9,7 @@ Kept independent of liandan's own writer so that it can catch a writer bug.
 
 from __future__ import annotations
 
+import _codecs
 import collections
 import pickle
 import re
@@ -58,6 +59,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(numpy.core.multiarray, name)
         if module == "numpy" and name in ["dtype", "ndarray"]:
             return getattr(numpy, name)
+        if module == "_codecs" and name == "encode":
+            return _codecs.encode
         if module == "__builtin__" and name == "set":
             return set
         raise A1111Refused(f"global '{module}/{name}' is forbidden")

@@ -1,16 +1,21 @@
 """Shared test setup: one CPU thread per test process, offline hubs, and the A1111-written fixtures.
 
 The fixtures live in ../shared/fixtures/webui-1.10.1 beside the checkout (or $LIANDAN_FIXTURES). Tests copy
-what they write to into tmp_path: ../shared is read-only in CI. Under CI=true a missing fixture folder is
-an error, not a skip, so CI shows the compatibility tests really ran.
+what they write to into tmp_path: ../shared is read-only in CI. Every test that reads them is marked
+`fixtures`. Where they are missing those tests skip, and the summary line counts them as "compatibility
+tests not run"; under CI=true a missing fixture folder is an error and any skipped fixture test fails the
+run, so CI shows the compatibility tests really ran. With LIANDAN_REQUIRE_UI_TESTS=1 (CI's main
+environment) a run that collected no UI or no browser test is an error too.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +32,11 @@ pytest_plugins = ["real_webui"]
 # The UI tests need gradio, which the newest-stack CI job leaves out on purpose: it checks the engine alone.
 UI_TESTS = ["test_browser*.py", "test_*_tab.py", "test_ui_app.py", "test_spec_form.py"]
 collect_ignore_glob = [] if importlib.util.find_spec("gradio") else UI_TESTS
+
+
+FIXTURES_MISSING = "A1111 fixtures not found"
+NOT_RUN = "compatibility tests not run"
+_skipped_fixture_tests: list[str] = []
 
 
 def _fixtures_dir() -> Path:
@@ -47,8 +57,8 @@ def fixtures_dir() -> Path:
     path = _fixtures_dir()
     if not (path / "MANIFEST.md").is_file():
         if os.environ.get("CI"):
-            pytest.fail(f"A1111 fixtures not found at {path}: CI must run the compatibility tests")
-        pytest.skip(f"A1111 fixtures not found at {path} (set LIANDAN_FIXTURES)")
+            pytest.fail(f"{FIXTURES_MISSING} at {path}: CI must run the compatibility tests")
+        pytest.skip(f"{FIXTURES_MISSING} at {path} (set LIANDAN_FIXTURES)")
     return path
 
 
@@ -61,3 +71,52 @@ def fixtures_copy(fixtures_dir: Path, tmp_path: Path) -> Path:
         p.chmod(0o755 if p.is_dir() else 0o644)
     dest.chmod(0o755)
     return dest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "fixtures_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fixtures)
+    if os.environ.get("LIANDAN_REQUIRE_UI_TESTS") != "1":
+        return
+    ui = [i for i in items if any(fnmatch.fnmatch(i.path.name, pattern) for pattern in UI_TESTS)]
+    browser = [i for i in items if i.get_closest_marker("browser")]
+    if not ui or not browser:
+        raise pytest.UsageError(
+            f"LIANDAN_REQUIRE_UI_TESTS=1 but this run collected {len(ui)} UI and {len(browser)} browser "
+            "tests: gradio is missing from this environment, or the selection left them out"
+        )
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """A test skipped for want of the fixtures counts apart in the summary line."""
+    if report.skipped and FIXTURES_MISSING in str(report.longrepr):
+        return NOT_RUN, "s", "NOT RUN (no fixtures)"
+    return None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "fixtures" in report.keywords:
+        _skipped_fixture_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI") and _skipped_fixture_tests and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    not_run = terminalreporter.stats.get(NOT_RUN, [])
+    if not_run:
+        terminalreporter.write_sep(
+            "-",
+            f"{len(not_run)} {NOT_RUN}: the A1111-written fixtures are not at {_fixtures_dir()}; "
+            "README.md (Tests) says where they come from and how to set LIANDAN_FIXTURES",
+            yellow=True,
+        )
+    if os.environ.get("CI") and _skipped_fixture_tests:
+        terminalreporter.write_sep(
+            "-", f"CI: {len(_skipped_fixture_tests)} fixture tests skipped, which CI does not allow", red=True
+        )
+        for nodeid in _skipped_fixture_tests:
+            terminalreporter.write_line(f"  {nodeid}")

@@ -9,12 +9,21 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from a1111_safe_unpickler import A1111Refused, check_pt
 
 from liandan.errors import FormatError
-from liandan.formats.a1111_pickle import load_pt, pickle_globals, save_pt_a1111
+from liandan.formats.a1111_pickle import (
+    A1111_ALLOWED_GLOBALS,
+    load_error_summary,
+    load_pt,
+    pickle_globals,
+    save_pt_a1111,
+    torch_load_weights_only,
+)
+from liandan.formats.embedding import load_embedding
 
 
 def _payload(marker: Path) -> object:
@@ -105,8 +114,10 @@ def test_malicious_pt_is_refused_and_never_executed(tmp_path: Path, legacy: bool
     payload = {"vec": torch.zeros(1), "x": _payload(marker)}
     torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
 
-    with pytest.raises(FormatError, match=r"evil\.pt.*refused.*system"):
+    refusal = r"evil\.pt: refused to load, because it refers to posix\.system"
+    with pytest.raises(FormatError, match=refusal) as caught:
         load_pt(path)
+    assert str(caught.value).isprintable()
     assert not marker.exists()
     with pytest.raises(A1111Refused):
         check_pt(path)
@@ -133,14 +144,72 @@ def test_pickle_globals_sees_the_payload(tmp_path: Path) -> None:
     assert any(name == "system" for _, name in pickle_globals(data))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a zip at all", b"PK\x03\x04truncated"])
-def test_garbage_gives_format_error(tmp_path: Path, content: bytes) -> None:
+def test_parameter_dict_embedding_loads_as_in_a1111(tmp_path: Path) -> None:
+    """The original textual-inversion code pickled a ParameterDict; A1111 loads such files, so do we."""
+    vectors = torch.randn(2, 8)
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors.clone())})
+    path = tmp_path / "old-style.pt"
+    data = {"string_to_token": {"*": 265}, "string_to_param": params, "name": "old-style", "step": 500}
+    path.write_bytes(_strip_torch_extras(_torch_bytes(data)))
+    check_pt(path)  # a stock A1111 accepts this very file
+
+    embedding = load_embedding(path)
+    assert torch.equal(embedding.single, vectors)
+    assert embedding.step == 500
+
+
+def test_allowlist_is_what_a1111_resolves() -> None:
+    from a1111_safe_unpickler import RestrictedUnpickler
+
+    oracle = RestrictedUnpickler(io.BytesIO(b""))
+    for module, name in A1111_ALLOWED_GLOBALS - {
+        ("pytorch_lightning.callbacks", "model_checkpoint"),
+        ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+    }:  # the oracle leaves pytorch_lightning out: it is not installed here
+        oracle.find_class(module, name)
+    for module, name in [("builtins", "eval"), ("torch", "load"), ("numpy", "load"), ("torch.nn", "Linear")]:
+        assert (module, name) not in A1111_ALLOWED_GLOBALS
+        with pytest.raises(A1111Refused):
+            oracle.find_class(module, name)
+
+
+def test_numpy_arrays_load_as_a1111_allows(tmp_path: Path) -> None:
+    path = tmp_path / "arrays.pt"
+    torch.save({"a": numpy.arange(3)}, path)
+    assert load_pt(path)["a"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip at all", b"PK\x03\x04truncated", b"\x80\x02}q\x00.", b"\x1b[31mred\x1b[0m\n\nmore"],
+)
+def test_garbage_says_not_a_pytorch_file_in_one_sentence(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
-    with pytest.raises(FormatError, match=r"broken\.pt"):
+    with pytest.raises(FormatError) as caught:
         load_pt(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a PyTorch file, or a corrupt one (")
+    assert "malicious" not in message
+    assert message.isprintable()  # one line, no terminal escape codes
+    assert ". " not in message.removeprefix(str(path))  # one sentence, no torch advice after it
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="not found"):
         load_pt(tmp_path / "nope.pt")
+
+
+def test_weights_only_refusal_is_summarised_in_one_plain_clause(tmp_path: Path) -> None:
+    """torch's own refusal is paragraphs of advice with terminal escape codes; ours names the culprit."""
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch_load_weights_only(path)
+    assert load_error_summary(caught.value) == (
+        "it refers to torch.nn.modules.linear.Linear, which a weights-only load refuses; "
+        "nothing in it was run"
+    )
+    torch_2_1 = "Weights only load failed. WeightsUnpickler error: Unsupported class a.B"  # its wording
+    assert load_error_summary(pickle.UnpicklingError(torch_2_1)).startswith("it refers to a.B,")
+    assert load_error_summary(RuntimeError("\x1b[1mbad\x1b[0m zip. Try this.\nAnd that.")) == "bad zip"

@@ -5,7 +5,7 @@ from PIL import Image
 from preprocess_models import make_blip_folder
 
 from liandan.errors import CheckpointError
-from liandan.preprocess.blip import BlipCaptioner, BlipOptions
+from liandan.preprocess.blip import HUB_FILES, BlipCaptioner, BlipOptions
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,20 @@ def test_captions_respect_lengths_and_batching(blip_folder) -> None:
         assert len(words) <= 6  # max_length counts the [DEC] start token
 
 
-def test_beam_search_runs(blip_folder) -> None:
-    captioner = BlipCaptioner(blip_folder, BlipOptions(num_beams=3, min_length=2, max_length=5))
-    assert isinstance(captioner.caption([Image.new("RGB", (8, 8))])[0], str)
+@pytest.mark.parametrize("beams", [1, 3])
+def test_beam_setting_reaches_generate(blip_folder, monkeypatch, beams: int) -> None:
+    captioner = BlipCaptioner(blip_folder, BlipOptions(num_beams=beams, min_length=2, max_length=5))
+    seen: list[dict] = []
+    generate = captioner.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(captioner.model, "generate", spy)
+    [text] = captioner.caption([Image.new("RGB", (8, 8))])
+    assert text.split()
+    assert [(c["num_beams"], c["min_length"], c["max_length"]) for c in seen] == [(beams, 2, 5)]
 
 
 def test_not_a_blip_folder(tmp_path) -> None:
@@ -34,7 +45,11 @@ def test_not_a_blip_folder(tmp_path) -> None:
         BlipCaptioner(tmp_path, BlipOptions())
 
 
-def test_offline_message_names_the_folder(tmp_path, monkeypatch) -> None:
+def test_offline_message_lists_every_file_and_the_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LIANDAN_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"config\.json was not found .* folder .*BLIP"):
+    with pytest.raises(CheckpointError) as caught:
         BlipCaptioner.load(BlipOptions(), tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{len(HUB_FILES)} weight files are missing (downloads are off)")
+    for name in HUB_FILES:
+        assert str(tmp_path / "BLIP" / "blip-image-captioning-base" / name) in message

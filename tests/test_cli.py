@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import torch
 
 from liandan import cli, registry
 from liandan.errors import ConfigError, DatasetError
@@ -126,10 +127,11 @@ def test_ctrl_c_stops_the_job_cleanly(tmp_path: Path, capsys) -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_demo_says_what_is_missing(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(cli, "DEMO_JOB", tmp_path / "examples" / "demo_ti.toml")
-    assert cli.main(["demo", "--data-dir", str(tmp_path / "data")]) == 1
-    assert "comes with the textual inversion method" in capsys.readouterr().err
+def test_the_shipped_demo_job_is_a_valid_textual_inversion_job() -> None:
+    from liandan.jobs import load_job_file
+
+    job = load_job_file(cli.DEMO_JOB)
+    assert job.kind == "textual_inversion" and job.data.folder.is_dir()
 
 
 def test_demo_runs_its_job_file(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -138,34 +140,43 @@ def test_demo_runs_its_job_file(tmp_path: Path, monkeypatch, capsys) -> None:
     assert "cat.safetensors" in capsys.readouterr().out
 
 
-def test_tiny_model_writes_into_out(tmp_path: Path, monkeypatch, capsys) -> None:
-    def write_tiny_models(folder: Path) -> None:
-        (folder / "tiny-sd1.safetensors").write_bytes(b"x")
-
-    tiny = types.SimpleNamespace(write_tiny_models=write_tiny_models)
-    monkeypatch.setitem(sys.modules, "liandan.models.tiny", tiny)
+def test_tiny_model_writes_into_out(tmp_path: Path, capsys) -> None:
     assert cli.main(["tiny-model", "--out", str(tmp_path / "m")]) == 0
-    assert f"wrote {tmp_path / 'm' / 'tiny-sd1.safetensors'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in ("liandan-tiny-sd1.safetensors", "liandan-tiny-sd1.yaml", "liandan-tiny-sdxl.safetensors"):
+        assert f"wrote {tmp_path / 'm' / name}" in out and (tmp_path / "m" / name).is_file()
 
 
-def test_info_prints_versions_and_refuses_a_missing_checkpoint(tmp_path: Path, capsys) -> None:
+def test_info_prints_versions_says_there_is_no_gpu_and_refuses_a_missing_file(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import torch
+
     import liandan
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert cli.main(["info"]) == 0
-    assert capsys.readouterr().out.splitlines().count(f"liandan {liandan.__version__}") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count(f"liandan {liandan.__version__}") == 1
+    gpu = next(line for line in lines if line.startswith("gpu "))
+    assert "none found" in gpu and "training runs on the CPU" in gpu
     assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 1
-    assert "nope.safetensors does not exist" in capsys.readouterr().err
+    assert "nope.safetensors: file not found" in capsys.readouterr().err
 
 
-def test_info_describes_a_real_checkpoint(tmp_path: Path, capsys) -> None:
-    tiny = pytest.importorskip("liandan.models.tiny")
-    if not hasattr(tiny, "write_tiny_models"):
-        pytest.skip("liandan.models.tiny.write_tiny_models not written yet")
-    tiny.write_tiny_models(tmp_path)
-    checkpoint = sorted(tmp_path.glob("*.safetensors"))[0]
-    assert cli.main(["info", str(checkpoint)]) == 0
+def test_info_describes_an_embedding_and_a_real_checkpoint(tmp_path: Path, capsys) -> None:
+    from liandan.formats.embedding import Embedding, save_embedding_pt
+    from liandan.models.tiny import write_tiny_models
+
+    embedding = save_embedding_pt(Embedding("cat", {"*": torch.zeros(2, 768)}), tmp_path / "cat.pt")
+    assert cli.main(["info", str(embedding)]) == 0
     out = capsys.readouterr().out
-    assert "family sd" in out and "prediction " in out and "short hash " in out
+    assert "kind    A1111 textual-inversion embedding" in out and "family  SD1 (text encoder 768)" in out
+
+    assert cli.main(["info", str(write_tiny_models(tmp_path)["sdxl"])]) == 0
+    out = capsys.readouterr().out
+    assert "kind    Stable Diffusion checkpoint" in out and "family  SDXL" in out
 
 
 def test_other_packages_add_subcommands(monkeypatch, capsys) -> None:

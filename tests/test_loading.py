@@ -85,3 +85,22 @@ def test_sd2_v_prediction_probe_follows_a1111():
         unet.conv_out.weight.zero_()
         unet.conv_out.bias.fill_(0.5)  # output equals the input: epsilon
     assert not _is_v_prediction_sd2(unet)
+
+
+def test_a_ckpt_that_pickles_code_is_refused_in_one_plain_line(tmp_path) -> None:
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "x": Payload()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_bundle(path)
+    message = str(caught.value)
+    assert message == (
+        f"{path}: unreadable or truncated (it refers to posix.system, which a weights-only load refuses; "
+        "nothing in it was run)"
+    )
+    assert not (tmp_path / "pwned").exists()

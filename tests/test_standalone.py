@@ -1,37 +1,50 @@
 from __future__ import annotations
 
-import sys
-import types
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from liandan.errors import CheckpointError
 from liandan.host.base import Host
 from liandan.host.standalone import BUNDLE_CACHE, StandaloneHost, default_data_dir
+from liandan.models import loading, tiny
+from liandan.models.tiny import write_tiny_models
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The real tiny SD1 and SDXL checkpoints, written once for this module (each test copies them)."""
+    return write_tiny_models(tmp_path_factory.mktemp("tiny") / "models" / "Stable-diffusion")
 
 
 @pytest.fixture
-def fake_models(monkeypatch):
-    """Stand-ins for liandan.models.tiny / .loading that record calls (the real ones have their own tests)."""
-    calls: dict[str, list[Path]] = {"write": [], "load": []}
+def calls(monkeypatch) -> Iterator[dict[str, list[Path]]]:
+    """The real write_tiny_models / load_bundle, counted."""
+    seen: dict[str, list[Path]] = {"write": [], "load": []}
 
-    def write_tiny_models(folder: Path) -> None:
-        calls["write"].append(folder)
-        (folder / "tiny-sd1.safetensors").write_bytes(b"sd1")
-        (folder / "tiny-sdxl.safetensors").write_bytes(b"sdxl")
+    def counted(key: str, real: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        def call(path: Path) -> Any:
+            seen[key].append(path)
+            return real(path)
 
-    def load_bundle(path: Path) -> dict:
-        calls["load"].append(path)
-        return {"source": path, "tokens": []}
+        return call
 
-    monkeypatch.setitem(
-        sys.modules, "liandan.models.tiny", types.SimpleNamespace(write_tiny_models=write_tiny_models)
-    )
-    monkeypatch.setitem(sys.modules, "liandan.models.loading", types.SimpleNamespace(load_bundle=load_bundle))
+    monkeypatch.setattr(tiny, "write_tiny_models", counted("write", tiny.write_tiny_models))
+    monkeypatch.setattr(loading, "load_bundle", counted("load", loading.load_bundle))
     BUNDLE_CACHE.clear()
-    yield calls
+    yield seen
     BUNDLE_CACHE.clear()
+
+
+def _host_with(tmp_path: Path, tiny_models: dict[str, Path]) -> StandaloneHost:
+    """A data dir holding the tiny models with their .yaml files and CLIP folder, as write_tiny_models lays
+    them out under models/."""
+    shutil.copytree(tiny_models["sd1"].parents[1], tmp_path / "models")
+    return StandaloneHost(tmp_path)
 
 
 def test_folders_mirror_a1111_layout(tmp_path: Path) -> None:
@@ -54,15 +67,15 @@ def test_default_data_dir_honours_env(monkeypatch) -> None:
     assert default_data_dir() == Path("liandan-data")
 
 
-def test_empty_data_dir_gets_the_tiny_default_once(tmp_path: Path, fake_models) -> None:
+def test_empty_data_dir_gets_the_tiny_default_once(tmp_path: Path, calls) -> None:
     host = StandaloneHost(tmp_path)
     current = host.current_checkpoint()
-    assert current is not None and current.title == "tiny-sd1.safetensors"
+    assert current is not None and current.title == "liandan-tiny-sd1.safetensors"
     assert host.current_checkpoint() == current
-    assert fake_models["write"] == [host.folders.checkpoints]
+    assert calls["write"] == [host.folders.checkpoints]
 
 
-def test_existing_checkpoints_are_listed_recursively_without_vae_files(tmp_path: Path, fake_models) -> None:
+def test_existing_checkpoints_are_listed_recursively_without_vae_files(tmp_path: Path, calls) -> None:
     host = StandaloneHost(tmp_path)
     ckpts = host.folders.checkpoints
     (ckpts / "sub").mkdir()
@@ -74,7 +87,7 @@ def test_existing_checkpoints_are_listed_recursively_without_vae_files(tmp_path:
     (ckpts / "diffusers-model" / "model_index.json").write_text("{}")
     assert [r.title for r in host.list_checkpoints()] == ["a.safetensors", "diffusers-model", "sub/b.ckpt"]
     assert host.current_checkpoint().title == "a.safetensors"
-    assert fake_models["write"] == []
+    assert calls["write"] == []
 
 
 def test_configured_checkpoint_wins_and_must_exist(tmp_path: Path) -> None:
@@ -85,37 +98,46 @@ def test_configured_checkpoint_wins_and_must_exist(tmp_path: Path) -> None:
         StandaloneHost(tmp_path / "d", checkpoint=tmp_path / "missing.safetensors").current_checkpoint()
 
 
-def test_resolve_checkpoint_by_name_or_path(tmp_path: Path, fake_models) -> None:
-    host = StandaloneHost(tmp_path)
-    host.current_checkpoint()
-    assert host.resolve_checkpoint("tiny-sdxl").title == "tiny-sdxl.safetensors"
-    assert host.resolve_checkpoint("").title == "tiny-sd1.safetensors"
+def test_resolve_checkpoint_by_name_or_path(tmp_path: Path, tiny_models) -> None:
+    host = _host_with(tmp_path, tiny_models)
+    assert host.resolve_checkpoint("liandan-tiny-sdxl").title == "liandan-tiny-sdxl.safetensors"
+    assert host.resolve_checkpoint("").title == "liandan-tiny-sd1.safetensors"
+    assert host.resolve_checkpoint(tiny_models["sdxl"]).path == tiny_models["sdxl"]  # a path elsewhere
     with pytest.raises(CheckpointError, match=r"'nope' is neither a file nor a model in .*Stable-diffusion"):
         host.resolve_checkpoint("nope")
 
 
-def test_model_for_training_loads_once_and_hands_out_independent_copies(tmp_path: Path, fake_models) -> None:
+def test_model_for_training_loads_once_and_hands_out_independent_copies(
+    tmp_path: Path, tiny_models, calls
+) -> None:
+    host = _host_with(tmp_path, tiny_models)
+    with host.model_for_training() as bundle:
+        pristine = bundle.unet.conv_in.weight.detach().clone()
+        vocabulary = len(bundle.tokenizers[0])
+        bundle.tokenizers[0].add_tokens(["<my-token>"])  # what a method does to what it got (TI)
+        with torch.no_grad():
+            bundle.unet.conv_in.weight.add_(1.0)
+    with host.model_for_training() as bundle:
+        assert len(bundle.tokenizers[0]) == vocabulary, "the next job must get the pristine model"
+        assert torch.equal(bundle.unet.conv_in.weight, pristine)
+        assert bundle.family == "sd1" and bundle.source == host.folders.checkpoints / tiny_models["sd1"].name
+    assert len(calls["load"]) == 1
+    with host.model_for_training(Path("liandan-tiny-sdxl.safetensors")) as bundle:
+        assert bundle.family == "sdxl"
+    assert [p.name for p in calls["load"]] == [tiny_models["sd1"].name, tiny_models["sdxl"].name]
+
+
+def test_refresh_changes_nothing(tmp_path: Path) -> None:
     host = StandaloneHost(tmp_path)
-    with host.model_for_training() as bundle:
-        bundle["tokens"].append("<my-token>")  # a method changing what it got (TI adds tokens)
-    with host.model_for_training() as bundle:
-        assert bundle["tokens"] == [], "the next job must get the pristine model"
-    assert len(fake_models["load"]) == 1
-    with host.model_for_training(Path("tiny-sdxl.safetensors")):
-        pass
-    assert [p.name for p in fake_models["load"]] == ["tiny-sd1.safetensors", "tiny-sdxl.safetensors"]
-
-
-def test_refresh_is_a_no_op(tmp_path: Path) -> None:
-    StandaloneHost(tmp_path).refresh("embeddings")
+    before = sorted(tmp_path.rglob("*"))
+    assert host.refresh("embeddings") is None
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_real_tiny_default_loads(tmp_path: Path) -> None:
-    pytest.importorskip("liandan.models.tiny", reason="liandan.models.tiny not written yet")
-    pytest.importorskip("liandan.models.loading", reason="liandan.models.loading not written yet")
     BUNDLE_CACHE.clear()
     host = StandaloneHost(tmp_path)
     with host.model_for_training() as bundle:
-        assert bundle.family in ("sd1", "sd2", "sdxl")
+        assert bundle.family == "sd1"
         assert bundle.source is not None and bundle.source.parent == host.folders.checkpoints
     BUNDLE_CACHE.clear()

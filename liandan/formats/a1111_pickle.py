@@ -8,19 +8,22 @@ into memory and rewrite the zip without them (data records stay 64-byte aligned,
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
 import pickletools
+import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import IO, Any
 
 from liandan.atomic_files import write_bytes_atomic
 from liandan.errors import FormatError
 
-# The globals A1111's RestrictedUnpickler lets through (v1.10.1), minus the pytorch_lightning and numpy ones
-# a tensor file of ours never needs.
+# The globals A1111's RestrictedUnpickler lets through (v1.10.1): what we write must keep to them, and what
+# we read may use no others.
 A1111_ALLOWED_GLOBALS = frozenset(
     {
         ("collections", "OrderedDict"),
@@ -36,6 +39,13 @@ A1111_ALLOWED_GLOBALS = frozenset(
         ("torch", "BFloat16Storage"),
         ("torch", "float32"),
         ("torch.nn.modules.container", "ParameterDict"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("_codecs", "encode"),
+        ("pytorch_lightning.callbacks", "model_checkpoint"),
+        ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
         ("__builtin__", "set"),
     }
 )
@@ -43,6 +53,9 @@ A1111_ALLOWED_GLOBALS = frozenset(
 _DROPPED_ENTRIES = (".format_version", ".storage_alignment")
 _ALIGNMENT = 64
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp keeps the bytes reproducible
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# How torch's weights-only refusal names the culprit: "GLOBAL posix.system" (>= 2.4), "Unsupported class X".
+_REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
 
 
 def pickle_globals(data_pkl: bytes) -> set[tuple[str, str]]:
@@ -108,44 +121,92 @@ def save_pt_a1111(obj: Any, path: str | os.PathLike[str]) -> Path:
     return write_bytes_atomic(path, a1111_zip_bytes(obj, path.stem))
 
 
-def _refusal_reason(error: Exception) -> str:
-    """The line of torch's weights_only refusal that names the culprit (e.g. 'GLOBAL posix.system')."""
-    paragraphs = [p.strip() for p in str(error).split("\n\n") if p.strip()]
-    for paragraph in paragraphs:
-        if "GLOBAL" in paragraph or "Unsupported" in paragraph:
-            return paragraph
-    return paragraphs[-1] if paragraphs else type(error).__name__
+class _Refused(pickle.UnpicklingError):
+    """A global outside A1111's allowlist: the file is refused before anything in it runs."""
 
 
-def torch_load_weights_only(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
-    """torch's own `load(weights_only=True)` on the CPU, also inside the WebUI.
+class _A1111Unpickler(pickle.Unpickler):
+    """Resolves exactly the globals A1111's RestrictedUnpickler resolves, and refuses every other.
+
+    torch maps storage names (`torch.BoolStorage`, ...) to dtypes itself before asking; that runs no code.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in A1111_ALLOWED_GLOBALS:
+            raise _Refused(f"it refers to {module}.{name}, which A1111's safe unpickler forbids too")
+        if module == "__builtin__":  # protocol-2 name of builtins
+            return set
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError as error:  # pytorch_lightning's, allowed by A1111 but maybe not installed
+            raise _Refused(f"it refers to {module}.{name}, and {error.name} is not installed") from error
+
+
+def _restricted_load(file: IO[bytes], **options: Any) -> Any:
+    return _A1111Unpickler(file, **options).load()
+
+
+# What torch.load asks of a pickle module: the legacy format reads its header with `load`.
+_A1111_PICKLE = SimpleNamespace(
+    __name__="liandan_a1111_pickle", Unpickler=_A1111Unpickler, load=_restricted_load
+)
+# What a damaged or foreign file raises from inside torch's reader or the unpickler.
+_CORRUPT_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    EOFError,
+    ValueError,
+    OSError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+)
+
+
+def _torch_load(path: Path, **options: Any) -> Any:
+    """torch's own loader on the CPU, also inside the WebUI.
 
     A1111 replaces `torch.load` process-wide with its own checker (modules/safe.py), which refuses the
     `.format_version` entries current torch writes and returns None after printing a malware warning.
-    `torch.serialization.load` is the function that name pointed to before, and weights_only keeps it from
-    running any pickled code.
+    `torch.serialization.load` is the function that name pointed to before.
     """
     import torch.serialization
 
-    return torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return torch.serialization.load(path, map_location="cpu", **options)
+
+
+def torch_load_weights_only(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """torch's `load(weights_only=True)`: for our own state files and model weights."""
+    return _torch_load(Path(path), weights_only=True, mmap=mmap)
+
+
+def load_error_summary(error: Exception) -> str:
+    """One plain clause for an error from torch's loader, to put in a message: the refused global of a
+    weights-only refusal, else the first sentence, without terminal escape codes or torch's advice."""
+    refused = _REFUSED_GLOBAL.search(str(error))
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        return f"it refers to {refused.group(1)}, which a weights-only load refuses; nothing in it was run"
+    lines = _ESCAPES.sub("", str(error)).strip().splitlines()
+    line = "".join(c for c in (lines[0] if lines else "") if c.isprintable())
+    return line.split(". ")[0].rstrip(".")[:160] or type(error).__name__
 
 
 def load_pt(path: str | os.PathLike[str]) -> Any:
-    """`torch.load(weights_only=True)` on the CPU; anything beyond plain tensors and containers is refused.
+    """Read a `.pt`/`.bin` on the CPU with A1111's allowlist of globals, so the same files load here as
+    in a stock WebUI (old embeddings pickle a `torch.nn.ParameterDict`) and nothing else is resolved.
 
     A file carrying a pickled class or a call (the classic `os.system` payload) raises FormatError and
-    nothing in it is executed.
+    nothing in it is executed; every refusal is one sentence.
     """
-
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file not found")
     try:
-        return torch_load_weights_only(path)
-    except pickle.UnpicklingError as error:
-        raise FormatError(
-            f"{path}: refused to load, it holds more than tensors and plain data ({_refusal_reason(error)}); "
-            f"it may be malicious, or written by a tool that pickles its own classes"
-        ) from error
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as error:
-        raise FormatError(f"{path}: not a readable torch .pt file ({error})") from error
+        return _torch_load(path, weights_only=False, pickle_module=_A1111_PICKLE)
+    except _Refused as error:
+        raise FormatError(f"{path}: refused to load, because {error}; nothing in it was run") from error
+    except _CORRUPT_ERRORS as error:
+        detail = load_error_summary(error)
+        raise FormatError(f"{path}: not a PyTorch file, or a corrupt one ({detail})") from error

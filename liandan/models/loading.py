@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from liandan.errors import CheckpointError
-from liandan.formats.a1111_pickle import torch_load_weights_only
+from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_only
 from liandan.models.bundle import Family, ModelBundle
 from liandan.models.detect import EXPECTED, detect_family
 from liandan.models.ldm_layout import TEXT_PREFIXES, key_plan, to_module_tensors
@@ -86,7 +86,7 @@ def open_checkpoint(path: Path) -> Iterator[TensorSource]:
     except CheckpointError:
         raise
     except Exception as error:
-        raise CheckpointError(f"{path}: unreadable or truncated ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: unreadable or truncated ({load_error_summary(error)})") from error
 
 
 def _infer_text_config(source: TensorSource, prefix: str, layout: str, base: dict) -> dict:

@@ -24,7 +24,7 @@ from liandan.preprocess.captions_policy import (
     join_captions,
     read_existing_caption,
 )
-from liandan.preprocess.focal_crop import FocalSettings, focal_crop
+from liandan.preprocess.focal_crop import FocalSettings, face_detector_problem, focal_crop
 from liandan.preprocess.image_ops import (
     IMAGE_SUFFIXES,
     ImageSkipped,
@@ -262,8 +262,10 @@ def run_preprocess(
     if not images:
         raise DatasetError(f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
-    captioners = build_captioners(job, models_dir, pick_device(job.device))
     yunet = find_weights(YUNET, models_dir)
+    if job.crop == "focal" and job.focal_face_weight > 0 and (problem := face_detector_problem(yunet)):
+        raise ConfigError(problem)  # before any work, not as an AttributeError at the first image
+    captioners = build_captioners(job, models_dir, pick_device(job.device))
     writer = _Writer(job, source, destination, captioners, summary)
     reporter(ProgressEvent("start", job="preprocess", total=len(images), message=f"{len(images)} images"))
     for step, path in enumerate(tqdm(images, desc="preprocess", unit="image", disable=None), start=1):

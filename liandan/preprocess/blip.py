@@ -15,7 +15,7 @@ from PIL import Image
 
 from liandan.errors import CheckpointError
 from liandan.preprocess.image_ops import on_white
-from liandan.preprocess.weights import ensure_weights, hub_file
+from liandan.preprocess.weights import WeightFile, ensure_weights, hub_file
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
 BLIP_FOLDER = "BLIP"
@@ -37,14 +37,16 @@ class BlipOptions:
     max_length: int = 48
 
 
+def weight_files(model: str) -> list[WeightFile]:
+    """The files to fetch for `model`: none when it is a local folder."""
+    return [] if Path(model).is_dir() else [hub_file(model, name, BLIP_FOLDER) for name in HUB_FILES]
+
+
 def model_folder(model: str, models_dir: Path, allow_download: bool) -> Path:
     folder = Path(model)
     if folder.is_dir():
         return folder
-    paths = [
-        ensure_weights(hub_file(model, name, BLIP_FOLDER), models_dir, allow_download) for name in HUB_FILES
-    ]
-    return paths[0].parent
+    return ensure_weights(weight_files(model), models_dir, allow_download)[0].parent
 
 
 class BlipCaptioner:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from liandan.preprocess.job import PreprocessJob
 from liandan.preprocess.tag_format import TagFormat
+from liandan.preprocess.weights import DEEPBOORU, WeightFile, ensure_weights
 
 
 class Captioner(Protocol):
@@ -39,15 +40,33 @@ def tag_format(job: PreprocessJob) -> TagFormat:
     )
 
 
+def weight_files(job: PreprocessJob) -> list[WeightFile]:
+    """Every downloadable file the job's captioners need."""
+    files: list[WeightFile] = []
+    for name in job.captioners:
+        if name == "deepbooru":
+            files.append(DEEPBOORU)
+        elif name == "blip":
+            from liandan.preprocess import blip
+
+            files += blip.weight_files(job.blip_model)
+        elif name == "wd14":
+            from liandan.preprocess import wd14
+
+            files += wd14.weight_files(job.wd14_model)
+    return files
+
+
 def build_captioners(job: PreprocessJob, models_dir: Path, device: str) -> list[Captioner]:
     """In the job's order; weights are found under `models_dir` or downloaded (see weights.py)."""
+    # fetched together first, so that a user offline learns of every missing file in one message
+    ensure_weights(weight_files(job), models_dir, job.allow_download)
     captioners: list[Captioner] = []
     for name in job.captioners:
         if name == "deepbooru":
             from liandan.preprocess.deepbooru import DeepbooruCaptioner, load_deepbooru
-            from liandan.preprocess.weights import DEEPBOORU, ensure_weights
 
-            path = ensure_weights(DEEPBOORU, models_dir, job.allow_download)
+            [path] = ensure_weights([DEEPBOORU], models_dir, job.allow_download)
             captioners.append(DeepbooruCaptioner(load_deepbooru(path), tag_format(job), device))
         elif name == "blip":
             from liandan.preprocess.blip import BlipCaptioner, BlipOptions

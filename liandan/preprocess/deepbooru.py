@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from liandan.errors import CheckpointError
-from liandan.formats.a1111_pickle import torch_load_weights_only
+from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_only
 from liandan.preprocess.image_ops import on_white, resize
 from liandan.preprocess.tag_format import TagFormat, select_tags, tags_to_caption
 
@@ -125,7 +125,9 @@ def load_deepbooru(path: Path) -> DeepDanbooruModel:
     try:
         state = torch_load_weights_only(path)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable DeepDanbooru .pt file ({e})") from e
+        raise CheckpointError(
+            f"{path}: not a readable DeepDanbooru .pt file ({load_error_summary(e)})"
+        ) from e
     tags = state.pop("tags", None) if isinstance(state, dict) else None
     if not tags or "n_Conv_0.weight" not in state:
         raise CheckpointError(

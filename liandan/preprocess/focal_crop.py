@@ -42,6 +42,22 @@ def has_opencv() -> bool:
     return importlib.util.find_spec("cv2") is not None
 
 
+def face_detector_problem(yunet_model: Path | None) -> str | None:
+    """Why the installed OpenCV cannot find faces, and what to do; None when it can (or when there is no
+    OpenCV at all, where only entropy votes)."""
+    if not has_opencv() or (yunet_model is not None and yunet_model.is_file()):
+        return None
+    import cv2
+
+    if hasattr(cv2, "CascadeClassifier"):
+        return None
+    return (
+        f"the focal-point crop cannot find faces: OpenCV {cv2.__version__} has no CascadeClassifier (5.0 "
+        f'dropped it); install OpenCV 4 (pip install "opencv-python-headless>=4.8,<5"), put {YUNET_FILE} '
+        f"in models/opencv/, or set the face weight to 0"
+    )
+
+
 def face_points(image: Image.Image, yunet_model: Path | None) -> list[Point]:
     """Centres of detected faces (a third of the way down the box: where eyes are)."""
     if not has_opencv():

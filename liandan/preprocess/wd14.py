@@ -68,6 +68,13 @@ def read_tags_csv(path: Path) -> list[Tag]:
     return [Tag(row["name"], int(row["category"])) for row in rows]
 
 
+def weight_files(model: str) -> list[WeightFile]:
+    """The files to fetch for `model`: none when it is a local folder."""
+    if Path(model).is_dir():
+        return []
+    return [hub_file(model, name, WD14_FOLDER) for name in ("model.onnx", "selected_tags.csv")]
+
+
 def model_files(model: str, models_dir: Path, allow_download: bool) -> tuple[Path, Path]:
     folder = Path(model)
     if folder.is_dir():
@@ -78,10 +85,7 @@ def model_files(model: str, models_dir: Path, allow_download: bool) -> tuple[Pat
                     f"{path} is missing: a WD14 folder holds model.onnx and selected_tags.csv"
                 )
         return onnx_path, csv_path
-    files: list[WeightFile] = [
-        hub_file(model, name, WD14_FOLDER) for name in ("model.onnx", "selected_tags.csv")
-    ]
-    onnx_path, csv_path = (ensure_weights(f, models_dir, allow_download) for f in files)
+    onnx_path, csv_path = ensure_weights(weight_files(model), models_dir, allow_download)
     return onnx_path, csv_path
 
 

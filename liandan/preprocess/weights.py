@@ -1,7 +1,7 @@
 """Find captioner weights where A1111 keeps them, or download them once with a progress bar.
 
-Offline (or with LIANDAN_OFFLINE=1) a missing file is a `CheckpointError` naming the file, the folder to
-put it in and the address to get it from.
+Offline (or with LIANDAN_OFFLINE=1) missing files are one `CheckpointError` listing each file, the path
+to put it at and the address to get it from.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,27 +59,36 @@ def offline() -> bool:
     return os.environ.get("LIANDAN_OFFLINE", "") not in ("", "0")
 
 
-def ensure_weights(weight: WeightFile, models_dir: Path, allow_download: bool = True) -> Path:
-    """The local path of `weight`, downloading it to models/<first folder>/ when missing."""
-    found = find_weights(weight, models_dir)
-    if found is not None:
-        return found
-    target = models_dir / weight.folders[0] / weight.name
-    if not allow_download or offline():
-        raise CheckpointError(_missing_message(weight, target, "downloads are off"))
-    try:
-        download(weight.url, target)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise CheckpointError(_missing_message(weight, target, f"download failed: {reason}")) from e
-    return target
+def ensure_weights(
+    weights: Sequence[WeightFile], models_dir: Path, allow_download: bool = True
+) -> list[Path]:
+    """The local paths of `weights`, downloading each missing one to models/<its first folder>/.
+
+    When some cannot be had, one CheckpointError lists every file still missing, where to put it and where
+    to get it, so a user offline fetches them all at once instead of one per run.
+    """
+    found = [find_weights(weight, models_dir) for weight in weights]
+    missing = [weight for weight, path in zip(weights, found) if path is None]
+    if missing and (not allow_download or offline()):
+        raise CheckpointError(_missing_message(missing, models_dir, "downloads are off"))
+    for index, weight in enumerate(missing):
+        try:
+            download(weight.url, _target(weight, models_dir))
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", None) or e
+            message = _missing_message(missing[index:], models_dir, f"download failed: {reason}")
+            raise CheckpointError(message) from e
+    return [path or _target(weight, models_dir) for weight, path in zip(weights, found)]
 
 
-def _missing_message(weight: WeightFile, target: Path, why: str) -> str:
-    return (
-        f"{weight.name} was not found ({why}). Download it from {weight.url} "
-        f"and put it in the folder {target.parent}"
-    )
+def _target(weight: WeightFile, models_dir: Path) -> Path:
+    return models_dir / weight.folders[0] / weight.name
+
+
+def _missing_message(missing: Sequence[WeightFile], models_dir: Path, why: str) -> str:
+    files = "\n".join(f"  {_target(w, models_dir)}  from {w.url}" for w in missing)
+    count = f"{len(missing)} weight files are" if len(missing) > 1 else "a weight file is"
+    return f"{count} missing ({why}); download each and put it at its path:\n{files}"
 
 
 def download(url: str, target: Path) -> Path:

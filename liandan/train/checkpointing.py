@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from liandan.atomic_files import write_text_atomic
 from liandan.errors import CheckpointError
-from liandan.formats.a1111_pickle import torch_load_weights_only
+from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_only
 
 STATE_DIR = "state"
 FORMAT_VERSION = 1
@@ -166,8 +166,8 @@ def load_state(folder: Path) -> LoadedState:
         job_spec = json.loads(job_file.read_text(encoding="utf-8")) if job_file.is_file() else None
     except (OSError, ValueError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(
-            f"training state in {folder} cannot be read ({e}); delete that folder to start over, "
-            "or set resume = false"
+            f"training state in {folder} cannot be read ({load_error_summary(e)}); delete that folder to "
+            "start over, or set resume = false"
         ) from e
     return LoadedState(position, trainable, optimizer_state, rng, folder, job_spec)
 
