@@ -37,7 +37,10 @@ except ImportError:  # an environment without `packaging` still has pip's vendor
     from pip._vendor.packaging.version import InvalidVersion, Version
 
 REQUIREMENTS_FILE = Path(__file__).resolve().with_name("requirements.txt")
+# "# private" lines go here, beside this file, not into the WebUI's environment (liandan/private_packages.py)
+PRIVATE_DIR = Path(__file__).resolve().with_name(".packages")
 IMPORT_HINT = "import:"
+PRIVATE_HINT = "private"
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -48,6 +51,7 @@ class Addition:
     name: str  # canonical distribution name
     specifier: SpecifierSet
     import_name: str | None = None  # any distribution providing this module satisfies the line
+    private: bool = False  # goes into PRIVATE_DIR, out of the WebUI's sight, unless the WebUI has it
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def read_requirements(
             continue
         hint = comment.strip()
         import_name = hint[len(IMPORT_HINT) :].strip() if hint.startswith(IMPORT_HINT) else None
-        additions.append(Addition(canonicalize_name(requirement.name), requirement.specifier, import_name))
+        name = canonicalize_name(requirement.name)
+        additions.append(Addition(name, requirement.specifier, import_name, hint.startswith(PRIVATE_HINT)))
     return additions
 
 
@@ -194,6 +199,14 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def private_version(name: str, folder: Path = PRIVATE_DIR) -> str | None:
+    """The version of `name` installed into `folder` by an earlier run (None: not there)."""
+    for dist in importlib.metadata.distributions(path=[str(folder)]):
+        if canonicalize_name(dist.metadata["Name"] or "") == name:
+            return dist.version
+    return None
+
+
 def module_exists(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -230,13 +243,17 @@ def webui_skips_install() -> bool:
     return bool(getattr(getattr(launch, "args", None), "skip_install", False))
 
 
-def pip_install(specs: list[str]) -> int:
-    """Run pip once with everything installed frozen; print its output only when it fails."""
+def pip_install(specs: list[str], private: bool = False) -> int:
+    """Run pip once with everything installed frozen; print its output only when it fails. `private`
+    installs into PRIVATE_DIR without dependencies (they are the WebUI's own: torch, numpy)."""
     names = [Requirement(spec).name for spec in specs]
     with tempfile.TemporaryDirectory(prefix="liandan-install-") as tmp:
         constraints = Path(tmp) / "installed.txt"
         constraints.write_text("\n".join(frozen_constraints(names)) + "\n", encoding="utf-8")
-        command = [sys.executable, "-m", "pip", "install", "--prefer-binary", "-c", str(constraints), *specs]
+        command = [sys.executable, "-m", "pip", "install", "--prefer-binary", "-c", str(constraints)]
+        if private:
+            command += ["--no-deps", "--upgrade", "--target", str(PRIVATE_DIR)]
+        command += specs
         if os.environ.get("INDEX_URL"):  # the WebUI's own setting for a pip mirror
             command += ["--index-url", os.environ["INDEX_URL"]]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -255,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     additions = read_requirements()
     wanted = {a.name for a in additions} | {cap.dependency for cap in COMPAT_CAPS}
     versions = {name: installed_version(name) for name in wanted}
+    private = {a.name for a in additions if a.private}
+    for name in private:  # the WebUI's own copy, if it has one, else ours
+        versions[name] = versions[name] or private_version(name)
     specs = plan_installs(additions, versions, module_exists)
     for problem in capability_problems(CAPABILITIES, import_if_present):
         print(f"liandan: {problem}", file=sys.stderr)
@@ -263,8 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     if skip_requested(argv, os.environ) or webui_skips_install():
         print(f"liandan: --skip-install: not installing {', '.join(specs)}; some features will be missing")
         return 0
-    print(f"liandan: installing {', '.join(specs)} (nothing installed is changed)", flush=True)
-    return pip_install(specs)
+    public = [spec for spec in specs if Requirement(spec).name not in private]
+    ours = [spec for spec in specs if Requirement(spec).name in private]
+    if public:
+        print(f"liandan: installing {', '.join(public)} (nothing installed is changed)", flush=True)
+    if ours:
+        print(f"liandan: installing {', '.join(ours)} into {PRIVATE_DIR}, outside the WebUI's environment")
+    status = pip_install(public) if public else 0
+    if ours and status == 0:
+        status = pip_install(ours, private=True)
+    return status
 
 
 if __name__ == "__main__":

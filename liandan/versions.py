@@ -36,9 +36,14 @@ DISTRIBUTIONS: dict[str, str] = {
 
 
 def distribution_version(name: str) -> str:
+    """The installed version, also of a package install.py keeps in liandan's private folder."""
+    from liandan.private_packages import PRIVATE_DIR
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
+        for dist in importlib.metadata.distributions(name=name, path=[str(PRIVATE_DIR)]):
+            return f"{dist.version} (in {PRIVATE_DIR})"
         return NOT_INSTALLED
 
 

@@ -132,9 +132,11 @@ def our_additions() -> list[str]:
 
 
 def _not_in_extension(folder: str, names: list[str]) -> set[str]:
-    """What a user's clone of the extension would not hold: caches, our venvs, local data."""
+    """What a user's clone of the extension would not hold: caches, our venvs, local data, the private
+    packages an install.py run in the checkout may have left."""
     top = Path(folder) == REPO
-    return {n for n in names if n in CACHES or (top and (n.startswith(".venv") or n in {".git", "data"}))}
+    local = {".git", "data", "liandan-data", ".packages"}
+    return {n for n in names if n in CACHES or (top and (n.startswith(".venv") or n in local))}
 
 
 def make_root(dest: Path, *, with_liandan: bool = True) -> Path:

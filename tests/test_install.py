@@ -263,7 +263,12 @@ def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp
     env = {**os.environ, "PYTHONPATH": str(webui_root)}
     env.pop("LIANDAN_SKIP_INSTALL", None)
     env.pop("COMMANDLINE_ARGS", None)
-    installer = [str(python), str(REPO_ROOT / "install.py")]
+    # the extension's folder, where install.py keeps its private packages (.packages)
+    extension = webui_root / "extensions" / "liandan"
+    extension.mkdir(parents=True)
+    for name in ("install.py", "requirements.txt"):
+        shutil.copy(REPO_ROOT / name, extension / name)
+    installer = [str(python), str(extension / "install.py")]
     before = _freeze(python)
 
     for args, skip_env, webui_skip in [
@@ -281,14 +286,17 @@ def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp
     first = _run(installer, cwd=webui_root, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.splitlines() == [
-        "liandan: installing diffusers==0.31.0, peft==0.13.2, bitsandbytes>=0.45.0, tensorboard>=2.13.0, "
-        "onnxruntime>=1.17.0,<=1.26.0, opencv-python-headless>=4.8.0,<5 (nothing installed is changed)"
+        "liandan: installing diffusers==0.31.0, peft==0.13.2, tensorboard>=2.13.0, "
+        "onnxruntime>=1.17.0,<=1.26.0, opencv-python-headless>=4.8.0,<5 (nothing installed is changed)",
+        f"liandan: installing bitsandbytes>=0.45.0 into {extension / '.packages'}, outside the WebUI's "
+        "environment",
     ]
     after = _freeze(python)
     assert before <= after, f"changed: {sorted(before - after)}"
     names = {line.split("==")[0].lower() for line in after - before}
-    ours = {"diffusers", "peft", "bitsandbytes", "tensorboard", "onnxruntime", "opencv-python-headless"}
-    assert ours <= names
+    ours = {"diffusers", "peft", "tensorboard", "onnxruntime", "opencv-python-headless"}
+    assert ours <= names and "bitsandbytes" not in names
+    assert install.private_version("bitsandbytes", extension / ".packages")
     assert "diffusers==0.31.0" in after
     check = _run([str(python), "-m", "pip", "check"], cwd=tmp_path)
     assert check.returncode == 0, check.stdout
@@ -303,3 +311,34 @@ def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp
     second = _run([str(python), "-c", no_subprocess], cwd=webui_root, env=env)
     assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
     assert _freeze(python) == after
+
+
+def test_only_bitsandbytes_is_private_and_both_sides_agree_where_it_goes() -> None:
+    """Inside the WebUI, bitsandbytes lives beside install.py, where its accelerate does not import it."""
+    from liandan.private_packages import PRIVATE_DIR
+
+    additions = install.read_requirements(marker_env=LINUX)
+    assert [a.name for a in additions if a.private] == ["bitsandbytes"]
+    assert install.PRIVATE_DIR == PRIVATE_DIR == REPO_ROOT / ".packages"
+
+
+def test_a_private_package_counts_as_installed(tmp_path: Path) -> None:
+    info = tmp_path / "bitsandbytes-0.50.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.50.2\n")
+    assert install.private_version("bitsandbytes", tmp_path) == "0.50.2"
+    assert install.private_version("peft", tmp_path) is None
+
+
+def test_import_private_finds_the_folder_last_on_the_path(tmp_path: Path, monkeypatch) -> None:
+    from liandan import private_packages
+
+    (tmp_path / "liandan_private_probe").mkdir()
+    (tmp_path / "liandan_private_probe" / "__init__.py").write_text("WHERE = 'private'\n")
+    monkeypatch.setattr(private_packages, "PRIVATE_DIR", tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert private_packages.import_private("liandan_private_probe").WHERE == "private"
+    assert sys.path[-1] == str(tmp_path)  # the environment's own packages still win
+    monkeypatch.delitem(sys.modules, "liandan_private_probe")
+    with pytest.raises(ImportError):
+        private_packages.import_private("liandan_nowhere")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from packaging.version import Version
-from real_webui import Installation, Session, new_problems, our_additions
+from real_webui import Installation, Session, new_problems
 
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
@@ -26,9 +26,15 @@ def test_the_first_start_installs_our_additions_and_changes_nothing_installed(
 ) -> None:
     assert "liandan: installing" in installation.console
     assert installation.pip_log.is_file(), "the first start ran no pip"
-    for name in our_additions():
-        if name not in {"opencv-python-headless"}:  # the WebUI's opencv-python already provides cv2
-            assert name in installation.after, f"install.py did not install {name}"
+    import install
+
+    private = installation.root / "extensions" / "liandan" / ".packages"
+    for addition in install.read_requirements():
+        if addition.private:  # beside install.py, out of the WebUI's accelerate's sight
+            assert addition.name not in installation.after, f"{addition.name} went into the WebUI's venv"
+            assert install.private_version(addition.name, private), f"{addition.name} is not in {private}"
+        elif addition.name != "opencv-python-headless":  # the WebUI's opencv-python already provides cv2
+            assert addition.name in installation.after, f"install.py did not install {addition.name}"
     changed = {
         name: (version, installation.after.get(name))
         for name, version in installation.before.items()

@@ -19,8 +19,10 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGD")
 
 
 def _bitsandbytes_optim() -> Any:
+    from liandan.private_packages import import_private
+
     try:
-        import bitsandbytes
+        bitsandbytes = import_private("bitsandbytes")  # inside the WebUI: install.py's private copy
     except ImportError:
         raise ConfigError(
             "the 8-bit optimizers and Lion need bitsandbytes: `pip install bitsandbytes` "
