@@ -174,6 +174,7 @@ def test_allowlist_is_what_a1111_resolves() -> None:
 
 
 def test_numpy_arrays_load_as_a1111_allows(tmp_path: Path) -> None:
+    """numpy 1 pickles arrays through numpy.core.multiarray, numpy 2 through numpy._core: both load."""
     path = tmp_path / "arrays.pt"
     torch.save({"a": numpy.arange(3)}, path)
     assert load_pt(path)["a"].tolist() == [0, 1, 2]

@@ -31,6 +31,7 @@ def test_a_fresh_process_knows_every_kind_from_the_registry_alone() -> None:
 
 
 def test_every_tab_module_exports_build() -> None:
+    pytest.importorskip("gradio", reason="the tabs are Gradio's (not in the newest-stack job)")
     for method in registry.METHODS.values():
         if method.tab is not None:
             assert callable(registry.import_optional(method.tab, method.title).build)

@@ -132,7 +132,11 @@ class _A1111Unpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in A1111_ALLOWED_GLOBALS:
+        # numpy 2 pickles numpy.core's functions under their new home, numpy._core: the same functions
+        allowed_as = (
+            module.replace("numpy._core.", "numpy.core.", 1) if module.startswith("numpy._core.") else module
+        )
+        if (allowed_as, name) not in A1111_ALLOWED_GLOBALS:
             raise _Refused(f"it refers to {module}.{name}, which A1111's safe unpickler forbids too")
         if module == "__builtin__":  # protocol-2 name of builtins
             return set
