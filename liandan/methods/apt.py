@@ -78,6 +78,13 @@ class Apt:
         self, context: MethodContext, positive: Embedding, negative: Embedding, paths: tuple[Path, Path]
     ) -> None:
         job: AptJob = context.job  # type: ignore[assignment]
+        self.decodes = job.reconstruction_weight > 0 or job.discriminator is not None
+        if self.decodes and getattr(context.bundle, "vae", None) is None:
+            raise ConfigError(
+                "the reconstruction loss and the discriminator decode the prediction with the VAE, and this "
+                "model has none: set reconstruction_weight = 0 and no discriminator, or use a checkpoint "
+                "with a VAE"
+            )
         self.job, self.context, self.bundle = job, context, context.bundle
         self.name, self.neg_name = job.name, job.neg_name
         self.final_paths = paths
@@ -103,14 +110,7 @@ class Apt:
 
             self.ema = AveragedModel(self.pair, multi_avg_fn=get_ema_multi_avg_fn(job.ema_decay))
         self.encoder = PromptEncoder(self.bundle, clip_skip=job.clip_skip)
-        self.decodes = job.reconstruction_weight > 0 or job.discriminator is not None
-        if self.decodes:
-            if getattr(self.bundle, "vae", None) is None:
-                raise ConfigError(
-                    "the reconstruction loss and the discriminator decode the prediction with the VAE, and "
-                    "this model has none: set reconstruction_weight = 0 and no discriminator, or use a "
-                    "checkpoint with a VAE"
-                )
+        if self.decodes:  # decoded with gradients, every step
             self.bundle.vae.to(context.device, torch.float32)
         self.scorer = None
         if job.discriminator is not None:
