@@ -276,3 +276,18 @@ def test_a_reconstruction_loss_without_a_vae_is_refused(train64, host) -> None:
     context = MethodContext(job, host, checkpoint, bundle, dataset, host.folders.logs, torch.device("cpu"))
     with pytest.raises(ConfigError, match="VAE"):
         Apt(context, None, None, (Path(), Path()))  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_the_example_job_file_runs_from_the_cli(tmp_path) -> None:
+    from liandan import cli
+    from liandan.jobs import load_job_file
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "apt_tiny.toml"
+    job = load_job_file(example)
+    assert isinstance(job, AptJob) and job.cfg_scale == "3-5:cos" and job.data.folder.is_dir()
+    assert cli.main(["train", str(example), "--data-dir", str(tmp_path / "data")]) == 0
+    folder = tmp_path / "data" / "embeddings"
+    for name in ("tiny_apt.pt", "tiny_apt-neg.pt"):
+        check_pt(folder / name)
+        assert load_embedding(folder / name).step == job.train.max_steps
