@@ -23,6 +23,7 @@ from liandan.methods.apt import Apt, create_apt_pair, usage_note
 from liandan.models.sampling import generate
 from liandan.models.tiny import tiny_bundle
 from liandan.progress import Control, Reporter
+from liandan.train.training_job import MethodContext, build_dataset
 
 
 def make_job(folder: Path, name: str = "aptx", **changes) -> AptJob:
@@ -75,6 +76,13 @@ QUIET = {
 def quiet_job(folder: Path, **changes) -> AptJob:
     train = {**QUIET["train"], **changes.pop("train", {})}
     return make_job(folder, train=train, preview=QUIET["preview"], save_png_cards=False, **changes)
+
+
+def direct_context(job: AptJob, host: StandaloneHost, bundle) -> MethodContext:
+    """What the runner hands a method, built without running a job (CPU, the job's dataset)."""
+    dataset = build_dataset(job.data, job.train, name=job.name, bundle=bundle, host=host, model_id=None)
+    checkpoint = host.resolve_checkpoint("")
+    return MethodContext(job, host, checkpoint, bundle, dataset, host.folders.logs, torch.device("cpu"))
 
 
 # --- the pair -------------------------------------------------------------------------------------------
@@ -266,14 +274,10 @@ def test_a_discriminator_that_does_not_load_or_is_another_architecture_is_refuse
 
 
 def test_a_reconstruction_loss_without_a_vae_is_refused(train64, host) -> None:
-    from liandan.train.training_job import MethodContext, build_dataset
-
     job = quiet_job(train64, reconstruction_weight=1.0)
     bundle = tiny_bundle("sd1")
-    dataset = build_dataset(job.data, job.train, name="aptx", bundle=bundle, host=host, model_id=None)
-    checkpoint = host.resolve_checkpoint("")
+    context = direct_context(job, host, bundle)
     bundle.vae = None
-    context = MethodContext(job, host, checkpoint, bundle, dataset, host.folders.logs, torch.device("cpu"))
     with pytest.raises(ConfigError, match="VAE"):
         Apt(context, None, None, (Path(), Path()))  # type: ignore[arg-type]
 
@@ -291,3 +295,39 @@ def test_the_example_job_file_runs_from_the_cli(tmp_path) -> None:
     for name in ("tiny_apt.pt", "tiny_apt-neg.pt"):
         check_pt(folder / name)
         assert load_embedding(folder / name).step == job.train.max_steps
+
+
+def test_the_guided_prediction_is_one_unet_call_of_both_branches(train64, host) -> None:
+    """ε = ε_neg + cfg · (ε_pos − ε_neg), with both branches in ONE UNet call of twice the batch: the loss
+    equals the one computed from two separate calls."""
+    from liandan.methods.apt import new_pair
+    from liandan.models.conditioning import PromptEncoder
+
+    job = quiet_job(train64, cfg_scale="4")
+    bundle = tiny_bundle("sd1")
+    context = direct_context(job, host, bundle)
+    method = Apt(context, *new_pair(bundle, job), (Path("a.pt"), Path("a-neg.pt")))
+    calls = []
+    handle = bundle.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    latents = torch.randn(2, 4, 8, 8)
+    batch = {"latents": latents, "prompts": ["a photo of aptx", "aptx"], "noise": torch.randn(2, 4, 8, 8),
+             "timesteps": torch.tensor([100, 700])}  # fmt: skip
+    loss = method.loss(batch)
+    assert calls == [4]
+
+    encoder = PromptEncoder(bundle)
+    embeddings = {"aptx": method.pair["positive"].params[0], "aptx-neg": method.pair["negative"].params[0]}
+    noisy = bundle.noise_scheduler.add_noise(latents, batch["noise"], batch["timesteps"])
+    with torch.no_grad():
+        positive = bundle.unet(
+            noisy, batch["timesteps"], encoder.encode(batch["prompts"], embeddings).context
+        )
+        negative = bundle.unet(
+            noisy, batch["timesteps"], encoder.encode(["aptx-neg"] * 2, embeddings).context
+        )
+    handle.remove()
+    guided = negative.sample + 4.0 * (positive.sample - negative.sample)
+    expected = torch.nn.functional.mse_loss(guided, batch["noise"])
+    assert torch.allclose(loss, expected, rtol=1e-4, atol=1e-6)
+    loss.backward()  # both embeddings get gradients through the one call
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.pair.parameters())

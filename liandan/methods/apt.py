@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -176,6 +177,7 @@ class Apt:
         cond = self.encoder.encode([*batch["prompts"], *[self.neg_name] * count], self._embeddings(self.pair))
         sizes = {key: torch.cat([batch[key]] * 2) for key in SIZE_KEYS} if self.bundle.is_sdxl else {}
         validating = batch.get("noise") is not None
+        # the global generator, as the noise: a resumed run restores it and draws the same scales
         cfg = self.cfg.at(0.5 if validating else float(torch.rand(())))
         unet = self.bundle.unet
         seen: dict[str, torch.Tensor] = {}
@@ -236,7 +238,7 @@ class Apt:
                 geometry = self.images[path].geometry
                 grey = open_image(att).convert("L").resize(geometry.original_size, Image.BICUBIC)
                 grey = crop_and_flip(grey, geometry, flipped).resize((w, h), Image.BOX)
-                weight = torch.tensor(list(grey.getdata()), dtype=torch.float32).view(1, h, w) / 255
+                weight = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255).unsqueeze(0)
                 mean = weight.mean()
                 self._attention[key] = weight / mean if mean > 0 else torch.ones(1, h, w)
         return self._attention[key]
