@@ -90,8 +90,11 @@ def direct_context(job: AptJob, host: StandaloneHost, bundle) -> MethodContext:
 
 @pytest.mark.slow
 def test_training_writes_a_pair_a1111_loads_and_the_pair_changes_the_image(train64, host) -> None:
+    refreshed: list[str] = []
+    host.refresh = refreshed.append  # the WebUI host reloads its embedding list here
     result, events = run(make_job(train64), host)
     assert result.step == 4 and result.stopped_reason == "max_steps"
+    assert refreshed == ["embeddings"]
 
     folder = host.folders.embeddings
     positive, negative = load_embedding(folder / "aptx.pt"), load_embedding(folder / "aptx-neg.pt")
