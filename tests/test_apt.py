@@ -167,6 +167,39 @@ def test_resume_is_bit_exact(train64, tmp_path) -> None:
     assert losses(straight) == losses(resumed)
 
 
+@pytest.mark.slow
+def test_training_further_continues_the_pair_from_its_step_and_optimizer_state(
+    train64, host, tmp_path
+) -> None:
+    first = quiet_job(train64, train={"max_steps": 2, "resume": False})
+    run(first, host)
+    again = first.replace(train=first.train.replace(max_steps=4), log_dir=tmp_path / "logs2")
+    result, events = run(again, host)
+    assert (result.start_step, result.step) == (2, 4)
+    assert any("continuing with the optimizer state" in (e.message or "") for e in events)
+    assert load_embedding(host.folders.embeddings / "aptx-neg.pt").step == 4
+
+
+def test_an_attention_map_follows_its_image_crop_and_flip(train64, host) -> None:
+    from liandan.methods.apt import new_pair
+
+    Image.linear_gradient("L").rotate(90).resize((64, 64)).save(train64 / "img0_att.png")  # dark left
+    job = quiet_job(train64, attention_maps=True)
+    bundle = tiny_bundle("sd1")
+    method = Apt(direct_context(job, host, bundle), *new_pair(bundle, job), (Path("a.pt"), Path("a-neg.pt")))
+    path = str(train64 / "img0.png")
+    weight, mirrored = (
+        method._attention_weight(path, False, (8, 8)),
+        method._attention_weight(path, True, (8, 8)),
+    )
+    assert weight.shape == (1, 8, 8) and float(weight.mean()) == pytest.approx(1.0)
+    assert float(weight[0, :, 0].mean()) < float(weight[0, :, -1].mean())  # grey level → weight
+    assert torch.equal(mirrored, weight.flip(-1))
+    assert torch.equal(
+        method._attention_weight(str(train64 / "img1.png"), False, (8, 8)), torch.ones(1, 8, 8)
+    )
+
+
 # --- the optional terms ---------------------------------------------------------------------------------
 
 
@@ -219,7 +252,9 @@ def test_sdxl_trains_a_pair_for_both_encoders_and_sd2_v_prediction_trains(train6
     from liandan.models.saving import save_checkpoint
 
     host.current_checkpoint()  # writes the tiny models
-    result, _ = run(quiet_job(train64, model="liandan-tiny-sdxl", train={"max_steps": 2}), host)
+    # batch 2: each image's size conditioning goes with both of its branches
+    sdxl = quiet_job(train64, model="liandan-tiny-sdxl", train={"max_steps": 2, "batch_size": 2})
+    result, _ = run(sdxl, host)
     assert result.step == 2
     for name, count in (("aptx", 3), ("aptx-neg", 6)):
         saved = load_embedding(host.folders.embeddings / f"{name}.safetensors")  # A1111 .pt holds one tensor
