@@ -423,7 +423,7 @@ class AptJob(JobSpec):
     name: str = ""
     init_text: str = "*"
     vectors: int = bounded(3, 1, 75)
-    neg_init_text: str = "*"  # "" gives zeros, which train (and run on CPU) far slower
+    neg_init_text: str = "*"  # as the positive's default; "" starts from zeros
     neg_vectors: int = bounded(6, 1, 75)
     overwrite: bool = False
     file_format: Literal["pt", "safetensors"] = "pt"
