@@ -400,3 +400,54 @@ class HypernetworkJob(JobSpec):
         layers = parse_layer_structure(self.layer_structure)
         check_activation(self.activation)
         parse_dropout_structure(self.dropout_structure, layers, self.use_dropout, self.last_layer_dropout)
+
+
+ScorerArchitecture = Literal["convnext_tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0"]
+
+
+@dataclass(frozen=True)
+class AptJob(JobSpec):
+    """Create (if missing or `overwrite`) and train an APT pair: the positive embedding `name` and the
+    negative `name-neg`, learned together through a guided prediction (DreamArtist's advanced prompt tuning).
+
+    `cfg_scale` is "5", or a range "3-5" drawn every step, with a curve "3-5:cos" (train/guidance.py).
+    `neg_lr_scale` scales the negative's learning rate. `reconstruction_weight` > 0 adds an L1 loss
+    between the training image and the VAE decoding of the predicted clean latents; `attention_maps`
+    weights the loss by each image's `<image>_att.png` (grey level); `ema_decay` > 0 saves an exponential
+    moving average of the vectors; `discriminator` (a state dict of a `discriminator_arch` torchvision
+    network with one output) scores the decoded prediction, weighted by `discriminator_weight`.
+    See liandan/methods/apt.py.
+    """
+
+    kind: ClassVar[str] = "apt"
+    name: str = ""
+    init_text: str = "*"
+    vectors: int = bounded(3, 1, 75)
+    neg_init_text: str = "*"  # as the positive's default; "" starts from zeros
+    neg_vectors: int = bounded(6, 1, 75)
+    overwrite: bool = False
+    file_format: Literal["pt", "safetensors"] = "pt"
+    save_png_cards: bool = True
+    cfg_scale: str = "5"
+    neg_lr_scale: float = bounded(1.0, 0.0, 100.0)
+    reconstruction_weight: float = bounded(0.0, 0.0, 100.0)
+    attention_maps: bool = False
+    ema_decay: float = bounded(0.0, 0.0, 0.99999)
+    discriminator: Path | None = None
+    discriminator_arch: ScorerArchitecture = "convnext_tiny"
+    discriminator_weight: float = bounded(0.1, 0.0, 100.0)
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(learn_rate="0.0025"))
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_style_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=lambda: PreviewSpec(cfg_scale=4.0))
+
+    @property
+    def neg_name(self) -> str:
+        return f"{self.name}-neg"
+
+    def validate(self) -> None:
+        from liandan.train.guidance import parse_cfg_scale
+
+        check_name(self.name, "embedding")
+        parse_cfg_scale(self.cfg_scale)

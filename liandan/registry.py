@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liandan.errors import ConfigError
-from liandan.jobs import HypernetworkJob, JobSpec, TextualInversionJob
+from liandan.jobs import AptJob, HypernetworkJob, JobSpec, TextualInversionJob
 from liandan.preprocess.job import PreprocessJob
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ register(
         tab="liandan.ui.hypernetwork_tab",
         artifact="hypernetworks",
     )
+)
+register(
+    Method(AptJob, "liandan.methods.apt:run_apt_job", "APT", tab="liandan.ui.apt_tab", artifact="embeddings")
 )
 register(
     Method(

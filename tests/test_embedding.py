@@ -201,3 +201,15 @@ def test_init_vectors_a1111_rule() -> None:
 def test_vector_count_bounds(count: object) -> None:
     with pytest.raises(ConfigError, match="1 to 75"):
         validate_num_vectors(count)  # type: ignore[arg-type]
+
+
+def test_a_usage_note_survives_pt_and_safetensors_and_a1111_reads_the_pt(tmp_path: Path) -> None:
+    emb = _sd1()
+    emb.usage = "put x-neg in the negative prompt"
+    for path in (
+        save_embedding_pt(emb, tmp_path / "u.pt"),
+        save_embedding_safetensors(emb, tmp_path / "u.safetensors"),
+    ):
+        assert load_embedding(path).usage == emb.usage
+    check_pt(tmp_path / "u.pt")
+    assert "usage" not in load_pt(save_embedding_pt(_sd1(), tmp_path / "plain.pt"))  # A1111's exact dict

@@ -119,3 +119,12 @@ def test_empty_or_unusable_folder_is_a_dataset_error_naming_it(tmp_path: Path) -
         scan_image_folder(bad)
     with pytest.raises(DatasetError, match="does not exist"):
         scan_image_folder(tmp_path / "missing")
+
+
+def test_an_attention_map_beside_its_image_is_a_companion_not_an_image(tmp_path: Path) -> None:
+    for name in ("cat.jpg", "cat_att.png", "lone_att.png"):
+        _two_colour((16, 16)).save(tmp_path / name)
+    scan = scan_image_folder(tmp_path)
+    # lone_att.png has no image "lone.*" beside it: it is an image of its own
+    assert sorted(r.path.name for r in scan.images) == ["cat.jpg", "lone_att.png"]
+    assert not scan.skipped

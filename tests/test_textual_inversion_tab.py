@@ -43,13 +43,14 @@ def test_form_values_become_a_job() -> None:
 class _Tab:
     """The built tab's click handlers, called as Gradio would call them."""
 
-    def __init__(self, ctx: UIContext) -> None:
+    def __init__(self, ctx: UIContext, build_tab=build, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
         with gr.Blocks() as self.demo:
-            build(ctx)
+            build_tab(ctx)
         self.by_id = {getattr(b, "elem_id", None): b for b in self.demo.blocks.values()}
 
     def handler(self, button: str):
-        target = self.by_id[f"{PREFIX}_{button}"]
+        target = self.by_id[f"{self.prefix}_{button}"]
         index, dependency = next(
             (i, d) for i, d in enumerate(self.demo.dependencies) if target._id in d["targets"]
         )
@@ -60,7 +61,7 @@ class _Tab:
         fn, inputs = self.handler(button)
         args = []
         for block in inputs:
-            key = block.elem_id.removeprefix(f"{PREFIX}_")
+            key = block.elem_id.removeprefix(f"{self.prefix}_")
             args.append(values.get(key, block.value))
         return fn(*args)
 

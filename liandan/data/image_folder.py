@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 # files that live beside images on purpose: never reported as skipped
 COMPANION_EXTENSIONS = frozenset({".txt"})
+ATTENTION_MAP_SUFFIX = "_att.png"  # `<image stem>_att.png`: APT's per-image loss weight, not an image
+
+
+def attention_map_path(image: Path) -> Path:
+    return image.with_name(f"{image.stem}{ATTENTION_MAP_SUFFIX}")
+
+
+def _is_attention_map(path: Path, found: set[Path]) -> bool:
+    """An `x_att.png` beside an image `x.*` is that image's attention map."""
+    if not path.name.endswith(ATTENTION_MAP_SUFFIX):
+        return False
+    stem = path.name.removesuffix(ATTENTION_MAP_SUFFIX)
+    return any(path.with_name(f"{stem}{ext}") in found for ext in IMAGE_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -116,9 +129,11 @@ def scan_image_folder(folder: Path | str, recursive: bool = False) -> FolderScan
         raise DatasetError(f"dataset folder {folder} does not exist or is not a folder")
     images: list[ImageRecord] = []
     skipped: list[SkippedFile] = []
-    for path in _candidates(folder, recursive):
+    candidates = _candidates(folder, recursive)
+    found = set(candidates)
+    for path in candidates:
         suffix = path.suffix.lower()
-        if suffix in COMPANION_EXTENSIONS:
+        if suffix in COMPANION_EXTENSIONS or _is_attention_map(path, found):
             continue
         if suffix not in IMAGE_EXTENSIONS:
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))

@@ -38,6 +38,7 @@ class Embedding:
     sd_checkpoint: str | None = None  # A1111: the checkpoint's 10-hex short hash
     sd_checkpoint_name: str | None = None
     source: Path | None = None
+    usage: str | None = None  # how to use it (an APT pair: which prompt each goes in); A1111 ignores it
 
     @property
     def is_sdxl(self) -> bool:
@@ -146,6 +147,7 @@ def embedding_from_data(data: Any, name: str, source: Path | None = None) -> Emb
         sd_checkpoint=_str_or_none(data.get("sd_checkpoint")),
         sd_checkpoint_name=_str_or_none(data.get("sd_checkpoint_name")),
         source=source,
+        usage=_str_or_none(data.get("usage")),
     )
 
 
@@ -201,11 +203,14 @@ def _load_safetensors(path: Path) -> Embedding:
     embedding.step = _int_or_none(metadata.get("step"))
     embedding.sd_checkpoint = metadata.get("sd_checkpoint")
     embedding.sd_checkpoint_name = metadata.get("sd_checkpoint_name")
+    embedding.usage = metadata.get("usage")
     return embedding
 
 
 def to_a1111_dict(embedding: Embedding) -> dict[str, Any]:
-    """Exactly what A1111's `Embedding.save` pickles (SD1/SD2 only: A1111 .pt holds one tensor)."""
+    """Exactly what A1111's `Embedding.save` pickles (SD1/SD2 only: A1111 .pt holds one tensor), plus a
+    "usage" string when the embedding has one (A1111 reads only the keys it knows)."""
+    usage = {} if embedding.usage is None else {"usage": embedding.usage}
     return {
         "string_to_token": {SINGLE_KEY: A1111_TOKEN_ID},
         "string_to_param": {SINGLE_KEY: embedding.single.detach().to("cpu", torch.float32).contiguous()},
@@ -213,6 +218,7 @@ def to_a1111_dict(embedding: Embedding) -> dict[str, Any]:
         "step": embedding.step,
         "sd_checkpoint": embedding.sd_checkpoint,
         "sd_checkpoint_name": embedding.sd_checkpoint_name,
+        **usage,
     }
 
 
@@ -240,6 +246,7 @@ def save_embedding_safetensors(embedding: Embedding, path: str | os.PathLike[str
         "step": embedding.step,
         "sd_checkpoint": embedding.sd_checkpoint,
         "sd_checkpoint_name": embedding.sd_checkpoint_name,
+        "usage": embedding.usage,
     }
     text = {k: str(v) for k, v in metadata.items() if v is not None}
     return write_bytes_atomic(path, save(tensors, metadata=text))

@@ -26,7 +26,6 @@ class TabDef:
 # methods not built yet: their tabs say so (each goes once its method is in the registry)
 PLANNED: tuple[TabDef, ...] = (
     TabDef("dreambooth", "DreamBooth / LoRA", "liandan.ui.dreambooth_tab"),
-    TabDef("apt", "APT", "liandan.ui.apt_tab"),
     TabDef("aesthetic", "Aesthetic", "liandan.ui.aesthetic_tab"),
 )
 
