@@ -214,6 +214,7 @@ def _scorer_file(path: Path, architecture: str = "mobilenet_v3_small") -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.webui_env  # the discriminator is a torchvision model
 def test_each_optional_term_enters_the_loss(train64, host, tmp_path) -> None:
     """Same seed, same first batch: the reconstruction loss, the attention maps and the discriminator each
     change the first step's loss; EMA changes what is saved, not the loss."""
@@ -299,6 +300,7 @@ def test_a_negative_that_exists_is_refused_without_overwrite(train64, host) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.webui_env  # the discriminator is a torchvision model
 def test_a_discriminator_of_another_architecture_stops_the_job_with_a_clear_error(train64, host, tmp_path):
     """(Every bad file is in test_image_scorer.py; here: the job says it before training.)"""
     wrong = _scorer_file(tmp_path / "resnet.safetensors", "resnet18")

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from safetensors.torch import save_file
 
 from liandan.errors import ConfigError
 from liandan.formats.a1111_pickle import save_pt_a1111
 from liandan.models.image_scorer import load_image_scorer
+
+# the WebUI has torchvision; the newest-stack job's CPU torch has none that imports beside it
+torchvision = pytest.importorskip("torchvision", reason="the scorers are torchvision models")
+pytestmark = pytest.mark.webui_env
 
 
 def _state(architecture: str) -> dict[str, torch.Tensor]:

@@ -115,6 +115,22 @@ def test_hypernetwork_resumes_and_its_strength_works_in_txt2img(session: Session
     np.testing.assert_array_equal(webui.txt2img(f"{PROMPT} <hypernet:rest_hn:0>"), plain)
 
 
+def test_an_apt_pair_loads_and_steers_txt2img(session: Session) -> None:
+    """APT's positive in the prompt and its `-neg` in the negative prompt, through the WebUI's own loader."""
+    webui = session.webui
+    spec = ti_job("rest_apt", session.data, steps=4)
+    spec.update(kind="apt", vectors=2, neg_vectors=3, cfg_scale="3-5:cos")
+    spec.pop("init_text")
+    webui.run_job(spec)
+    loaded = webui.embeddings()["loaded"]
+    assert (loaded["rest_apt"]["vectors"], loaded["rest_apt-neg"]["vectors"]) == (2, 3)
+    assert loaded["rest_apt"]["step"] == loaded["rest_apt-neg"]["step"] == 4
+    plain = webui.txt2img(PROMPT, cfg_scale=4)
+    positive = webui.txt2img(f"{PROMPT} rest_apt", cfg_scale=4)
+    pair = webui.txt2img(f"{PROMPT} rest_apt", cfg_scale=4, negative_prompt="rest_apt-neg")
+    assert np.abs(positive - plain).max() > 0 and np.abs(pair - positive).max() > 0
+
+
 def test_preprocess_job_over_rest(session: Session, tmp_path: Path) -> None:
     from PIL import Image
 
