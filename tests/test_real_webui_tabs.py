@@ -116,3 +116,16 @@ def test_preprocess_from_the_tab(browser: Browser, session: Session, tmp_path: P
     for path in destination.glob("*.png"):
         with Image.open(path) as image:
             assert image.size == (32, 32)
+
+
+def test_each_tab_keeps_its_own_saved_defaults(session: Session) -> None:
+    """A1111 saves every control's default in ui-config.json keyed by tab and label: our tabs' same-labelled
+    controls (the prompt template) get keys of their own, so the hypernetwork tab keeps its template."""
+    import json
+
+    saved = json.loads((session.webui.root / "ui-config.json").read_text(encoding="utf-8"))
+    templates = {key: value for key, value in saved.items() if key.endswith("/Prompt template/value")}
+    assert len(templates) >= 3, templates  # TI, hypernetwork, APT
+    by_tab = {key.split("/")[1]: value for key, value in templates.items() if key.startswith("customscript/")}
+    assert by_tab["liandan_hn"] == "liandan_hypernetwork.txt", templates
+    assert by_tab["liandan_ti"] == "liandan_style_filewords.txt", templates
