@@ -313,7 +313,7 @@ def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
     ((blocks, title, elem_id),) = script.on_ui_tabs()
     assert (title, elem_id) == ("Liandan", "liandan")
     labels = [c["props"]["label"] for c in blocks.get_config_file()["components"] if c["type"] == "tabitem"]
-    assert labels[:3] == ["Textual Inversion", "Hypernetwork", "Preprocess & Caption"]
+    assert labels[:4] == ["Textual Inversion", "Hypernetwork", "APT", "Preprocess & Caption"]
 
 
 def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> None:
