@@ -11,7 +11,7 @@ from preprocess_models import make_deepbooru_file, make_wd14_folder
 from liandan.errors import ConfigError, DatasetError
 from liandan.preprocess.batch import SUMMARY_FILE, run_preprocess
 from liandan.preprocess.job import PreprocessJob
-from liandan.progress import Control, Reporter
+from liandan.progress import Control, ProgressEvent, Reporter
 
 TAGS = ["long_hair", "hat", "smile"]
 
@@ -116,10 +116,12 @@ def test_joined_captioners_split_and_autosize(source, models, tmp_path) -> None:
 def test_interrupt_stops_between_images(source, models, tmp_path) -> None:
     control = Control()
     control.interrupt()
+    events: list[ProgressEvent] = []
     summary = run_preprocess(
-        PreprocessJob(source=source, destination=tmp_path / "o"), models, control=control
+        PreprocessJob(source=source, destination=tmp_path / "o"), models, Reporter(events.append), control
     )
     assert summary.interrupted and summary.processed == 0
+    assert events[-1].kind == "done" and events[-1].step == 0  # the job says how far it got
 
 
 def test_same_stem_sources_do_not_overwrite_each_other(tmp_path, models) -> None:

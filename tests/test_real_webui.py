@@ -152,6 +152,33 @@ def test_preprocess_job_over_rest(session: Session, tmp_path: Path) -> None:
             assert image.size == (48, 48)
 
 
+def test_a_preprocess_job_shows_in_the_webui_progress_and_its_interrupt_stops_it(
+    session: Session, tmp_path: Path
+) -> None:
+    import os
+
+    from PIL import Image
+
+    count = 300
+    source = tmp_path / "many"
+    source.mkdir()
+    # one large noisy picture (slow to decode), linked under many names: seconds of work, made at once
+    noise = np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "large.png")
+    for index in range(count):
+        os.link(tmp_path / "large.png", source / f"p{index:03}.png")
+    spec = {"kind": "preprocess", "source": str(source), "destination": str(tmp_path / "out"),
+            "width": 64, "height": 64}  # fmt: skip
+    webui = session.webui
+    job = webui.submit(spec)
+    webui.wait_step(job, 3)
+    progress = webui.get("/sdapi/v1/progress")
+    webui.post("/sdapi/v1/interrupt")
+    status = webui.wait_job(job)
+    assert progress["state"]["job"] == "liandan preprocess" and progress["state"]["job_count"] == count
+    assert status["state"] == "interrupted" and 3 <= status["step"] < count, status
+
+
 def test_a_bad_job_is_refused_with_the_reason(session: Session) -> None:
     with pytest.raises(AssertionError, match="HTTP 422"):
         session.webui.submit({"kind": "textual_inversion", "name": "x", "vectors": 0})

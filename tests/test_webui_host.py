@@ -248,6 +248,26 @@ def test_progress_is_mirrored_into_shared_state(a1111, count_job) -> None:
     runner.close(timeout=5)
 
 
+def test_a_preprocess_job_holds_the_webui_and_shows_in_its_progress(a1111, tmp_path: Path) -> None:
+    """Preprocessing loads no checkpoint, but its captioners use the device: it takes the queue lock as
+    A1111's own preprocessing did, so the WebUI's progress shows it and a txt2img waits."""
+    from PIL import Image
+
+    from liandan.preprocess.job import PreprocessJob
+
+    modules = a1111()
+    source = tmp_path / "source"
+    source.mkdir()
+    for index in range(3):
+        Image.new("RGB", (80, 64), (index * 60, 0, 0)).save(source / f"img{index}.png")
+    runner = JobRunner(WebUIHost())
+    job = runner.submit(PreprocessJob(source=source, destination=tmp_path / "out", width=64, height=64))
+    assert runner.wait(job, timeout=30).state == "done"
+    assert modules.shared.state.history == [("begin", "liandan"), ("end", "liandan preprocess", 3, 3)]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    runner.close(timeout=5)
+
+
 def test_a1111_interrupt_button_stops_our_job(a1111, count_job) -> None:
     modules = a1111()
     at_step_two, go_on = count_job

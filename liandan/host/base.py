@@ -80,6 +80,12 @@ class Host(Protocol):
         entry and restores the WebUI model on exit, whatever happens in between."""
         ...
 
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the host for a job that needs no model of the host's (preprocessing, captioning). Inside
+        A1111 that is its queue lock, as for its own jobs: a txt2img waits, and the WebUI's progress and
+        Interrupt are the job's. Standalone: nothing to hold."""
+        ...
+
     def refresh(self, kind: ArtifactKind) -> None:
         """Make a newly written artifact usable at once (A1111 lists reloaded; standalone: no-op)."""
         ...

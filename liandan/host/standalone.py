@@ -146,6 +146,9 @@ class StandaloneHost:
             )
         return ref
 
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # one process, one job queue: nobody to wait for
+
     @contextlib.contextmanager
     def model_for_training(self, checkpoint: Path | None = None) -> Iterator[ModelBundle]:
         ref = self.resolve_checkpoint(checkpoint)

@@ -209,7 +209,7 @@ class WebUIHost:
         from liandan.models.loading import load_bundle
 
         ref = self.resolve_checkpoint(checkpoint)
-        with self._generation_lock():
+        with self.exclusive():
             webui_model = sd_models.model_data.sd_model
             if not getattr(shared.opts, UNLOAD_OPTION, True):  # the user has VRAM for both
                 webui_model = None
@@ -235,7 +235,7 @@ class WebUIHost:
                         sd_models.send_model_to_device(webui_model)
 
     @contextlib.contextmanager
-    def _generation_lock(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
         """A1111's queue_lock (not reentrant), with shared.state ours from begin() to end() inside it, so a
         txt2img waiting for the lock starts on a clean state. Re-entered by its holder, it only yields."""
         from modules import call_queue, shared
@@ -259,7 +259,7 @@ class WebUIHost:
         /sdapi/v1/refresh-* routes do, so a running generation does not see its lists rebuilt under it."""
         from modules import sd_hijack, sd_models, shared
 
-        with self._generation_lock():
+        with self.exclusive():
             if kind == "embeddings":
                 # reloading reads the model's vector width through shared.sd_model, which would load a
                 # checkpoint if none is loaded yet; A1111 reloads the embeddings itself after every load

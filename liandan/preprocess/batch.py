@@ -268,10 +268,12 @@ def run_preprocess(
     captioners = build_captioners(job, models_dir, pick_device(job.device))
     writer = _Writer(job, source, destination, captioners, summary)
     reporter(ProgressEvent("start", job="preprocess", total=len(images), message=f"{len(images)} images"))
+    done = 0  # images handled: all of them, or fewer after an interrupt
     for step, path in enumerate(tqdm(images, desc="preprocess", unit="image", disable=None), start=1):
         if control is not None and control.interrupted:
             summary.interrupted = True
             break
+        done = step
         try:
             outputs, debug = transform(open_image(path), job, yunet)
         except ImageSkipped as e:
@@ -290,6 +292,6 @@ def run_preprocess(
     if not job.in_place_captions:
         summary_path = write_text_atomic(destination / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=1))
         log.info("preprocess summary written to %s", summary_path)
-    reporter(ProgressEvent("done", job="preprocess", step=len(images), total=len(images),
+    reporter(ProgressEvent("done", job="preprocess", step=done, total=len(images),
                            message=summary.text(), paths=tuple(summary.written)))  # fmt: skip
     return summary

@@ -103,7 +103,8 @@ def run_preprocess_job(spec: JobSpec, host: Host, reporter: Reporter, control: C
 
     if not isinstance(spec, PreprocessJob):
         raise ConfigError(f"expected a preprocess job, got {spec.kind!r}")
-    run_preprocess(spec, host.folders.models, reporter, control)
+    with host.exclusive():  # the captioners use the device; inside A1111 its progress shows this job
+        run_preprocess(spec, host.folders.models, reporter, control)
 
 
 # What each setting is called in the tab; `python -m liandan preprocess --help` shows the same words.
