@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from open_clip_config import open_clip_config
 from real_webui import Installation, Venv, copy_training_images, make_root, running_webui, ti_job
 
 from liandan.models.tiny import tiny_bundle, tiny_spec
@@ -27,20 +28,8 @@ CLIP_L_FOLDER = "models/tiny-sdxl-clip-l"  # relative to the WebUI root
 def _install_open_clip_config(venv: Venv, clip_g: dict) -> None:
     configs = list(venv.path.glob("lib/python3*/site-packages/open_clip/model_configs"))
     assert len(configs) == 1, f"open_clip's model_configs folder not found in {venv.path}: {configs}"
-    width = clip_g["hidden_size"]
-    config = {
-        "embed_dim": clip_g["projection_dim"],
-        # a token vision tower: A1111's embedder deletes it after building the model
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 64, "patch_size": 16},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": width,
-            "heads": clip_g["num_attention_heads"],
-            "layers": clip_g["num_hidden_layers"],
-        },
-    }
-    (configs[0] / f"{OPEN_CLIP_ARCH}.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config = json.dumps(open_clip_config(clip_g), indent=2)
+    (configs[0] / f"{OPEN_CLIP_ARCH}.json").write_text(config, encoding="utf-8")
 
 
 def write_tiny_sdxl(root: Path, venv: Venv) -> Path:

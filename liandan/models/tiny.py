@@ -140,6 +140,8 @@ def tiny_bundle(family: str, seed: int = 0) -> ModelBundle:
 
 
 TINY_CLIP_FOLDER = "liandan-tiny-clip"
+# raised whenever a tiny model's architecture, weights or .yaml change, so files of older ones are rewritten
+TINY_REVISION = "2"
 
 
 def _tiny_clip_home(dest_dir: Path) -> Path:
@@ -155,9 +157,10 @@ def _is_intact(path: Path, family: str) -> bool:
         return False
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("liandan_tiny") == family
+            metadata = handle.metadata() or {}
     except Exception:  # noqa: BLE001 - any unreadable file is rewritten
         return False
+    return (metadata.get("liandan_tiny"), metadata.get("liandan_tiny_revision")) == (family, TINY_REVISION)
 
 
 def write_tiny_models(dest_dir: Path) -> dict[str, Path]:
@@ -178,7 +181,11 @@ def write_tiny_models(dest_dir: Path) -> dict[str, Path]:
         if _is_intact(path, family):
             continue
         bundle = tiny_bundle(family)
-        metadata = {"liandan_tiny": family, "note": f"tiny random {family.upper()}-layout test model, seed 0"}
+        metadata = {
+            "liandan_tiny": family,
+            "liandan_tiny_revision": TINY_REVISION,
+            "note": f"tiny random {family.upper()}-layout test model, seed 0",
+        }
         save_checkpoint(bundle, path, metadata=metadata)
         if family == "sd1":
             spec = tiny_spec("sd1")
