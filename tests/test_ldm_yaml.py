@@ -46,6 +46,17 @@ def test_written_yaml_reads_back_to_the_same_configs(family, tmp_path):
     assert found["vae"]["scaling_factor"] == spec.vae["scaling_factor"]
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_written_yaml_reads_back_the_noise_schedule(family, tmp_path):
+    """LDM keeps the betas in LatentDiffusion's params, sgm in its denoiser's discretization."""
+    spec = tiny_spec(family)
+    schedule = {"beta_start": 0.001, "beta_end": 0.02, "num_train_timesteps": 500}
+    texts = [te.config for te in spec.text_encoders]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml_text(family, spec.unet, spec.vae, {**spec.scheduler, **schedule}, texts))
+    assert configs_from_yaml(read_yaml(path))["scheduler"] == schedule
+
+
 def test_broken_yaml_is_a_checkpoint_error(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("model: [unclosed")
