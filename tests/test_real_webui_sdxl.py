@@ -14,57 +14,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from open_clip_config import open_clip_config
 from real_webui import Installation, Venv, copy_training_images, make_root, running_webui, ti_job
 
-from liandan.models import tiny
-from liandan.models.model_spec import ModelSpec
+from liandan.models.tiny import tiny_bundle, tiny_spec
 
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
 OPEN_CLIP_ARCH = "liandan-tiny-bigG"
 CLIP_L_FOLDER = "models/tiny-sdxl-clip-l"  # relative to the WebUI root
-TINY_SPEC = tiny.tiny_spec  # the unpatched one
-
-
-def open_clip_sized_spec(family: str) -> ModelSpec:
-    """The tiny SDXL with its OpenCLIP-G tower's MLP 4 times its width: open_clip 2.20 (the WebUI's)
-    builds every text tower with that ratio and has no setting for another."""
-    assert family == "sdxl"
-    spec = TINY_SPEC("sdxl")
-    clip_g = spec.text_encoders[1].config
-    clip_g["intermediate_size"] = 4 * clip_g["hidden_size"]
-    return spec
 
 
 def _install_open_clip_config(venv: Venv, clip_g: dict) -> None:
     configs = list(venv.path.glob("lib/python3*/site-packages/open_clip/model_configs"))
     assert len(configs) == 1, f"open_clip's model_configs folder not found in {venv.path}: {configs}"
-    width = clip_g["hidden_size"]
-    config = {
-        "embed_dim": clip_g["projection_dim"],
-        # a token vision tower: A1111's embedder deletes it after building the model
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 64, "patch_size": 16},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": width,
-            "heads": clip_g["num_attention_heads"],
-            "layers": clip_g["num_hidden_layers"],
-        },
-    }
-    (configs[0] / f"{OPEN_CLIP_ARCH}.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config = json.dumps(open_clip_config(clip_g), indent=2)
+    (configs[0] / f"{OPEN_CLIP_ARCH}.json").write_text(config, encoding="utf-8")
 
 
-def write_tiny_sdxl(root: Path, venv: Venv, monkeypatch: pytest.MonkeyPatch) -> Path:
+def write_tiny_sdxl(root: Path, venv: Venv) -> Path:
     """liandan's tiny SDXL checkpoint and .yaml (saving.save_checkpoint) in the WebUI's models folder, its
     text towers where the yaml says. Returns the checkpoint."""
     from liandan.models.saving import save_checkpoint
     from liandan.models.tokenizer import write_tokenizer_files
 
-    monkeypatch.setattr(tiny, "tiny_spec", open_clip_sized_spec)
     path = root / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors"
-    save_checkpoint(tiny.tiny_bundle("sdxl"), path)
-    clip_l, clip_g = (encoder.config for encoder in open_clip_sized_spec("sdxl").text_encoders)
+    save_checkpoint(tiny_bundle("sdxl"), path)
+    clip_l, clip_g = (encoder.config for encoder in tiny_spec("sdxl").text_encoders)
     folder = root / CLIP_L_FOLDER
     write_tokenizer_files(folder)
     config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **clip_l}
@@ -77,19 +53,16 @@ def write_tiny_sdxl(root: Path, venv: Venv, monkeypatch: pytest.MonkeyPatch) -> 
     clip_l_embedder, clip_g_embedder = model["model"]["params"]["conditioner_config"]["params"]["emb_models"][
         :2
     ]
-    # sd_xl_base.yaml's "hidden" layer 11 is the penultimate of CLIP-L's 12 layers: here, of its own
-    clip_l_embedder["params"].update(version=CLIP_L_FOLDER, layer_idx=clip_l["num_hidden_layers"] - 1)
+    clip_l_embedder["params"]["version"] = CLIP_L_FOLDER
     clip_g_embedder["params"]["arch"] = OPEN_CLIP_ARCH
     config_path.write_text(yaml.safe_dump(model, sort_keys=False), encoding="utf-8")
     return path
 
 
-def test_an_sdxl_embedding_loads_and_changes_the_image(
-    installation: Installation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_sdxl_embedding_loads_and_changes_the_image(installation: Installation, tmp_path: Path) -> None:
     data = copy_training_images(tmp_path / "train64")
     root = make_root(tmp_path / "root")
-    checkpoint = write_tiny_sdxl(root, installation.venv, monkeypatch)
+    checkpoint = write_tiny_sdxl(root, installation.venv)
     with running_webui(root, installation.venv, flags=["--ckpt", str(checkpoint)]) as webui:
         assert "Stable diffusion model failed to load" not in webui.console(), webui.console()[-4000:]
         assert "tiny-sdxl" in webui.get("/sdapi/v1/options")["sd_model_checkpoint"]

@@ -1,7 +1,8 @@
 import pytest
 import torch
+from open_clip_config import open_clip_config
 
-from liandan.models.tiny import tiny_bundle
+from liandan.models.tiny import tiny_bundle, tiny_spec
 
 
 def _context(bundle, prompt="a photo of a cat"):
@@ -59,6 +60,29 @@ def test_unknown_family_is_refused():
         tiny_bundle("sd3")
 
 
+@pytest.mark.webui_env
+@pytest.mark.parametrize(("family", "index"), [("sd2", 0), ("sdxl", 1)])
+def test_tiny_open_clip_towers_fit_the_model_open_clip_builds(family, index):
+    """The WebUI builds an OpenCLIP tower with open_clip (2.20: MLP 4x the width) and loads our weights in."""
+    import open_clip
+
+    from liandan.models.ldm_layout import TEXT_PREFIXES
+    from liandan.models.saving import ldm_state_dict
+
+    tower = tiny_spec(family).text_encoders[index]
+    model = open_clip.CLIP(**open_clip_config(tower.config))
+    del model.visual
+    prefix = TEXT_PREFIXES[(family, index)]
+    ours = {
+        k[len(prefix) :]: v for k, v in ldm_state_dict(tiny_bundle(family)).items() if k.startswith(prefix)
+    }
+    # a shape open_clip builds otherwise raises even so; the WebUI loads non-strictly as here. Not ours: the
+    # contrastive temperature, and SD2's projection (it conditions on the penultimate layer alone)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    not_ours = ["logit_scale"] if tower.with_projection else ["text_projection", "logit_scale"]
+    assert (missing, unexpected) == (not_ours, [])
+
+
 def test_write_tiny_models_is_deterministic_idempotent_and_loadable(tmp_path):
     from liandan.models.loading import load_bundle
     from liandan.models.tiny import write_tiny_models
@@ -81,6 +105,12 @@ def test_write_tiny_models_is_deterministic_idempotent_and_loadable(tmp_path):
     assert other["sdxl"].read_bytes() == paths["sdxl"].read_bytes()
     paths["sdxl"].write_bytes(b"broken")
     write_tiny_models(checkpoints)  # a damaged file is rewritten
+    assert _tensors(paths["sdxl"]) == _tensors(other["sdxl"])
+    from safetensors.torch import save_file
+
+    # so is one an older liandan wrote (revision 1: a 2x OpenCLIP-G MLP the WebUI cannot build)
+    save_file({"x": torch.zeros(1)}, str(paths["sdxl"]), metadata={"liandan_tiny": "sdxl"})
+    write_tiny_models(checkpoints)
     assert _tensors(paths["sdxl"]) == _tensors(other["sdxl"])
 
     sd1 = load_bundle(paths["sd1"])

@@ -3,8 +3,9 @@
 Reading honours what A1111 reads for non-standard shapes: `unet_config` / `network_config`,
 `first_stage_config.ddconfig`, `scale_factor`, `parameterization`, the beta schedule, and for SD1 the
 `cond_stage_config` `version` folder (a transformers CLIP folder, relative to the WebUI root). Text widths
-the yaml cannot express are inferred from the weights by the loader. Writing produces a yaml a real A1111
-can use for an SD1/SD2 model (SDXL: sgm's own layout, for our loader; A1111 builds OpenCLIP-G by name).
+the yaml cannot express are inferred from the weights by the loader. Writing produces a yaml whose every
+`params` holds exactly what ldm's / sgm's classes accept, as A1111 v1.10.1 builds the model from it; the
+OpenCLIP towers are named by open_clip architecture (SD2: ViT-H-14, SDXL: ViT-bigG-14), as A1111's configs do.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def _unet_from_params(p: dict[str, Any], adm_time_dim: int | None) -> dict[str, 
     if head_channels not in (-1, None):
         heads = [width // head_channels for width in blocks]
     config: dict[str, Any] = {
-        "sample_size": p.get("image_size", 64),
         "in_channels": p["in_channels"],
         "out_channels": p["out_channels"],
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
@@ -49,6 +49,8 @@ def _unet_from_params(p: dict[str, Any], adm_time_dim: int | None) -> dict[str, 
         "use_linear_projection": bool(p.get("use_linear_in_transformer", False)),
         "transformer_layers_per_block": depths,
     }
+    if "image_size" in p:  # ldm's UNet records it (unused there); sgm's has no such parameter
+        config["sample_size"] = p["image_size"]
     if p.get("adm_in_channels"):
         config.update(
             addition_embed_type="text_time",
@@ -82,17 +84,21 @@ def configs_from_yaml(params: dict[str, Any]) -> dict[str, Any]:
             time_dim = embedder["params"]["outdim"]
     unet_params = (params.get("unet_config") or params.get("network_config"))["params"]
     prediction = "v_prediction" if params.get("parameterization") == "v" else "epsilon"
-    if "denoiser_config" in params:  # sgm names the parameterisation in its scaling class
-        scaling = params["denoiser_config"].get("params", {}).get("scaling_config", {}).get("target", "")
+    schedule = params  # ldm: LatentDiffusion's own parameters
+    if "denoiser_config" in params:  # sgm: the denoiser's scaling class and discretization
+        denoiser = params["denoiser_config"].get("params", {})
+        scaling = denoiser.get("scaling_config", {}).get("target", "")
         prediction = "v_prediction" if scaling.endswith("VScaling") else "epsilon"
+        discretization = denoiser.get("discretization_config", {}).get("params", {})
+        schedule = {**discretization, "timesteps": denoiser.get("num_idx", 1000)}
     cond = params.get("cond_stage_config") or {}
     return {
         "unet": _unet_from_params(unet_params, time_dim),
         "vae": _vae_from_params(params["first_stage_config"]["params"], params.get("scale_factor", 0.18215)),
         "scheduler": {
-            "beta_start": params.get("linear_start", 0.00085),
-            "beta_end": params.get("linear_end", 0.012),
-            "num_train_timesteps": params.get("timesteps", 1000),
+            "beta_start": schedule.get("linear_start", 0.00085),
+            "beta_end": schedule.get("linear_end", 0.012),
+            "num_train_timesteps": schedule.get("timesteps", 1000),
         },
         "prediction_type": prediction,
         "clip_version": (cond.get("params") or {}).get("version"),
@@ -104,7 +110,6 @@ def _unet_params(unet: dict[str, Any], context_dim: int) -> dict[str, Any]:
     base = blocks[0]
     heads = unet["attention_head_dim"]
     params: dict[str, Any] = {
-        "image_size": unet["sample_size"],
         "in_channels": unet["in_channels"],
         "out_channels": unet["out_channels"],
         "model_channels": base,
@@ -128,10 +133,10 @@ def _unet_params(unet: dict[str, Any], context_dim: int) -> dict[str, Any]:
     return params
 
 
-def _first_stage(vae: dict[str, Any]) -> dict[str, Any]:
+def _first_stage(vae: dict[str, Any], target: str) -> dict[str, Any]:
     base = vae["block_out_channels"][0]
     return {
-        "target": "ldm.models.autoencoder.AutoencoderKL",
+        "target": target,
         "params": {
             "embed_dim": vae["latent_channels"],
             "monitor": "val/rec_loss",
@@ -157,22 +162,26 @@ def yaml_text(
     unet: dict[str, Any],
     vae: dict[str, Any],
     scheduler: dict[str, Any],
-    text_widths: list[int],
+    text_encoders: list[dict[str, Any]],
     clip_version: str | None = None,
 ) -> str:
-    """An A1111 model .yaml for these configs. SD1's `clip_version` names a transformers CLIP folder."""
+    """An A1111 model .yaml for these configs (`text_encoders`: the towers' transformers configs, in order).
+    SD1's `clip_version` names a transformers CLIP folder."""
     import yaml
 
-    unet_params = _unet_params(unet, sum(text_widths))
+    unet_params = _unet_params(unet, sum(config["hidden_size"] for config in text_encoders))
+    v_prediction = scheduler["prediction_type"] == "v_prediction"
     beta = {"linear_start": scheduler["beta_start"], "linear_end": scheduler["beta_end"]}
     if family == "sdxl":
         time_dim = unet["addition_time_embed_dim"]
+        # A1111 takes CLIP-L's hidden state number layer_idx (0 = the embeddings): its penultimate layer
+        clip_l_layer = text_encoders[0]["num_hidden_layers"] - 1
         text = [
             {
                 "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
                 "is_trainable": False,
                 "input_key": "txt",
-                "params": {"layer": "hidden", "layer_idx": 11},
+                "params": {"layer": "hidden", "layer_idx": clip_l_layer},
             },
             {
                 "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
@@ -197,30 +206,33 @@ def yaml_text(
             }
             for key in ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
         ]
-        scaling = "VScaling" if scheduler["prediction_type"] == "v_prediction" else "EpsScaling"
+        kind = "V" if v_prediction else "Eps"
+        diffusion = "sgm.modules.diffusionmodules"
         params = {
             "scale_factor": vae["scaling_factor"],
             "disable_first_stage_autocast": True,
             "denoiser_config": {
-                "target": "sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser",
+                "target": f"{diffusion}.denoiser.DiscreteDenoiser",
                 "params": {
                     "num_idx": scheduler["num_train_timesteps"],
-                    "scaling_config": {"target": f"sgm.modules.diffusionmodules.denoiser_scaling.{scaling}"},
+                    "weighting_config": {"target": f"{diffusion}.denoiser_weighting.{kind}Weighting"},
+                    "scaling_config": {"target": f"{diffusion}.denoiser_scaling.{kind}Scaling"},
                     "discretization_config": {
-                        "target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization",
-                        "params": beta,
+                        "target": f"{diffusion}.discretizer.LegacyDDPMDiscretization",
+                        "params": {**beta, "num_timesteps": scheduler["num_train_timesteps"]},
                     },
                 },
             },
             "network_config": {
-                "target": "sgm.modules.diffusionmodules.openaimodel.UNetModel",
+                "target": f"{diffusion}.openaimodel.UNetModel",
                 "params": {**unet_params, "spatial_transformer_attn_type": "softmax-xformers"},
             },
             "conditioner_config": {
                 "target": "sgm.modules.GeneralConditioner",
                 "params": {"emb_models": text + time},
             },
-            "first_stage_config": _first_stage(vae),
+            # sgm's wrapper: its encode() returns the latents DiffusionEngine.encode_first_stage scales
+            "first_stage_config": _first_stage(vae, "sgm.models.autoencoder.AutoencoderKLInferenceWrapper"),
         }
         target = "sgm.models.diffusion.DiffusionEngine"
     else:
@@ -249,12 +261,12 @@ def yaml_text(
             "use_ema": False,
             "unet_config": {
                 "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
-                "params": {**unet_params, "use_checkpoint": False},
+                "params": {**unet_params, "image_size": unet["sample_size"], "use_checkpoint": False},
             },
-            "first_stage_config": _first_stage(vae),
+            "first_stage_config": _first_stage(vae, "ldm.models.autoencoder.AutoencoderKL"),
             "cond_stage_config": cond,
         }
-        if scheduler["prediction_type"] == "v_prediction":
+        if v_prediction:
             params["parameterization"] = "v"
         target = "ldm.models.diffusion.ddpm.LatentDiffusion"
     header = "# written by liandan: the architecture of the checkpoint beside this file\n"

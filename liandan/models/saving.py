@@ -155,6 +155,6 @@ def save_checkpoint(
     spec = spec_of_bundle(bundle)
     yaml_path = path.with_suffix(".yaml")
     if not is_released_architecture(spec):
-        widths = [te.config["hidden_size"] for te in spec.text_encoders]
-        write_text_atomic(yaml_path, yaml_text(spec.family, spec.unet, spec.vae, spec.scheduler, widths))
+        texts = [te.config for te in spec.text_encoders]
+        write_text_atomic(yaml_path, yaml_text(spec.family, spec.unet, spec.vae, spec.scheduler, texts))
     return path

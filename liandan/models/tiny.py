@@ -11,7 +11,8 @@ emphasis rescale divide 0 by 0).
   linear attention projections, pad token "!".
 - "sdxl": CLIP-L-layout (width 64) + OpenCLIP-G-layout with projection (width 128), context 192,
   text_time add-embeddings, no attention in the first level.
-Text encoders keep 64 channels per head, the rule the loader uses to infer heads from weight shapes.
+Text encoders keep 64 channels per head, the rule the loader uses to infer heads from weight shapes, and
+(SD2, SDXL) an MLP 4 times their width, as CLIP's: open_clip 2.20, the WebUI's, builds text towers only so.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _text(hidden: int, layers: int, heads: int, act: str, intermediate: int | No
     return {
         "vocab_size": 49408,
         "hidden_size": hidden,
-        "intermediate_size": intermediate or 2 * hidden,
+        "intermediate_size": intermediate or 4 * hidden,  # CLIP's ratio; open_clip 2.20 allows no other
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "max_position_embeddings": 77,
@@ -139,6 +140,8 @@ def tiny_bundle(family: str, seed: int = 0) -> ModelBundle:
 
 
 TINY_CLIP_FOLDER = "liandan-tiny-clip"
+# raised whenever a tiny model's architecture, weights or .yaml change, so files of older ones are rewritten
+TINY_REVISION = "2"
 
 
 def _tiny_clip_home(dest_dir: Path) -> Path:
@@ -154,9 +157,10 @@ def _is_intact(path: Path, family: str) -> bool:
         return False
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("liandan_tiny") == family
+            metadata = handle.metadata() or {}
     except Exception:  # noqa: BLE001 - any unreadable file is rewritten
         return False
+    return (metadata.get("liandan_tiny"), metadata.get("liandan_tiny_revision")) == (family, TINY_REVISION)
 
 
 def write_tiny_models(dest_dir: Path) -> dict[str, Path]:
@@ -177,12 +181,17 @@ def write_tiny_models(dest_dir: Path) -> dict[str, Path]:
         if _is_intact(path, family):
             continue
         bundle = tiny_bundle(family)
-        metadata = {"liandan_tiny": family, "note": f"tiny random {family.upper()}-layout test model, seed 0"}
+        metadata = {
+            "liandan_tiny": family,
+            "liandan_tiny_revision": TINY_REVISION,
+            "note": f"tiny random {family.upper()}-layout test model, seed 0",
+        }
         save_checkpoint(bundle, path, metadata=metadata)
         if family == "sd1":
             spec = tiny_spec("sd1")
             version = f"models/{TINY_CLIP_FOLDER}"
-            text = yaml_text("sd1", spec.unet, spec.vae, spec.scheduler, [32], clip_version=version)
+            texts = [spec.text_encoders[0].config]
+            text = yaml_text("sd1", spec.unet, spec.vae, spec.scheduler, texts, clip_version=version)
             write_text_atomic(path.with_suffix(".yaml"), text)
     if not (clip_folder / "config.json").is_file():
         config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}
