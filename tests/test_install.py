@@ -306,7 +306,7 @@ def test_install_in_a_fresh_webui_venv(fixtures_dir: Path, fresh_venv: Path, tmp
         "import runpy, subprocess, sys\n"
         "def refuse(*args, **kwargs): sys.exit(f'install.py started a subprocess: {args[0]}')\n"
         "subprocess.run = subprocess.Popen = refuse\n"
-        f"runpy.run_path({str(REPO_ROOT / 'install.py')!r}, run_name='__main__')\n"
+        f"runpy.run_path({str(extension / 'install.py')!r}, run_name='__main__')\n"
     )
     second = _run([str(python), "-c", no_subprocess], cwd=webui_root, env=env)
     assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
