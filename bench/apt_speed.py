@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, benchmark_args, measure
+from bench.harness import BenchRow, append_result, measure, step_benchmark_args
 from bench.ti_speed import LR, PROMPT, build_bundle, liandan_step
 
 
@@ -61,18 +61,8 @@ def apt_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[]
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
-    extra.add_argument("--size", type=int, nargs="+", default=[64, 128])
-    extra.add_argument("--batch", type=int, default=1)
-    extra.add_argument("--device", default="cpu")
-    known, rest = extra.parse_known_args(argv)
-    args = benchmark_args(rest, __doc__ or "")
-    sizes = [64] if args.smoke else known.size
-    model = "tiny" if args.smoke else known.model
-    device, batch = torch.device(known.device), known.batch
+    args = step_benchmark_args(argv, __doc__ or "")
+    sizes, model, batch, device = args.sizes, args.model, args.batch, torch.device(args.device)
     bundle = build_bundle(model)
     for size in sizes:
         runs = {

@@ -157,6 +157,22 @@ def benchmark_args(argv: Sequence[str] | None = None, description: str = "") -> 
     return args
 
 
+def step_benchmark_args(argv: Sequence[str] | None = None, description: str = "") -> argparse.Namespace:
+    """benchmark_args plus the training-step scripts' own flags: --model, --size (into `sizes`), --batch,
+    --device; --smoke takes the tiny model at 64 px."""
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    extra.add_argument("--size", type=int, nargs="+", default=[64, 128])
+    extra.add_argument("--batch", type=int, default=1)
+    extra.add_argument("--device", default="cpu")
+    known, rest = extra.parse_known_args(argv)
+    args = benchmark_args(rest, description)
+    args.model = "tiny" if args.smoke else known.model
+    args.sizes = [64] if args.smoke else known.size
+    args.batch, args.device = known.batch, known.device
+    return args
+
+
 def _self_test(argv: Sequence[str] | None = None) -> None:
     """`python -m bench.harness --smoke`: measure a small matrix product, print the row it would record."""
     args = benchmark_args(argv, "time a small matrix product with the harness")

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, benchmark_args, measure
+from bench.harness import BenchRow, append_result, measure, step_benchmark_args
 
 PROMPT = "a painting of a cat, art by benchti"
 LR = 0.005
@@ -120,32 +120,22 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
-    extra.add_argument("--size", type=int, nargs="+", default=[64, 128])
-    extra.add_argument("--batch", type=int, default=1)
-    extra.add_argument("--device", default="cpu")
-    known, rest = extra.parse_known_args(argv)
-    args = benchmark_args(rest, __doc__ or "")
-    sizes = [64] if args.smoke else known.size
-    model = "tiny" if args.smoke else known.model
-    device = torch.device(known.device)
+    args = step_benchmark_args(argv, __doc__ or "")
+    sizes, model, device = args.sizes, args.model, torch.device(args.device)
     for size in sizes:
         times = {}
         for label, make in (("liandan", liandan_step), ("diffusers-loop", diffusers_step)):
             bundle = build_bundle(model)  # a fresh copy: the baseline resizes the token table
-            result = measure(make(bundle, size, known.batch, device), args.warmup, args.repeats)
+            result = measure(make(bundle, size, args.batch, device), args.warmup, args.repeats)
             times[label] = result.median_s
-            print(f"{label:15s} {model} {size}px bs{known.batch}: {result.summary()}")
+            print(f"{label:15s} {model} {size}px bs{args.batch}: {result.summary()}")
         ratio = times["liandan"] / times["diffusers-loop"]
         print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
         if args.record:
-            settings = f"sd1 {model} {size}px bs{known.batch} fp32 {device.type} AdamW"
+            settings = f"sd1 {model} {size}px bs{args.batch} fp32 {device.type} AdamW"
             result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
                            f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
-            command = f"python -m bench.ti_speed --model {model} --size {size} --batch {known.batch} --record"
+            command = f"python -m bench.ti_speed --model {model} --size {size} --batch {args.batch} --record"
             append_result(BenchRow("ti-step", settings, result_text), command=command)
 
 

@@ -71,3 +71,14 @@ def gather_objects(value: Any) -> list[Any]:
 def barrier() -> None:
     if world_size() > 1:
         torch.distributed.barrier()
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A batch (tensors in nested dicts, lists and tuples) on this rank's device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value

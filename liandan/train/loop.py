@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from liandan.data.dataset import derive_seed
 from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train import distributed
@@ -60,6 +59,7 @@ from liandan.train.nan_guard import (
 from liandan.train.optimizers import build_optimizer, set_learning_rate
 from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
 from liandan.train.training_log import LossCsv, TensorBoardLog
+from liandan.train.validation import Validation, validation_loss
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -100,16 +100,6 @@ class TrainResult:
         return self.stopped_reason == "interrupted"
 
 
-@dataclass(frozen=True)
-class Validation:
-    """A held-out set: every item is scored at each of `timesteps` with noise seeded by (seed, item)."""
-
-    dataset: Any
-    every: int
-    timesteps: tuple[int, ...]
-    seed: int = 0
-
-
 def default_batch_plan(num_items: int, batch_size: int, seed: int) -> BatchPlan:
     def plan(epoch: int) -> list[list[int]]:
         order = np.random.default_rng([seed, epoch]).permutation(num_items).tolist()
@@ -131,16 +121,6 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
         gradient_accumulation_steps=spec.gradient_accumulation,
         cpu=not torch.cuda.is_available(),
     )
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
 
 
 def _check_setup(accelerator: Accelerator, spec: TrainSpec) -> None:
@@ -361,26 +341,11 @@ class _Run:
         distributed.barrier()
 
     def validate(self) -> None:
-        """Score the validation set. Every rank scores all of it: a DDP/FSDP forward is a collective
-        that all ranks must join, and the set is small."""
-        validation, device = self.validation, self.accelerator.device
+        """Score the validation set (once per step) and report it."""
+        validation = self.validation
         if validation is None or any(step == self.position.step for step, _ in self.validation_losses):
             return
-        modules = self.method.trainable_modules()
-        for module in modules:
-            module.eval()
-        total = torch.zeros((), device=device)
-        with preserved_rng(), torch.no_grad():
-            for index in range(len(validation.dataset)):
-                batch = validation.dataset.collate([validation.dataset[index]] * len(validation.timesteps))
-                generator = torch.Generator().manual_seed(derive_seed(validation.seed, index, "validation"))
-                batch["noise"] = torch.randn(batch["latents"].shape, generator=generator)
-                batch["timesteps"] = torch.tensor(validation.timesteps)
-                with self.accelerator.autocast():
-                    total += self.method.loss(_to_device(batch, device)).detach().float()
-        for module in modules:
-            module.train()
-        loss = float(total) / len(validation.dataset)
+        loss = validation_loss(validation, self.method, self.accelerator)
         self.validation_losses.append((self.position.step, loss))
         if self.tensorboard is not None:
             self.tensorboard.add_validation(self.position.step, loss)
@@ -527,7 +492,9 @@ def _train_loop(
             step_loss = torch.zeros((), device=accelerator.device)
             first = pos.batch_index + rank_offset
             for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
-                batch = _to_device(dataset.collate([dataset[i] for i in indices]), accelerator.device)
+                batch = distributed.to_device(
+                    dataset.collate([dataset[i] for i in indices]), accelerator.device
+                )
                 with run.accumulate():
                     with accelerator.autocast():
                         loss = method.loss(batch) * batch.get("loss_scale", 1.0)

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
     from liandan.progress import Control, ProgressEvent, Reporter
-    from liandan.train.loop import TrainResult, Validation
+    from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
+    from liandan.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def build_validation(
 ) -> Validation:
     """The held-out set with everything random turned off, scored at timesteps spread evenly over the
     noise schedule (the middle of each of `spec.timesteps` equal parts)."""
-    from liandan.train.loop import Validation
+    from liandan.train.validation import Validation
 
     fixed = spec.replace(
         flip=0.0, latent_sampling="deterministic", shuffle_tags=False, tag_dropout=0.0, repeats=1
