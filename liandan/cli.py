@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -51,7 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the standalone web UI")
     _add_data_dir(ui)
     ui.add_argument("--port", type=int, default=7870)
-    ui.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
+    ui.add_argument(
+        "--listen",
+        action="store_true",
+        help="listen on all interfaces, not only 127.0.0.1; the UI and the REST routes then need a token",
+    )
+    ui.add_argument(
+        "--token",
+        default=os.environ.get("LIANDAN_TOKEN"),
+        help="the token with --listen (default $LIANDAN_TOKEN; without one, one is made up and printed)",
+    )
     ui.set_defaults(run=cmd_ui)
 
     tiny = sub.add_parser(
@@ -216,9 +226,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from liandan.ui.app import build_app, serve
 
     host = StandaloneHost(args.data_dir)
-    runner = JobRunner(host)
+    # jobs not finished when the server stops run again at its next start
+    runner = JobRunner(host, journal=host.data_dir / "liandan-queue.json")
     print(f"liandan: data in {host.data_dir.resolve()}")
-    serve(build_app(host, runner), port=args.port, listen=args.listen)
+    token = None
+    if args.listen:
+        token = args.token or secrets.token_urlsafe(24)
+        if not args.token:
+            print(f"liandan: listening on all interfaces; token (UI password for user 'liandan'): {token}")
+    serve(build_app(host, runner), runner, port=args.port, token=token)
     runner.close(timeout=10)
     return 0
 

@@ -4,11 +4,18 @@ Each job kind's runner is found in `liandan.registry`; the UI, REST routes and t
 `run_job`, so a job behaves the same whoever started it. Errors become a status, never a crash:
 a `LiandanError` keeps its message as it is (it is written for the user), anything else gets a short
 message while the traceback goes to the log.
+
+With a `journal` file, the jobs not yet finished (queued or running) are kept in it, so a server that stops
+or is killed runs them again when it starts: a running job continues from its last full-state checkpoint
+(the loop resumes it). A job that was running when the server stopped `MAX_RESTARTS` times is not started
+again (it may be what brings the server down); it is listed as an error instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -20,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from liandan import registry
+from liandan.atomic_files import write_text_atomic
 from liandan.errors import LiandanError
-from liandan.jobs import JobSpec, TrainSpec
+from liandan.jobs import JobSpec, TrainSpec, job_from_dict, job_to_dict
 from liandan.progress import Control, ProgressEvent, Reporter
 
 if TYPE_CHECKING:
@@ -34,6 +42,7 @@ FINISHED: tuple[JobState, ...] = ("done", "interrupted", "error")
 
 _MAX_LOSSES = 20_000  # a point per step; older points are dropped past this
 _MAX_MESSAGES = 50
+MAX_RESTARTS = 3
 
 
 def run_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> Any:
@@ -99,6 +108,7 @@ class _Job:
     submitted: float = field(default_factory=time.time)
     finished: float | None = None
     saw_done: bool = False
+    restarts: int = 0  # times the server stopped while this job ran (journal)
 
     def record(self, event: ProgressEvent) -> None:
         if event.total:
@@ -142,7 +152,12 @@ class JobRunner:
     button (A1111's) to it; the host's reporter receives every event of the job.
     """
 
-    def __init__(self, host: Host, run: Callable[[JobSpec, Host, Reporter, Control], Any] = run_job) -> None:
+    def __init__(
+        self,
+        host: Host,
+        run: Callable[[JobSpec, Host, Reporter, Control], Any] = run_job,
+        journal: Path | None = None,
+    ) -> None:
         self.host = host
         self._run = run
         self._jobs: dict[str, _Job] = {}
@@ -150,6 +165,9 @@ class JobRunner:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
+        self._journal = journal
+        if journal is not None:
+            self._restore(journal)
 
     # --- submitting and controlling -------------------------------------------------------------
 
@@ -158,11 +176,18 @@ class JobRunner:
         with self._lock:
             job_id = f"{spec.kind or 'job'}-{next(self._ids)}"
             self._jobs[job_id] = _Job(job_id, spec, Control())
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name="liandan-jobs", daemon=True)
-                self._worker.start()
+            self._start_worker()
+            self._write_journal()
         self._queue.put(job_id)
         return job_id
+
+    def cancel(self, job_id: str) -> JobState:
+        """Stop one job by id (a queued one never starts); returns the state it had. KeyError: no such job."""
+        with self._lock:
+            job = self._jobs[job_id]
+            if job.state not in FINISHED:
+                job.control.interrupt()
+            return job.state
 
     def interrupt(self, job_id: str | None = None) -> bool:
         """Stop a job (default: the one running). A queued job is dropped before it starts."""
@@ -220,6 +245,59 @@ class JobRunner:
 
     # --- the worker ------------------------------------------------------------------------------
 
+    def _start_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="liandan-jobs", daemon=True)
+            self._worker.start()
+
+    # --- the journal -----------------------------------------------------------------------------
+
+    def _write_journal(self) -> None:
+        """Called with the lock held, whenever a job is added or finishes."""
+        if self._journal is None:
+            return
+        pending = [
+            {"id": j.id, "restarts": j.restarts + (j.state == "running"), "spec": job_to_dict(j.spec)}
+            for j in self._jobs.values()
+            if j.state not in FINISHED
+        ]
+        write_text_atomic(self._journal, json.dumps({"version": 1, "jobs": pending}, indent=1))
+
+    def _restore(self, journal: Path) -> None:
+        """Queue again the jobs a previous server left unfinished, under their ids."""
+        try:
+            entries = json.loads(journal.read_text(encoding="utf-8"))["jobs"] if journal.is_file() else []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            kept = journal.with_name(journal.name + ".unreadable")
+            with contextlib.suppress(OSError):
+                journal.replace(kept)
+            log.warning("liandan: job queue %s unreadable (%s); kept as %s, starting empty", journal, e, kept)
+            return
+        numbers = [0]
+        for entry in entries:
+            job_id = str(entry["id"])
+            numbers.append(int(job_id.rpartition("-")[2] or 0))
+            try:
+                spec = job_from_dict(entry["spec"])
+            except LiandanError as e:  # a job file from another version: say so, keep the others
+                log.warning("liandan: job %s of the saved queue is not valid any more: %s", job_id, e)
+                continue
+            job = _Job(job_id, spec, Control(), restarts=int(entry.get("restarts", 0)))
+            self._jobs[job_id] = job
+            if job.restarts >= MAX_RESTARTS:
+                job.state, job.finished = "error", time.time()
+                job.error = (
+                    f"not started again: the server stopped {job.restarts} times while it ran "
+                    "(resume it from its tab once the cause is fixed)"
+                )
+                continue
+            self._queue.put(job_id)
+        self._ids = itertools.count(max(numbers) + 1)
+        with self._lock:
+            self._write_journal()
+            if any(j.state == "queued" for j in self._jobs.values()):
+                self._start_worker()
+
     def _find(self, job_id: str | None, kind: str | None = None) -> _Job | None:
         if job_id is not None:
             return self._jobs.get(job_id)
@@ -245,6 +323,7 @@ class JobRunner:
         self.host.control = job.control
         with self._lock:
             job.state = "running"
+            self._write_journal()
         try:
             self._run(job.spec, self.host, reporter, job.control)
         except LiandanError as e:
@@ -267,3 +346,4 @@ class JobRunner:
         with self._lock:
             job.state = state
             job.finished = time.time()
+            self._write_journal()

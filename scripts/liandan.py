@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.security import HTTPBasicCredentials  # FastAPI resolves the annotation by module name
 from modules import script_callbacks, shared
 
 # every liandan module used later is imported now, while the extension root is on sys.path
 import liandan.host.webui
 import liandan.job_runner
-import liandan.jobs
 import liandan.registry
+import liandan.rest
 import liandan.ui.app
 import liandan.ui.components
-from liandan.errors import LiandanError
 
 SECTION = ("liandan", "Liandan")
 runner = liandan.host.webui.webui_runner
@@ -52,67 +50,14 @@ def on_ui_settings() -> None:
     )
 
 
-def _api_auth(credentials_text: str | None) -> list[Any]:
-    """Dependencies checking --api-auth ("user:password,...") as A1111's own API does; none without it."""
-    if not credentials_text:
-        return []
-    from secrets import compare_digest
-
-    from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic
-
-    allowed = dict(entry.split(":", 1) for entry in credentials_text.split(",") if ":" in entry)
-
-    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> None:  # noqa: B008
-        password = allowed.get(credentials.username)
-        if password is None or not compare_digest(credentials.password, password):
-            raise HTTPException(status_code=401, detail="Incorrect username or password",
-                                headers={"WWW-Authenticate": "Basic"})  # fmt: skip
-
-    return [Depends(check)]
-
-
 def on_app_started(demo: Any, app: Any) -> None:
-    """REST: GET /liandan/v1/kinds (the job kinds), GET /liandan/v1/jobs, GET /liandan/v1/jobs/{id},
-    POST /liandan/v1/jobs (a job spec as JSON, the same keys as a job file), POST /liandan/v1/interrupt.
-
-    The routes read and write any folder, so like A1111's own API they exist only with --api (or
-    --nowebui, where `demo` is None), behind --api-auth when it is set: gradio's login never covers
-    routes added to its app."""
-    from fastapi import APIRouter, Body, HTTPException
-
+    """The REST routes (liandan/rest.py). They read and write any folder, so like A1111's own API they exist
+    only with --api (or --nowebui, where `demo` is None), behind --api-auth when it is set: gradio's login
+    never covers routes added to its app."""
     if demo is not None and not getattr(shared.cmd_opts, "api", False):
         return
-    router = APIRouter(dependencies=_api_auth(getattr(shared.cmd_opts, "api_auth", None)))
-
-    @router.get("/liandan/v1/kinds")
-    def list_kinds() -> dict[str, list[str]]:
-        return {"kinds": liandan.registry.kinds()}
-
-    @router.get("/liandan/v1/jobs")
-    def list_jobs() -> dict[str, Any]:
-        return {"jobs": [status.to_dict() for status in runner().jobs()]}
-
-    @router.get("/liandan/v1/jobs/{job_id}")
-    def get_job(job_id: str) -> dict[str, Any]:
-        status = runner().status(job_id)
-        if status is None:
-            raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
-        return status.to_dict()
-
-    @router.post("/liandan/v1/jobs")
-    def submit_job(spec: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008 - FastAPI's idiom
-        try:
-            job = liandan.jobs.job_from_dict(spec)
-        except LiandanError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from e
-        return {"id": runner().submit(job)}
-
-    @router.post("/liandan/v1/interrupt")
-    def interrupt() -> dict[str, bool]:
-        return {"interrupted": runner().interrupt()}
-
-    app.include_router(router)
+    auth = liandan.rest.basic_auth(getattr(shared.cmd_opts, "api_auth", None))
+    app.include_router(liandan.rest.build_router(runner, auth))
 
 
 script_callbacks.on_ui_tabs(on_ui_tabs)

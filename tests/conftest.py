@@ -30,7 +30,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["real_webui"]
 
 # The UI tests need gradio, which the newest-stack CI job leaves out on purpose: it checks the engine alone.
-UI_TESTS = ["test_browser*.py", "test_*_tab.py", "test_ui_app.py", "test_spec_form.py", "test_sections.py"]
+UI_TESTS = [
+    "test_browser*.py",
+    "test_*_tab.py",
+    "test_ui_app.py",
+    "test_spec_form.py",
+    "test_sections.py",
+    "test_rest.py",  # FastAPI comes with gradio
+]
 collect_ignore_glob = [] if importlib.util.find_spec("gradio") else UI_TESTS
 
 

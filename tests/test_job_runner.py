@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -9,7 +11,7 @@ import pytest
 
 from liandan import registry
 from liandan.errors import ConfigError, DatasetError
-from liandan.job_runner import JobRunner, run_job
+from liandan.job_runner import MAX_RESTARTS, JobRunner, run_job
 from liandan.jobs import JobSpec, TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 
@@ -170,4 +172,68 @@ def test_status_to_dict_is_json_ready() -> None:
     status = runner.wait(runner.submit(FakeJob()), timeout=10)
     data = json.loads(json.dumps(status.to_dict()))
     assert data["state"] == "done" and data["outputs"] == ["out.pt"] and data["losses"][0] == [1, 1.0]
+    runner.close(timeout=5)
+
+
+# --- the journal: a server that stops runs its unfinished jobs again at its next start ----------------
+
+
+def _hold_until(gate: threading.Event, ran: list[int]):
+    def run(spec, host, reporter, control):
+        ran.append(spec.steps)
+        while not gate.wait(0.01) and not control.interrupted:
+            pass
+
+    return run
+
+
+def test_unfinished_jobs_run_again_under_their_ids_after_a_restart(tmp_path: Path) -> None:
+    journal = tmp_path / "queue.json"
+    stuck, before = threading.Event(), []
+    stopped = JobRunner(FakeHost(), run=_hold_until(stuck, before), journal=journal)
+    running = stopped.submit(FakeJob(steps=1))
+    queued = stopped.submit(FakeJob(steps=2))
+    while stopped.status(running).state != "running":
+        time.sleep(0.01)
+
+    # the first server is gone (its worker stays stuck); a new one starts from the same journal
+    after: list[int] = []
+    restarted = JobRunner(FakeHost(), run=_hold_until(threading.Event(), after), journal=journal)
+    assert [j.id for j in restarted.jobs()] == [running, queued]
+    restarted.cancel(running)
+    restarted.cancel(queued)
+    assert restarted.wait(queued, timeout=10).state == "interrupted"
+    assert after == [1] and before == [1]
+    assert json.loads(journal.read_text())["jobs"] == []  # nothing left to run
+    assert restarted.submit(FakeJob()) == "fake_job-3"  # new ids continue after the restored ones
+    restarted.close(timeout=5)
+    stuck.set()
+
+
+def test_a_job_that_was_running_at_every_stop_is_not_started_again(tmp_path: Path) -> None:
+    journal = tmp_path / "queue.json"
+    gates = []
+    for _ in range(MAX_RESTARTS):
+        gates.append(threading.Event())
+        runner = JobRunner(FakeHost(), run=_hold_until(gates[-1], []), journal=journal)
+        if not runner.jobs():
+            runner.submit(FakeJob())
+        while runner.jobs()[0].state != "running":
+            time.sleep(0.01)
+    ran: list[int] = []
+    last = JobRunner(FakeHost(), run=_hold_until(threading.Event(), ran), journal=journal)
+    status = last.jobs()[0]
+    assert status.state == "error" and f"stopped {MAX_RESTARTS} times" in status.error
+    assert ran == [] and json.loads(journal.read_text())["jobs"] == []
+    for gate in gates:
+        gate.set()
+    last.close(timeout=5)
+
+
+def test_an_unreadable_journal_is_kept_aside_and_the_queue_starts_empty(tmp_path: Path) -> None:
+    journal = tmp_path / "queue.json"
+    journal.write_text("{not json")
+    runner = JobRunner(FakeHost(), journal=journal)
+    assert runner.jobs() == []
+    assert (tmp_path / "queue.json.unreadable").read_text() == "{not json"
     runner.close(timeout=5)

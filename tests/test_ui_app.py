@@ -202,7 +202,7 @@ def test_model_dropdown_follows_the_host_and_maps_to_a_job_model(host, runner) -
 
 def test_serve_answers_on_localhost(host, runner) -> None:
     app = build_app(host, runner)
-    serve(app, port=0 or _free_port(), block=False)
+    serve(app, runner, port=_free_port(), block=False)
     try:
         with urllib.request.urlopen(f"{app.local_url}config", timeout=10) as response:
             config = json.load(response)

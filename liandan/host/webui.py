@@ -71,7 +71,9 @@ def webui_runner() -> JobRunner:
 
     with _runner_lock:
         if _runner is None:
-            _runner = JobRunner(WebUIHost())
+            host = WebUIHost()
+            # jobs not finished when the WebUI stops run again at its next start (they resume)
+            _runner = JobRunner(host, journal=host.folders.logs / "liandan-queue.json")
         return _runner
 
 

@@ -10,6 +10,7 @@ import gradio as gr
 
 from liandan.host.base import Host
 from liandan.job_runner import JobRunner
+from liandan.rest import build_router, token_auth
 from liandan.ui.components import UIContext, start_polling
 from liandan.ui.tabs import build_tabs
 
@@ -30,16 +31,23 @@ def build_app(host: Host, runner: JobRunner) -> gr.Blocks:
     return build_ui(UIContext(host=host, runner=runner), css=css)
 
 
-def serve(app: gr.Blocks, port: int, listen: bool = False, block: bool = True) -> Any:
-    """Launch on 127.0.0.1 (all interfaces with `listen`). Queue arguments differ between Gradio 3 and 4."""
+def serve(app: gr.Blocks, runner: JobRunner, port: int, token: str | None = None, block: bool = True) -> Any:
+    """Launch the UI and the REST routes (liandan/rest.py) on 127.0.0.1; with a `token`, on all interfaces,
+    the UI behind a login (user "liandan", the token as password) and the routes behind the bearer token.
+    Queue arguments differ between Gradio 3 and 4."""
     if int(gr.__version__.split(".")[0]) < 4:
         app.queue(concurrency_count=QUEUE_SLOTS, api_open=False)
     else:  # pragma: no cover - newer Gradio
         app.queue(default_concurrency_limit=QUEUE_SLOTS, api_open=False)
-    return app.launch(
-        server_name="0.0.0.0" if listen else "127.0.0.1",
+    server, _local_url, _share_url = app.launch(
+        server_name="0.0.0.0" if token else "127.0.0.1",
         server_port=port,
-        prevent_thread_lock=not block,
+        auth=("liandan", token) if token else None,
+        prevent_thread_lock=True,
         show_api=False,
         inbrowser=False,
     )
+    server.include_router(build_router(lambda: runner, token_auth(token)))
+    if block:
+        app.block_thread()
+    return server
