@@ -320,8 +320,13 @@ def load_job_file(path: Path) -> JobSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read job file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"job file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
     else:
         if sys.version_info >= (3, 11):
             import tomllib

@@ -154,19 +154,6 @@ def _restricted_load(file: IO[bytes], **options: Any) -> Any:
 _A1111_PICKLE = SimpleNamespace(
     __name__="liandan_a1111_pickle", Unpickler=_A1111Unpickler, load=_restricted_load
 )
-# What a damaged or foreign file raises from inside torch's reader or the unpickler.
-_CORRUPT_ERRORS = (
-    pickle.UnpicklingError,
-    RuntimeError,
-    zipfile.BadZipFile,
-    EOFError,
-    ValueError,
-    OSError,
-    KeyError,
-    IndexError,
-    TypeError,
-    AttributeError,
-)
 
 
 def _torch_load(path: Path, **options: Any) -> Any:
@@ -211,6 +198,6 @@ def load_pt(path: str | os.PathLike[str]) -> Any:
         return _torch_load(path, weights_only=False, pickle_module=_A1111_PICKLE)
     except _Refused as error:
         raise FormatError(f"{path}: refused to load, because {error}; nothing in it was run") from error
-    except _CORRUPT_ERRORS as error:
+    except Exception as error:  # torch's reader on a damaged file: zip, struct, assertion, memory errors...
         detail = load_error_summary(error)
         raise FormatError(f"{path}: not a PyTorch file, or a corrupt one ({detail})") from error

@@ -1,0 +1,159 @@
+"""Fuzzed readers: every file reader, given a valid file with bytes cut, overwritten or inserted, either reads
+it or raises our own clear error (a `LiandanError`); any other exception is a bug.
+
+Each reader starts from a real file our writers made (the formats A1111 writes), so the mutations reach
+deep into the format (zip directory, pickle stream, safetensors header, PNG chunks, TOML) instead of being
+turned away at the first byte. The budget is bounded (`max_examples`) so CI runs it on every push.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from liandan.data.captions import read_caption
+from liandan.errors import LiandanError
+from liandan.formats.embedding import (
+    Embedding,
+    load_embedding,
+    save_embedding_card,
+    save_embedding_diffusers,
+    save_embedding_pt,
+    save_embedding_safetensors,
+)
+from liandan.formats.hypernetwork import load_hypernetwork, save_hypernetwork
+from liandan.formats.identify import identify
+from liandan.jobs import load_job_file
+from liandan.models.hypernetwork_modules import Hypernetwork
+
+EXAMPLES = int(os.environ.get("LIANDAN_FUZZ_EXAMPLES", "120"))  # CI: the bounded budget
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@st.composite
+def mutated(draw: st.DrawFn, original: bytes) -> bytes:
+    """`original` with one to three edits: a cut, an overwrite with random bytes, an insertion."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 3))):
+        edit = draw(st.sampled_from(["truncate", "overwrite", "insert", "flip"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if edit == "truncate":
+            del data[at:]
+        elif edit == "overwrite":
+            chunk = draw(st.binary(min_size=1, max_size=16))
+            data[at : at + len(chunk)] = chunk
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+    return bytes(data)
+
+
+def _embedding() -> Embedding:
+    torch.manual_seed(0)
+    return Embedding(name="fuzz", vectors={"*": torch.randn(2, 32)}, step=3)
+
+
+def _hypernetwork_file(folder: Path) -> Path:
+    hypernetwork = Hypernetwork(name="fuzz", sizes=(32,), layer_structure=(1.0, 2.0, 1.0))
+    return save_hypernetwork(hypernetwork, folder / "fuzz-hypernetwork.pt")
+
+
+SEEDS: dict[str, Callable[[Path], Path]] = {
+    "embedding.pt": lambda d: save_embedding_pt(_embedding(), d / "fuzz.pt"),
+    "embedding.safetensors": lambda d: save_embedding_safetensors(_embedding(), d / "fuzz.safetensors"),
+    "embedding.bin": lambda d: save_embedding_diffusers(_embedding(), d / "fuzz.bin", "<fuzz>"),
+    "embedding.png": lambda d: save_embedding_card(
+        _embedding(), Image.new("RGB", (64, 64), "teal"), d / "fuzz.png", "tiny", "0123456789"
+    ),
+    "hypernetwork.pt": _hypernetwork_file,
+}
+READERS: dict[str, Callable[[Path], Any]] = {
+    "embedding.pt": load_embedding,
+    "embedding.safetensors": load_embedding,
+    "embedding.bin": load_embedding,
+    "embedding.png": load_embedding,
+    "hypernetwork.pt": load_hypernetwork,
+}
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("seeds")
+    return {name: make(folder) for name, make in SEEDS.items()}
+
+
+def _reads_or_refuses(read: Callable[[Path], Any], path: Path) -> None:
+    try:
+        read(path)
+    except LiandanError as e:
+        assert str(e), "an error for the user must say something"
+
+
+@pytest.mark.parametrize("kind", sorted(SEEDS))
+def test_the_seed_file_reads(seeds: dict[str, Path], kind: str) -> None:
+    READERS[kind](seeds[kind])  # the mutations start from a file that is valid
+    identify(seeds[kind])
+
+
+@pytest.mark.parametrize("kind", sorted(SEEDS))
+def test_a_damaged_file_reads_or_gets_a_clear_error(
+    seeds: dict[str, Path], kind: str, tmp_path: Path
+) -> None:
+    original = seeds[kind].read_bytes()
+    target = tmp_path / seeds[kind].name
+
+    @FUZZ
+    @given(data=mutated(original))
+    def check(data: bytes) -> None:
+        target.write_bytes(data)
+        _reads_or_refuses(READERS[kind], target)
+        _reads_or_refuses(identify, target)
+
+    check()
+
+
+JOB_TOML = """kind = "textual_inversion"
+name = "fuzz"
+vectors = 2
+[train]
+learn_rate = "0.005:100, 0.001"
+max_steps = 10
+[data]
+folder = "images"
+width = 64
+height = 64
+[[extra_data]]
+folder = "more"
+weight = 0.5
+"""
+
+
+@FUZZ
+@given(data=mutated(JOB_TOML.encode()))
+def test_a_damaged_job_file_loads_or_gets_a_clear_error(data: bytes, tmp_path_factory) -> None:
+    folder = tmp_path_factory.mktemp("job")
+    for suffix in (".toml", ".json"):
+        path = folder / f"job{suffix}"
+        path.write_bytes(data)
+        _reads_or_refuses(load_job_file, path)
+    shutil.rmtree(folder)
+
+
+@FUZZ
+@given(data=st.binary(max_size=64))
+def test_any_caption_bytes_read_or_get_a_clear_error(data: bytes, tmp_path_factory) -> None:
+    folder = tmp_path_factory.mktemp("caption")
+    image = folder / "a.png"
+    image.with_suffix(".txt").write_bytes(data)
+    _reads_or_refuses(lambda path: read_caption(path, None, " "), image)
+    shutil.rmtree(folder)
