@@ -23,5 +23,9 @@ class ConfigError(LiandanError):
     """A job setting that is out of range or malformed (an lr schedule, a layer structure, ...)."""
 
 
+class DiskFullError(LiandanError):
+    """An output could not be written for lack of disk space; the previous file is intact."""
+
+
 class TrainingStopped(LiandanError):
     """Training could not go on (NaN loss without a good state to return to, ...)."""

@@ -102,6 +102,18 @@ def test_dropout_structure_rules() -> None:
     assert [m.p for m in hypernetwork.pair(32)[0].linear if isinstance(m, torch.nn.Dropout)] == [0.1, 0.2]
 
 
+def test_the_initial_weights_follow_the_jobs_seed_and_leave_the_global_generator_alone() -> None:
+    job = HypernetworkJob(name="a", weight_init="XavierNormal")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = build_hypernetwork(job, [32]).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again = build_hypernetwork(job, [32]).state_dict()
+    other = build_hypernetwork(job.replace(train=job.train.replace(seed=1)), [32]).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["pairs.32.0.linear.0.weight"], other["pairs.32.0.linear.0.weight"])
+
+
 def test_create_refuses_to_replace_unless_overwrite(host) -> None:
     first = create_hypernetwork(host, HypernetworkJob(name="same"))
     before = first.read_bytes()

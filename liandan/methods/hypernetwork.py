@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from liandan.data.dataset import derive_seed
 from liandan.errors import ConfigError
 from liandan.formats.hypernetwork import (
     load_hypernetwork,
@@ -72,17 +73,20 @@ def build_hypernetwork(job: HypernetworkJob, model_widths: Sequence[int]) -> Hyp
     sizes = list(job.sizes) or list(model_widths)
     check_sizes(sizes, model_widths)
     dropout = parse_dropout_structure(job.dropout_structure, layers, job.use_dropout, job.last_layer_dropout)
-    return Hypernetwork(
-        name=job.name,
-        sizes=sizes,
-        layer_structure=layers,
-        activation=job.activation,
-        weight_init=job.weight_init,
-        add_layer_norm=job.layer_norm,
-        activate_output=job.activate_output,
-        use_dropout=job.use_dropout,
-        dropout_structure=dropout,
-    )
+    # the initial weights come from the job's seed, so a run repeats exactly (A1111 leaves them to chance)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(job.train.seed, "hypernetwork init", job.name))
+        return Hypernetwork(
+            name=job.name,
+            sizes=sizes,
+            layer_structure=layers,
+            activation=job.activation,
+            weight_init=job.weight_init,
+            add_layer_norm=job.layer_norm,
+            activate_output=job.activate_output,
+            use_dropout=job.use_dropout,
+            dropout_structure=dropout,
+        )
 
 
 def create_hypernetwork(host: Host, job: HypernetworkJob) -> Path:

@@ -297,15 +297,17 @@ class _Run:
         self.remember_good_state()
         problem = None
         if self.is_main:
+            # reading the files back may build modules (a hypernetwork's), whose init draws random numbers
             with preserved_rng():
                 trainable = self.method.trainable_state()
                 save_state(self.run_dir, self.position, trainable, self.optimizer_state(), rng, self.job_spec)
                 del trainable
                 artifact = self.method.save(self.position.step, final)
+                saved_groups = self.method.saved_groups(artifact)
             self.artifacts.append(artifact)
             self.emit("save", paths=tuple(artifact.paths), message="final" if final else "checkpoint")
             where = f"the saved {artifact.paths[0].name}" if artifact.paths else "the save"
-            problem = self.audit.check_saved(self.method.saved_groups(artifact), where)
+            problem = self.audit.check_saved(saved_groups, where)
         self.state_on_disk = True
         # the vote is also the barrier: no rank reads the new state before rank 0 has written it
         (bad,) = distributed.any_rank(problem is not None, device=self.accelerator.device)
