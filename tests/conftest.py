@@ -14,6 +14,7 @@ import fnmatch
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,29 @@ def fixtures_dir() -> Path:
             pytest.fail(f"{FIXTURES_MISSING} at {path}: CI must run the compatibility tests")
         pytest.skip(f"{FIXTURES_MISSING} at {path} (set LIANDAN_FIXTURES)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _examples_untouched() -> Iterator[None]:
+    """The shipped example images and jobs, which examples and end-to-end tests train on, stay as they are."""
+    from data_helpers import tree_hash
+
+    before = tree_hash(REPO_ROOT / "examples")
+    yield
+    assert tree_hash(REPO_ROOT / "examples") == before, "a test changed files under examples/"
+
+
+@pytest.fixture
+def train64(fixtures_dir: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the fixtures' train64 dataset (A1111's own 64 px training images) for a test to train on.
+    Training never writes into a dataset: the test fails if any file in it changed, appeared or went."""
+    from data_helpers import tree_hash
+
+    folder = tmp_path / "train64"
+    shutil.copytree(fixtures_dir / "train64", folder)
+    before = tree_hash(folder)
+    yield folder
+    assert tree_hash(folder) == before, f"the test changed its source dataset {folder}"
 
 
 @pytest.fixture

@@ -55,13 +55,6 @@ def losses(host: StandaloneHost, name: str = "aptx") -> list[float]:
 
 
 @pytest.fixture
-def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", dest)
-    return dest
-
-
-@pytest.fixture
 def host(tmp_path: Path) -> StandaloneHost:
     return StandaloneHost(tmp_path / "data")
 
@@ -180,9 +173,10 @@ def test_training_further_continues_the_pair_from_its_step_and_optimizer_state(
     assert load_embedding(host.folders.embeddings / "aptx-neg.pt").step == 4
 
 
-def test_an_attention_map_follows_its_image_crop_and_flip(train64, host) -> None:
+def test_an_attention_map_follows_its_image_crop_and_flip(train64, host, tmp_path) -> None:
     from liandan.methods.apt import new_pair
 
+    train64 = shutil.copytree(train64, tmp_path / "with_maps")  # a dataset that comes with its maps
     Image.linear_gradient("L").rotate(90).resize((64, 64)).save(train64 / "img0_att.png")  # dark left
     job = quiet_job(train64, attention_maps=True)
     bundle = tiny_bundle("sd1")
@@ -218,6 +212,7 @@ def _scorer_file(path: Path, architecture: str = "mobilenet_v3_small") -> Path:
 def test_each_optional_term_enters_the_loss(train64, host, tmp_path) -> None:
     """Same seed, same first batch: the reconstruction loss, the attention maps and the discriminator each
     change the first step's loss; EMA changes what is saved, not the loss."""
+    train64 = shutil.copytree(train64, tmp_path / "with_maps")  # a dataset that comes with its maps
     Image.new("L", (64, 64), 0).save(train64 / "img0_att.png")  # black: img0 weighs nothing...
     Image.linear_gradient("L").resize((64, 64)).save(train64 / "img1_att.png")
     scorer = _scorer_file(tmp_path / "scorer.safetensors")

@@ -3,7 +3,6 @@ negative), Train runs a job that ends with the pair saved and previews shown."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -62,9 +61,8 @@ def test_form_values_become_a_job_and_a_bad_range_is_refused(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_create_then_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", data)
+def test_create_then_train_through_the_tab(train64: Path, tmp_path: Path) -> None:
+    data = train64
     host = StandaloneHost(tmp_path / "data")
     runner = JobRunner(host)
     tab = _Tab(UIContext(host=host, runner=runner))

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from data_helpers import tree_hash
 from PIL import Image
 from preprocess_models import make_deepbooru_file, make_wd14_folder
 
@@ -14,11 +14,6 @@ from liandan.preprocess.job import PreprocessJob
 from liandan.progress import Control, ProgressEvent, Reporter
 
 TAGS = ["long_hair", "hat", "smile"]
-
-
-def tree_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and a preview image, and find both files saved."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ def served(tmp_path: Path):
         yield url
 
 
-def test_create_train_and_see_progress_and_a_preview(served: str, fixtures_dir: Path, tmp_path: Path) -> None:
-    images = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", images)
+def test_create_train_and_see_progress_and_a_preview(served: str, train64: Path, tmp_path: Path) -> None:
+    images = train64
     with Browser(tmp_path) as browser:
         browser.open(served)
         browser.click_text("APT")

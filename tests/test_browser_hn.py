@@ -4,7 +4,6 @@ Interrupt, Resume."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,10 +39,9 @@ def _count(browser: Browser, selector: str) -> int:
     return browser.evaluate(f"document.querySelectorAll({json.dumps(selector)}).length")
 
 
-def test_create_train_interrupt_resume_through_the_tab(served, tmp_path: Path, fixtures_dir: Path) -> None:
+def test_create_train_interrupt_resume_through_the_tab(served, tmp_path: Path, train64: Path) -> None:
     url, data = served
-    dataset = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", dataset)
+    dataset = train64
     with Browser(tmp_path) as browser:
         browser.open(url)
         browser.click_text("Hypernetwork")

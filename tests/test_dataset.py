@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,6 @@ BATCH_KEYS |= {"original_size", "crop_top_left", "target_size", "loss_scale"}
 @pytest.fixture(scope="module")
 def vae():
     return tiny_vae()
-
-
-@pytest.fixture
-def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", folder)
-    return folder
 
 
 def _dataset(folder: Path, vae, *, batch_size: int = 2, seed: int = 0, **kwargs) -> TrainingDataset:

@@ -34,13 +34,6 @@ def host(fixtures_dir: Path, tmp_path: Path) -> StandaloneHost:
     return StandaloneHost(tmp_path / "data", checkpoint=fixtures_dir / "model" / "tiny-sd1.safetensors")
 
 
-@pytest.fixture
-def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", folder)
-    return folder
-
-
 def _job(train64: Path, **options) -> HypernetworkJob:
     train = {"learn_rate": "0.0001", "max_steps": 4, "save_every": 2, "preview_every": 0}
     train.update(options.pop("train", {}))

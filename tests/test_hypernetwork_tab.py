@@ -3,7 +3,6 @@ shown in the form before anything is queued."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -73,10 +72,9 @@ def test_create_button_writes_the_file_and_offers_it_for_training(tab) -> None:
     assert "already exists" in message
 
 
-def test_train_button_runs_a_job_and_refuses_bad_input(tab, fixtures_dir, tmp_path) -> None:
+def test_train_button_runs_a_job_and_refuses_bad_input(tab, train64: Path, tmp_path) -> None:
     host, runner, demo = tab
-    data = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", data)
+    data = train64
     train = Form(demo, "train")
     assert "is out of range" in train(name="x", layer_structure="1, -2, 1", data_folder=str(data))
     refused = train(train_name="x", data_folder=str(data), train_learn_rate="0.1:abc")

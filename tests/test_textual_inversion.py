@@ -58,13 +58,6 @@ def run(job: TextualInversionJob, host: StandaloneHost, control: Control | None 
     return result, events
 
 
-@pytest.fixture
-def train64(fixtures_dir: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", dest)
-    return dest
-
-
 # --- training on the fixtures -------------------------------------------------------------------------
 
 
@@ -223,6 +216,7 @@ def test_empty_folder_is_a_dataset_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_broken_files_are_skipped_and_listed(train64: Path, tmp_path: Path) -> None:
+    train64 = shutil.copytree(train64, tmp_path / "with_broken_files")
     good = (train64 / "img0.png").read_bytes()
     (train64 / "truncated.png").write_bytes(good[: len(good) // 2])
     (train64 / "fake.png").write_text("not an image")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -67,9 +66,8 @@ class _Tab:
 
 
 @pytest.mark.slow
-def test_create_then_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", data)
+def test_create_then_train_through_the_tab(train64: Path, tmp_path: Path) -> None:
+    data = train64
     host = StandaloneHost(tmp_path / "data")
     runner = JobRunner(host)
     tab = _Tab(UIContext(host=host, runner=runner))

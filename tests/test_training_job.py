@@ -57,11 +57,10 @@ def test_missing_dataset_folder_is_refused_before_any_model_loads(tmp_path: Path
 
 
 def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
-    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under `accelerate launch` a bare "cuda" is GPU 0 on every rank: the method must be placed on the
     device of the Accelerator the loop then trains with (made before the model loads)."""
-    import shutil
 
     from liandan.train import loop
     from liandan.train.loop import TrainResult
@@ -79,8 +78,7 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
 
     monkeypatch.setattr(loop, "make_accelerator", make_accelerator)
     monkeypatch.setattr(loop, "train", fake_train)
-    folder = tmp_path / "train64"
-    shutil.copytree(fixtures_dir / "train64", folder)
+    folder = train64
     host = StandaloneHost(tmp_path / "data")
     job = TextualInversionJob(name="cat", data=DataSpec(folder=folder, width=64, height=64))
     contexts: list = []
