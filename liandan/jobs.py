@@ -24,6 +24,7 @@ from liandan.errors import ConfigError
 
 SPEC_VERSION = 1
 NAME_PUNCTUATION = "._- "
+MAX_NAME_BYTES = 200  # leaves room for suffixes such as "-neg.safetensors.optim" in a 255-byte file name
 S = TypeVar("S", bound="Spec")
 
 
@@ -148,8 +149,15 @@ def check_name(name: str, what: str) -> None:
     if bad:
         allowed = f"use letters, digits and {NAME_PUNCTUATION!r}"
         raise ConfigError(f"{what} name {name!r}: {''.join(bad)!r} not allowed; {allowed}")
-    if name != name.strip() or set(name) <= set(NAME_PUNCTUATION):
-        raise ConfigError(f"{what} name {name!r} must start and end with a letter, digit or '.', '_', '-'")
+    if name != name.strip():
+        raise ConfigError(f"{what} name {name!r} must not start or end with a space")
+    if set(name) <= set(NAME_PUNCTUATION):
+        raise ConfigError(f"{what} name {name!r} needs a letter or digit")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{what} name {name[:24]!r}... is too long ({len(name.encode())} bytes in UTF-8; at most "
+            f"{MAX_NAME_BYTES}, so that its files' names fit the 255 bytes a file system allows)"
+        )
 
 
 def _check_type(where: str, value: Any, hint: Any) -> None:
@@ -290,6 +298,8 @@ def job_from_dict(data: Mapping[str, Any]) -> JobSpec:
     """The job spec of a TOML/JSON/REST dict, its class found in the registry by `kind`."""
     from liandan import registry
 
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a job is a table of settings (a JSON object), not a {type(data).__name__}")
     version = data.get("spec_version", SPEC_VERSION)
     if version != SPEC_VERSION:
         raise ConfigError(f"job file has spec_version {version}; this liandan reads version {SPEC_VERSION}")
@@ -336,7 +346,11 @@ def load_job_file(path: Path) -> JobSpec:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return resolve_paths(job_from_dict(data), path.resolve().parent)
+    try:
+        job = job_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return resolve_paths(job, path.resolve().parent)
 
 
 # --- job kinds -----------------------------------------------------------------------------------------

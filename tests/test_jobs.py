@@ -62,7 +62,7 @@ def test_partial_section_keeps_the_jobs_own_defaults() -> None:
         ({"kind": "textual_inversion", "name": ""}, "the embedding needs a name"),
         ({"kind": "hypernetwork", "name": "a:b"}, "hypernetwork name 'a:b': ':' not allowed"),
         ({"kind": "hypernetwork", "name": "../x"}, "'/' not allowed"),
-        ({"kind": "hypernetwork", "name": " x"}, "must start and end with"),
+        ({"kind": "hypernetwork", "name": " x"}, "must not start or end with a space"),
         ({"kind": "hypernetwork", "name": "h", "layer_structure": "1, abc, 1"}, "'abc' is not a number"),
         ({"kind": "hypernetwork", "name": "h", "activation": "relux"}, "unknown hypernetwork activation"),
     ],

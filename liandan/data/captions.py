@@ -50,11 +50,14 @@ def read_caption(image_path: Path, word_regex: re.Pattern[str] | None, join_stri
     text_path = caption_file(image_path)
     if text_path.is_file():
         try:
-            return text_path.read_text(encoding="utf-8").strip()
+            text = text_path.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError as e:
             raise DatasetError(
                 f"caption file {text_path} is not UTF-8 text ({e.reason} at byte {e.start})"
             ) from e
         except OSError as e:
             raise DatasetError(f"cannot read caption file {text_path}: {e.strerror or e}") from e
+        if "\0" in text:
+            raise DatasetError(f"caption file {text_path} holds NUL bytes: it is not a text file")
+        return text
     return caption_from_filename(image_path.stem, word_regex, join_string)

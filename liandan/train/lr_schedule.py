@@ -117,6 +117,17 @@ class LearnRate:
     description: str
 
 
+MAX_LEARN_RATE = 100.0  # Prodigy and D-Adaptation use ~1; far above, optimizers overflow float32
+
+
+def _check_sane(rate: float, text: str) -> None:
+    if rate > MAX_LEARN_RATE:
+        raise ConfigError(
+            f"learn_rate {text!r}: {rate:g} is far above any usable learning rate (at most "
+            f"{MAX_LEARN_RATE:g}; embeddings train at ~0.005, hypernetworks at ~5e-6)"
+        )
+
+
 def learn_rate_schedule(text: str, scheduler: str, max_steps: int, warmup_steps: int = 0) -> LearnRate:
     """Build the schedule of a TrainSpec (`learn_rate`, `lr_scheduler`, `max_steps`, `lr_warmup_steps`).
 
@@ -124,6 +135,7 @@ def learn_rate_schedule(text: str, scheduler: str, max_steps: int, warmup_steps:
     """
     if scheduler == "a1111":
         a1111 = A1111Schedule.parse(text, max_steps)
+        _check_sane(max(rate for rate, _ in a1111.pairs), text)
 
         def a1111_rate(step: int) -> float | None:
             rate = a1111.rate_at(step)
@@ -139,6 +151,7 @@ def learn_rate_schedule(text: str, scheduler: str, max_steps: int, warmup_steps:
         ) from None
     if not math.isfinite(base) or base < 0:
         raise ConfigError(f"learn_rate {text!r} must be a finite number >= 0")
+    _check_sane(base, text)
     _decay_factor(scheduler, 0.0)  # an unknown name fails now, not at step 1
     if scheduler == "constant":
         warmup_steps = 0
