@@ -188,7 +188,17 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
 
 # --- the parts every training job shares -------------------------------------------------------------
 
-Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGD"]
+Optimizer = Literal[
+    "AdamW",
+    "AdamW8bit",
+    "AdamW8bitTorchao",
+    "Lion",
+    "Lion8bit",
+    "Adafactor",
+    "SGD",
+    "Prodigy",
+    "AdamWScheduleFree",
+]
 LRScheduler = Literal[
     "a1111", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
 ]

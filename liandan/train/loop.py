@@ -56,7 +56,7 @@ from liandan.train.nan_guard import (
     snapshot_fits_in_memory,
     step_status,
 )
-from liandan.train.optimizers import build_optimizer, set_learning_rate
+from liandan.train.optimizers import build_optimizer, set_learning_rate, set_optimizer_mode
 from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
 from liandan.train.training_log import LossCsv, TensorBoardLog
 from liandan.train.validation import Validation, validation_loss
@@ -159,18 +159,20 @@ class _Run:
         self.self_tested_step = -1
         self.is_main = accelerator.is_main_process
         self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
-        groups = method.parameter_groups()
-        self.audit = TrainingAudit(groups)
-        optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay)
-        self.sync_targets = self._prepare(optimizer)
-        # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
         self.position = LoopPosition(
             method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
         )
+        groups = method.parameter_groups()
+        self.audit = TrainingAudit(groups)
+        optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay, say=self.say)
+        self.sync_targets = self._prepare(optimizer)
+        # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
         attach = getattr(method, "attach_optimizer", None)  # optional hook, see TrainingMethod
         if attach is not None:
             self.position.step = attach(self.optimizer)
+        # after attach: a `.optim` sidecar holds a schedule-free state in eval mode, as it was saved
+        set_optimizer_mode(self.optimizer, training=True)
         self.guard = NanGuard(spec.nan_policy, spec.mixed_precision, snapshot_fits_in_memory(self.params))
         self.state_on_disk = False  # a state this run wrote or resumed from: what a large rollback loads
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
@@ -219,6 +221,19 @@ class _Run:
                     kind, job=self.method.name, step=self.position.step, total=self.spec.max_steps, **fields
                 )
             )
+
+    def say(self, message: str) -> None:
+        self.emit("message", message=message)
+
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """The weights to save, preview and score: a schedule-free optimizer's average (the training
+        point is back afterwards)."""
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
 
     def optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
@@ -301,7 +316,8 @@ class _Run:
                 trainable = self.method.trainable_state()
                 save_state(self.run_dir, self.position, trainable, self.optimizer_state(), rng, self.job_spec)
                 del trainable
-                artifact = self.method.save(self.position.step, final)
+                with self.eval_weights():
+                    artifact = self.method.save(self.position.step, final)
             self.artifacts.append(artifact)
             self.emit("save", paths=tuple(artifact.paths), message="final" if final else "checkpoint")
             where = f"the saved {artifact.paths[0].name}" if artifact.paths else "the save"
@@ -319,7 +335,7 @@ class _Run:
         self_test = after_save and self.self_test and self.self_tested_step != step
         if self.is_main and self.preview_prompt is not None and (self_test or periodic):
             images = self.run_dir / "images"
-            with preserved_rng():
+            with preserved_rng(), self.eval_weights():
                 image = None
                 if self_test:
                     self.self_tested_step = step
@@ -345,7 +361,8 @@ class _Run:
         validation = self.validation
         if validation is None or any(step == self.position.step for step, _ in self.validation_losses):
             return
-        loss = validation_loss(validation, self.method, self.accelerator)
+        with self.eval_weights():
+            loss = validation_loss(validation, self.method, self.accelerator)
         self.validation_losses.append((self.position.step, loss))
         if self.tensorboard is not None:
             self.tensorboard.add_validation(self.position.step, loss)
