@@ -221,6 +221,8 @@ class TrainSpec(Spec):
     clip_grad_value: str = "0.1"  # A1111 schedule syntax too
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    noise_offset: float = bounded(0.0, 0.0, 1.0)  # kohya's noise offset; 0 off (train/diffusion_loss.py)
+    min_snr_gamma: float = bounded(0.0, 0.0, 1000.0)  # min-SNR-gamma loss weighting, ~5; 0 off
     seed: int = 0
     save_every: int = bounded(500, 0)  # 0: only at the end
     preview_every: int = bounded(500, 0)
