@@ -223,6 +223,8 @@ class TrainSpec(Spec):
     gradient_checkpointing: bool = False
     noise_offset: float = bounded(0.0, 0.0, 1.0)  # kohya's noise offset; 0 off (train/diffusion_loss.py)
     min_snr_gamma: float = bounded(0.0, 0.0, 1000.0)  # min-SNR-gamma loss weighting, ~5; 0 off
+    ema_decay: float = bounded(0.0, 0.0, 0.99999)  # saved weights are an EMA of the trained ones; 0 off
+    ema_update_every: int = bounded(1, 1, 10000)  # optimizer steps between EMA updates
     seed: int = 0
     save_every: int = bounded(500, 0)  # 0: only at the end
     preview_every: int = bounded(500, 0)
@@ -239,6 +241,11 @@ class TrainSpec(Spec):
         learn_rate_schedule(self.learn_rate, self.lr_scheduler, self.max_steps, self.lr_warmup_steps)
         if self.clip_grad_mode != "disabled":
             clip_value_schedule(self.clip_grad_value, self.max_steps)
+        if self.ema_decay > 0 and self.optimizer == "AdamWScheduleFree":
+            raise ConfigError(
+                "ema_decay with optimizer AdamWScheduleFree: schedule-free already saves an average of the "
+                "weights; set ema_decay = 0 or choose another optimizer"
+            )
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path)
         ("prepare", {}),
         ("all_reduce", {"optimizer": "Prodigy", "learn_rate": "1"}),  # its d estimate is state too
         ("prepare", {"optimizer": "AdamWScheduleFree"}),  # previews at 5 switch to eval and back
+        ("all_reduce", {"ema_decay": 0.8, "ema_update_every": 2}),  # the average is state too
     ],
 )
 def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str, options: dict) -> None:
@@ -170,6 +171,8 @@ def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str, options: dict) 
     for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
     assert csv_losses(tmp_path / "straight") == csv_losses(tmp_path / "resumed")
+    saved = [load_file(str(tmp_path / run / "out" / "toy.safetensors")) for run in ("straight", "resumed")]
+    assert _same(*saved)  # the artifact too (an EMA or schedule-free's average, where it differs)
 
 
 def test_interrupt_saves_state_and_artifact_and_returns(tmp_path: Path) -> None:

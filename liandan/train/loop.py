@@ -48,6 +48,7 @@ from liandan.train.checkpointing import (
     save_state,
     spec_differences,
 )
+from liandan.train.ema import WeightAverage
 from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
 from liandan.train.nan_guard import (
     SKIPS_BEFORE_ROLLBACK,
@@ -168,6 +169,9 @@ class _Run:
         self.sync_targets = self._prepare(optimizer)
         # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
         self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self.ema = (
+            WeightAverage(self.params, spec.ema_decay, spec.ema_update_every) if spec.ema_decay else None
+        )
         attach = getattr(method, "attach_optimizer", None)  # optional hook, see TrainingMethod
         if attach is not None:
             self.position.step = attach(self.optimizer)
@@ -227,17 +231,22 @@ class _Run:
 
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
-        """The weights to save, preview and score: a schedule-free optimizer's average (the training
-        point is back afterwards)."""
+        """The weights to save, preview and score: the EMA, or a schedule-free optimizer's average; the
+        training weights are back afterwards."""
         set_optimizer_mode(self.optimizer, training=False)
         try:
-            yield
+            with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+                yield
         finally:
             set_optimizer_mode(self.optimizer, training=True)
 
     def optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
-        return {"optimizer": self.optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {}}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+        }
 
     def resume(self) -> bool:
         folder = find_state(self.run_dir) if self.spec.resume else None
@@ -285,6 +294,8 @@ class _Run:
         self.optimizer.load_state_dict(optimizer_state["optimizer"])
         if self.accelerator.scaler is not None and optimizer_state["scaler"]:
             self.accelerator.scaler.load_state_dict(optimizer_state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(optimizer_state.get("ema"))
 
     def remember_good_state(self) -> None:
         if self.guard.in_memory:  # large trainables roll back from the state on disk instead
@@ -479,6 +490,8 @@ def _train_loop(
     all_reduce = method.gradient_sync == "all_reduce"
     if all_reduce:  # DDP broadcast rank 0's weights itself when it wrapped the modules
         distributed.broadcast_parameters(run.params)
+    if run.ema is not None and not resumed:
+        run.ema.restart()
     pos = run.position
     start_step, accum = pos.step, spec.gradient_accumulation
     per_step = accum * accelerator.num_processes
@@ -552,6 +565,8 @@ def _train_loop(
             pos.step += 1
             pos.batch_index += per_step
             method.after_optimizer_step(pos.step)
+            if run.ema is not None:
+                run.ema.update(pos.step)
             if audit_now and not accelerator.optimizer_step_was_skipped:
                 run.audit.after_step(pos.step, lr)  # --- ... and changed (after the hook, which may undo)
             run.guard.good_step()
