@@ -133,6 +133,8 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path)
         ("all_reduce", {"optimizer": "Prodigy", "learn_rate": "1"}),  # its d estimate is state too
         ("prepare", {"optimizer": "AdamWScheduleFree"}),  # previews at 5 switch to eval and back
         ("all_reduce", {"ema_decay": 0.8, "ema_update_every": 2}),  # the average is state too
+        ("all_reduce", {"fused_backward": True}),  # the state of every per-tensor optimizer
+        ("prepare", {"fused_backward": True, "optimizer": "AdamWScheduleFree"}),
     ],
 )
 def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str, options: dict) -> None:

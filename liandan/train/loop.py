@@ -49,6 +49,7 @@ from liandan.train.checkpointing import (
     spec_differences,
 )
 from liandan.train.ema import WeightAverage
+from liandan.train.fused_backward import FusedOptimizer
 from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
 from liandan.train.nan_guard import (
     SKIPS_BEFORE_ROLLBACK,
@@ -165,7 +166,15 @@ class _Run:
         )
         groups = method.parameter_groups()
         self.audit = TrainingAudit(groups)
-        optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay, say=self.say)
+        self.fused: FusedOptimizer | None = None
+        if spec.fused_backward:
+            if accelerator.num_processes > 1:
+                raise ConfigError(
+                    "fused_backward needs one process: its steps run before gradients are averaged over "
+                    f"the {accelerator.num_processes} processes; turn it off or run on one GPU"
+                )
+            self.fused = FusedOptimizer(spec.optimizer, groups, spec.weight_decay, self.say)
+        optimizer = self.fused or build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay, self.say)
         self.sync_targets = self._prepare(optimizer)
         # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
         self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
@@ -183,14 +192,15 @@ class _Run:
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
         self.artifacts: list[SavedArtifact] = []
 
-    def _prepare(self, optimizer: torch.optim.Optimizer) -> list[torch.nn.Module]:
+    def _prepare(self, optimizer: Any) -> list[torch.nn.Module]:
         """Prepare the optimizer (and, for gradient_sync "prepare", the modules with it: accelerate pairs
-        them for FSDP/DeepSpeed); returns the wrapped modules whose no_sync accumulation needs."""
+        them for FSDP/DeepSpeed); returns the wrapped modules whose no_sync accumulation needs. A fused
+        backward's optimizers (one process, no grad scaler) stay as they are."""
         sync = self.method.gradient_sync
         if sync not in GRADIENT_SYNCS:
             raise ConfigError(f"{self.method.kind}: gradient_sync {sync!r}; expected one of {GRADIENT_SYNCS}")
         if sync == "all_reduce":
-            self.optimizer = self.accelerator.prepare(optimizer)
+            self.optimizer = optimizer if self.fused else self.accelerator.prepare(optimizer)
             return []
         modules = self.method.trainable_modules()
         use_prepared = getattr(self.method, "use_prepared_modules", None)
@@ -199,7 +209,11 @@ class _Run:
                 f"{self.method.kind}: gradient_sync 'prepare' needs trainable_modules() and "
                 "use_prepared_modules(modules)"
             )
-        *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
+        if self.fused:
+            *wrapped, _ = self.accelerator.prepare(*modules, torch.nn.Identity())  # always a tuple
+            self.optimizer = optimizer
+        else:
+            *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
         use_prepared(wrapped)
         kind = str(self.accelerator.distributed_type)
         if "FSDP" in kind or "DEEPSPEED" in kind:
@@ -478,6 +492,8 @@ def train(
         run.emit("error", message=str(e))
         raise
     finally:
+        if run.fused is not None:
+            run.fused.close()
         if run.tensorboard is not None:
             run.tensorboard.close()
 
@@ -519,6 +535,10 @@ def _train_loop(
                 reason = "max_steps" if pos.step >= spec.max_steps else "schedule_end"
                 break
             set_learning_rate(run.optimizer, lr)
+            audit_now = run.audit.pending and lr > 0
+            if run.fused is not None:  # it steps inside backward: what the step needs is set before
+                run.fused.clip_value = clip_values.value_at(pos.step) if clip_values is not None else None
+                run.fused.observe = run.audit.observe if audit_now else None
             step_loss = torch.zeros((), device=accelerator.device)
             first = pos.batch_index + rank_offset
             for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
@@ -528,7 +548,8 @@ def _train_loop(
                 with run.accumulate():
                     with accelerator.autocast():
                         loss = method.loss(batch) * batch.get("loss_scale", 1.0)
-                    accelerator.backward(loss)
+                    if run.fused is None or math.isfinite(step_status(loss, [], False)[0]):
+                        accelerator.backward(loss)  # a fused one steps: only with a finite loss
                 step_loss += loss.detach().float() / accum
             if not accelerator.sync_gradients:
                 raise RuntimeError("accelerate's accumulation counter is out of step with the loop")
@@ -551,10 +572,9 @@ def _train_loop(
                     note = f"non-finite step skipped: {what} at step {pos.step + 1}"
                 run.emit("message", message=note, extra={"level": "warning"})
                 continue
-            audit_now = run.audit.pending and lr > 0
             if audit_now:  # --- audit: every group asked for has a gradient ...
-                run.audit.before_step(pos.step)
-            if clip_values is not None:  # --- clip (accelerate unscales fp16 gradients first)
+                run.audit.before_step(pos.step, observed=run.fused is not None)
+            if clip_values is not None and run.fused is None:  # --- clip (accelerate unscales fp16 first)
                 clip = clip_values.value_at(pos.step)
                 if spec.clip_grad_mode == "norm":
                     accelerator.clip_grad_norm_(run.params, clip)
