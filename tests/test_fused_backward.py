@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_toy_method import CHANNELS, ToyDataset, ToyMethod
+from test_loop import _UnusedGroup
 
 from liandan.errors import ConfigError, TrainingStopped
 from liandan.jobs import TrainSpec
 from liandan.progress import Control, Reporter
 from liandan.train.loop import train
-from liandan.train.method import ParamGroup
 
 
 class _Deeper(ToyMethod):
@@ -71,15 +71,6 @@ def test_fused_backward_leaves_no_hooks_on_the_model(tmp_path: Path) -> None:
     method.net(torch.randn(1, CHANNELS, 8, 8)).sum().backward()
     assert method.net.weight.grad is not None  # nobody stepped and freed it
     assert torch.equal(method.net.weight.detach(), before)
-
-
-class _UnusedGroup(ToyMethod):
-    def __init__(self, out_dir: Path) -> None:
-        super().__init__(out_dir)
-        self.unused = torch.nn.Parameter(torch.zeros(3))
-
-    def parameter_groups(self) -> list[ParamGroup]:
-        return [*super().parameter_groups(), ParamGroup("text_encoder", [self.unused])]
 
 
 def test_the_audit_sees_the_gradients_a_fused_backward_frees(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one forward/backward each) ->
 average gradients over ranks (methods with gradient_sync "all_reduce"; DDP does it for "prepare") -> NaN
 guard (one device read with the loss) -> audit (first updating step) -> clip (unscaled) -> step -> zero grad
--> method hook -> log -> save/validate/preview when due -> stop? Saves come after the step because an
-artifact is named by the steps it holds. Memory is released after each side phase (save, preview,
-validation), so the training step gets back what they used.
+-> method hook -> EMA update -> log -> save/validate/preview when due -> stop? Saves come after the step
+because an artifact is named by the steps it holds. Memory is released after each side phase (save,
+preview, validation), so the training step gets back what they used. Saves, previews and validation see the
+"eval weights" (`_Run.eval_weights`: the EMA of train/ema.py, or a schedule-free optimizer's average); the
+full state holds the training weights. With `fused_backward` (train/fused_backward.py) each tensor steps
+inside backward: the loss is checked before backward instead, and clip and step have nothing left to do.
 
 Data: a map-style dataset with `collate(items)` and `set_epoch(epoch)` whose per-item randomness derives
 from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The default plan is a shuffle seeded
@@ -210,7 +213,8 @@ class _Run:
                 "use_prepared_modules(modules)"
             )
         if self.fused:
-            *wrapped, _ = self.accelerator.prepare(*modules, torch.nn.Identity())  # always a tuple
+            prepared = self.accelerator.prepare(*modules)  # one module comes back bare, several as a tuple
+            wrapped = list(prepared) if isinstance(prepared, tuple) else [prepared]
             self.optimizer = optimizer
         else:
             *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)

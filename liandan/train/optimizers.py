@@ -18,26 +18,17 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from liandan.errors import ConfigError
+from liandan.jobs import Optimizer
 
 if TYPE_CHECKING:
     import torch
 
     from liandan.train.method import ParamGroup
 
-OPTIMIZERS = (
-    "AdamW",
-    "AdamW8bit",
-    "AdamW8bitTorchao",
-    "Lion",
-    "Lion8bit",
-    "Adafactor",
-    "SGD",
-    "Prodigy",
-    "AdamWScheduleFree",
-)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)  # the job spec's choices, one list
 
 
 def _bitsandbytes_optim() -> Any:
