@@ -97,3 +97,13 @@ def test_a_non_finite_loss_never_reaches_a_fused_step(tmp_path: Path) -> None:
 def test_what_cannot_fuse_is_refused_with_its_name(setting: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=f"does not work with {named}"):
         TrainSpec(fused_backward=True, **setting)
+
+
+def test_fused_backward_on_several_processes_is_refused(tmp_path: Path) -> None:
+    class TwoProcesses:  # what the loop reads of an Accelerator before it refuses
+        num_processes, process_index, gradient_accumulation_steps = 2, 0, 1
+        is_main_process, device = True, torch.device("cpu")
+
+    with pytest.raises(ConfigError, match="fused_backward needs one process"):
+        train(ToyMethod(tmp_path / "out"), ToyDataset(8), TrainSpec(fused_backward=True), run_dir=tmp_path,
+              reporter=Reporter(lambda e: None), control=Control(), accelerator=TwoProcesses())  # fmt: skip
