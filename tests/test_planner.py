@@ -150,3 +150,17 @@ def test_on_a_gpu_the_measured_peak_drives_the_plan(tmp_path: Path) -> None:
     tight = plan_job(job, host, budget=roomy.peaks[frozenset()] - 1)
     assert tight.chosen, tight.message  # something had to be turned on, and what it chose fits
     assert tight.peaks[tight.chosen] < roomy.peaks[frozenset()]
+
+
+def test_text_encoder_training_is_the_last_switch_and_only_for_jobs_that_have_it() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class WithTextEncoder(TextualInversionJob):
+        train_text_encoder: bool = True
+
+    assert SWITCHES[-1].name == "text_encoder_off"
+    job = WithTextEncoder(name="cat", data=DataSpec(folder=Path("p")))
+    changed, applied = planner.with_switches(job, frozenset({"text_encoder_off"}))
+    assert applied == {"text_encoder_off"} and changed.train_text_encoder is False
+    assert planner.with_switches(_job(), frozenset({"text_encoder_off"}))[1] == frozenset()

@@ -50,32 +50,21 @@ NO_GPU = "no CUDA GPU: the planner measures memory on the GPU that will train, a
 Measure = Callable[["JobSpec"], float]  # a job -> its peak bytes; math.inf when it does not fit at all
 
 
-def _datasets(job: Any) -> list[str]:
-    return ["data", *(["extra_data"] if getattr(job, "extra_data", ()) else [])]
+def _train_flag(name: str) -> Callable[[Any], Any | None]:
+    """A switch that turns the bool TrainSpec.<name> on (None: on already)."""
 
+    def apply(job: Any) -> Any | None:
+        return None if getattr(job.train, name) else job.replace(train=job.train.replace(**{name: True}))
 
-def _with_data(job: Any, **changes: Any) -> Any:
-    return job.replace(
-        data=job.data.replace(**changes),
-        extra_data=tuple(d.replace(**changes) for d in getattr(job, "extra_data", ())),
-    )
-
-
-def _move_unused(job: Any) -> Any | None:
-    return (
-        None
-        if job.train.move_unused_to_cpu
-        else job.replace(train=job.train.replace(move_unused_to_cpu=True))
-    )
+    return apply
 
 
 def _latent_cache(job: Any) -> Any | None:
-    off = [d for d in [job.data, *getattr(job, "extra_data", ())] if d.latent_cache == "off"]
-    return _with_data(job, latent_cache="ram") if off else None
-
-
-def _fused_backward(job: Any) -> Any | None:
-    return None if job.train.fused_backward else job.replace(train=job.train.replace(fused_backward=True))
+    datasets = [job.data, *getattr(job, "extra_data", ())]
+    if all(d.latent_cache != "off" for d in datasets):
+        return None
+    cached = [d.replace(latent_cache="ram") if d.latent_cache == "off" else d for d in datasets]
+    return job.replace(data=cached[0], extra_data=tuple(cached[1:]))
 
 
 EIGHT_BIT = {"AdamW": "AdamW8bit", "Lion": "Lion8bit"}
@@ -84,15 +73,6 @@ EIGHT_BIT = {"AdamW": "AdamW8bit", "Lion": "Lion8bit"}
 def _eight_bit(job: Any) -> Any | None:
     smaller = EIGHT_BIT.get(job.train.optimizer)
     return None if smaller is None else job.replace(train=job.train.replace(optimizer=smaller))
-
-
-def _checkpointing(job: Any) -> Any | None:
-    train = job.train
-    return (
-        None
-        if train.gradient_checkpointing
-        else job.replace(train=train.replace(gradient_checkpointing=True))
-    )
 
 
 def _batch_one(job: Any) -> Any | None:
@@ -116,11 +96,11 @@ class Switch:
 
 
 SWITCHES = (
-    Switch("move_unused_to_cpu", "move the VAE and text encoders to RAM", _move_unused),
+    Switch("move_unused_to_cpu", "move the VAE and text encoders to RAM", _train_flag("move_unused_to_cpu")),
     Switch("latent_cache", "cache latents in RAM", _latent_cache),
-    Switch("fused_backward", "fused backward (step in backward)", _fused_backward),
+    Switch("fused_backward", "fused backward (step in backward)", _train_flag("fused_backward")),
     Switch("8bit_optimizer", "8-bit optimizer", _eight_bit),
-    Switch("gradient_checkpointing", "gradient checkpointing", _checkpointing),
+    Switch("gradient_checkpointing", "gradient checkpointing", _train_flag("gradient_checkpointing")),
     Switch("batch_size_1", "batch size 1 with gradient accumulation", _batch_one),
     Switch("text_encoder_off", "no text encoder training", _text_encoder_off),
 )
