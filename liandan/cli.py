@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(demo)
     demo.set_defaults(run=cmd_demo)
 
+    plan = sub.add_parser(
+        "plan",
+        help="measure on the GPU which memory switches a job file needs to fit (dry runs of a few steps; "
+        "the user's folders are only read)",
+    )
+    plan.add_argument("job", type=Path, help="the job file")
+    _add_data_dir(plan)
+    plan.set_defaults(run=cmd_plan)
+
     for module_name in COMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).add_parser(sub)
@@ -209,6 +218,16 @@ def run_in_foreground(spec: Any, data_dir: Path | None) -> int:
     if host.control.interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan; exit 0 also where it cannot measure (no GPU): that is an answer, not a failure."""
+    from liandan.host.standalone import StandaloneHost
+    from liandan.jobs import load_job_file
+    from liandan.train.planner import plan_job
+
+    print(plan_job(load_job_file(args.job), StandaloneHost(args.data_dir)).message)
     return 0
 
 

@@ -196,7 +196,17 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
 
 # --- the parts every training job shares -------------------------------------------------------------
 
-Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGD"]
+Optimizer = Literal[
+    "AdamW",
+    "AdamW8bit",
+    "AdamW8bitTorchao",
+    "Lion",
+    "Lion8bit",
+    "Adafactor",
+    "SGD",
+    "Prodigy",
+    "AdamWScheduleFree",
+]
 LRScheduler = Literal[
     "a1111", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
 ]
@@ -219,6 +229,11 @@ class TrainSpec(Spec):
     clip_grad_value: str = "0.1"  # A1111 schedule syntax too
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    noise_offset: float = bounded(0.0, 0.0, 1.0)  # kohya's noise offset; 0 off (train/diffusion_loss.py)
+    min_snr_gamma: float = bounded(0.0, 0.0, 1000.0)  # min-SNR-gamma loss weighting, ~5; 0 off
+    ema_decay: float = bounded(0.0, 0.0, 0.99999)  # saved weights are an EMA of the trained ones; 0 off
+    ema_update_every: int = bounded(1, 1, 10000)  # optimizer steps between EMA updates
+    fused_backward: bool = False  # step each tensor in backward, free its gradient (train/fused_backward.py)
     seed: int = 0
     save_every: int = bounded(500, 0)  # 0: only at the end
     preview_every: int = bounded(500, 0)
@@ -235,6 +250,27 @@ class TrainSpec(Spec):
         learn_rate_schedule(self.learn_rate, self.lr_scheduler, self.max_steps, self.lr_warmup_steps)
         if self.clip_grad_mode != "disabled":
             clip_value_schedule(self.clip_grad_value, self.max_steps)
+        if self.fused_backward:
+            self._check_fused_backward()
+        if self.ema_decay > 0 and self.optimizer == "AdamWScheduleFree":
+            raise ConfigError(
+                "ema_decay with optimizer AdamWScheduleFree: schedule-free already saves an average of the "
+                "weights; set ema_decay = 0 or choose another optimizer"
+            )
+
+    def _check_fused_backward(self) -> None:
+        refusals = {
+            "gradient_accumulation > 1": self.gradient_accumulation > 1,  # one step per backward
+            "clip_grad_mode 'norm'": self.clip_grad_mode == "norm",  # needs the whole gradient at once
+            "mixed_precision 'fp16'": self.mixed_precision == "fp16",  # its scaler sees all gradients first
+            "optimizer Prodigy": self.optimizer == "Prodigy",  # estimates its step over the whole group
+        }
+        bad = [what for what, refused in refusals.items() if refused]
+        if bad:
+            raise ConfigError(
+                f"fused_backward steps each tensor as soon as its gradient is ready, which does not work "
+                f"with {', '.join(bad)}; turn fused_backward off or change that setting"
+            )
 
 
 @dataclass(frozen=True)

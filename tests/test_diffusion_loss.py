@@ -141,3 +141,71 @@ def test_freeze_for_training_freezes_casts_and_lays_the_unet_out_channels_last()
     assert bundle.unet.conv_in.weight.dtype == torch.bfloat16
     assert bundle.vae.encoder.conv_in.weight.dtype == torch.float32  # the VAE is not the method's to cast
     assert bundle.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _hand_snr(t: int) -> float:
+    """SNR of SD's scaled-linear schedule (the tiny bundle's) at timestep t, computed without diffusers."""
+    import numpy as np
+
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    alpha_bar = np.cumprod(1 - betas)[t]
+    return float(alpha_bar / (1 - alpha_bar))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_gamma_weights_each_sample_as_the_paper_says(sd1, prediction_type: str) -> None:
+    """A prediction of zeros makes each sample's error the mean square of its target; with min-SNR on,
+    each is scaled by min(snr, gamma)/snr (epsilon) or min(snr, gamma)/(snr + 1) (v)."""
+    from liandan.jobs import TrainSpec
+
+    latents, context = _inputs(sd1)
+    timesteps, noise = torch.tensor([10, 900]), torch.randn(2, 4, 8, 8)
+    gamma = 5.0
+    snr = [_hand_snr(10), _hand_snr(900)]
+    assert snr[0] > gamma > snr[1]  # one clipped, one not
+    hand = [min(s, gamma) / (s + 1 if prediction_type == "v_prediction" else s) for s in snr]
+
+    def loss(train: TrainSpec | None) -> torch.Tensor:
+        return diffusion_loss(sd1, latents, context, noise=noise, timesteps=timesteps, train=train,
+                              predict=lambda noisy, t, ctx, added: torch.zeros_like(noisy))  # fmt: skip
+
+    sd1.prediction_type = prediction_type
+    try:
+        plain, weighted = loss(None), loss(TrainSpec(min_snr_gamma=gamma))
+        off = loss(TrainSpec(min_snr_gamma=0.0))
+        scheduler = sd1.noise_scheduler
+        targets = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    finally:
+        sd1.prediction_type = "epsilon"
+    per_sample = (targets.float() ** 2).mean(dim=(1, 2, 3))
+    assert plain == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    expected = (per_sample[0] * hand[0] + per_sample[1] * hand[1]) / 2
+    assert weighted == pytest.approx(float(expected), rel=1e-5)
+    assert off == plain  # 0 is off
+
+
+def test_noise_offset_shifts_each_channel_of_the_drawn_noise(sd1) -> None:
+    """kohya's offset: noise + offset * randn(b, c, 1, 1), drawn after the noise and timesteps."""
+    from liandan.jobs import TrainSpec
+
+    latents, context = _inputs(sd1)
+    seen = {}
+
+    def capture(noisy, t, ctx, added):
+        seen.update(noisy=noisy.float(), t=t)
+        return torch.zeros_like(noisy)
+
+    diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(3), predict=capture,
+                   train=TrainSpec(noise_offset=0.1))  # fmt: skip
+    replay = torch.Generator().manual_seed(3)
+    base = torch.randn(latents.shape, generator=replay)
+    timesteps = torch.randint(0, 1000, (2,), generator=replay)
+    offset = torch.randn((2, 4, 1, 1), generator=replay)
+    assert torch.equal(seen["t"], timesteps)
+    expected = sd1.noise_scheduler.add_noise(latents, base + 0.1 * offset, timesteps)
+    assert torch.allclose(seen["noisy"], expected, atol=1e-6)
+    # fixed noise (the validation set's) is used as given
+    fixed = torch.randn(latents.shape)
+    diffusion_loss(sd1, latents, context, noise=fixed, timesteps=timesteps, predict=capture,
+                   train=TrainSpec(noise_offset=0.1))  # fmt: skip
+    assert torch.allclose(seen["noisy"], sd1.noise_scheduler.add_noise(latents, fixed, timesteps), atol=1e-6)

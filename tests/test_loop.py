@@ -125,9 +125,21 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tmp_path: Path)
     assert (accumulated - initial).abs().max() > 1e-3  # both really trained
 
 
-@pytest.mark.parametrize("gradient_sync", ["all_reduce", "prepare"])
-def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str) -> None:
+@pytest.mark.parametrize(
+    ("gradient_sync", "options"),
+    [
+        ("all_reduce", {}),
+        ("prepare", {}),
+        ("all_reduce", {"optimizer": "Prodigy", "learn_rate": "1"}),  # its d estimate is state too
+        ("prepare", {"optimizer": "AdamWScheduleFree"}),  # previews at 5 switch to eval and back
+        ("all_reduce", {"ema_decay": 0.8, "ema_update_every": 2}),  # the average is state too
+        ("all_reduce", {"fused_backward": True}),  # the state of every per-tensor optimizer
+        ("prepare", {"fused_backward": True, "optimizer": "AdamWScheduleFree"}),
+    ],
+)
+def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str, options: dict) -> None:
     spec = TrainSpec(learn_rate="0.01", max_steps=12, batch_size=3, save_every=0, preview_every=5)
+    spec = spec.replace(**options)
     straight = ToyMethod(tmp_path / "straight" / "out", gradient_sync=gradient_sync)
     run(tmp_path / "straight", spec, method=straight, preview_prompt="p")
 
@@ -161,6 +173,8 @@ def test_resume_is_bit_exact(tmp_path: Path, gradient_sync: str) -> None:
     for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
     assert csv_losses(tmp_path / "straight") == csv_losses(tmp_path / "resumed")
+    saved = [load_file(str(tmp_path / run / "out" / "toy.safetensors")) for run in ("straight", "resumed")]
+    assert _same(*saved)  # the artifact too (an EMA or schedule-free's average, where it differs)
 
 
 def test_interrupt_saves_state_and_artifact_and_returns(tmp_path: Path) -> None:
@@ -330,14 +344,52 @@ def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
         run(tmp_path, TrainSpec(mixed_precision="fp16"))
 
 
-@pytest.mark.parametrize("optimizer", ["AdamW8bit", "Lion8bit", "Adafactor"])
-def test_other_optimizers_and_bf16_train(tmp_path: Path, optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "learn_rate"),
+    [
+        ("AdamW8bit", "0.003"),
+        ("AdamW8bitTorchao", "0.003"),
+        ("Lion8bit", "0.003"),
+        ("Adafactor", "0.003"),
+        ("Prodigy", "0.5"),  # a multiplier of its own estimate, which overshoots on this tiny problem
+        ("AdamWScheduleFree", "0.003"),
+    ],
+)
+def test_other_optimizers_and_bf16_train(tmp_path: Path, optimizer: str, learn_rate: str) -> None:
     spec = TrainSpec(
-        learn_rate="0.003", max_steps=30, optimizer=optimizer, mixed_precision="bf16", save_every=0
+        learn_rate=learn_rate, max_steps=30, optimizer=optimizer, mixed_precision="bf16", save_every=0
     )
     run(tmp_path, spec)
     losses = csv_losses(tmp_path)
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_schedule_free_saves_and_previews_its_eval_weights_and_trains_on_from_its_train_point(
+    tmp_path: Path,
+) -> None:
+    from liandan.formats.a1111_pickle import torch_load_weights_only
+    from liandan.train.optimizers import build_optimizer, set_optimizer_mode
+
+    class Watching(ToyMethod):
+        def preview(self, prompt, seed, enabled):
+            self.previewed = self.trainable_state()
+            return super().preview(prompt, seed, enabled)
+
+    spec = TrainSpec(learn_rate="0.01", optimizer="AdamWScheduleFree", max_steps=6, save_every=3)
+    method, _ = run(tmp_path, spec, method=Watching(tmp_path / "out"), preview_prompt="p")
+    saved = load_file(str(tmp_path / "out" / "toy.safetensors"))
+    train_point = method.trainable_state()  # the loop leaves the weights at the training point
+    assert not _same(saved, train_point)
+    assert _same(method.previewed, saved)  # the final self-test renders what was saved
+    # what eval mode makes of the saved training state is exactly the file
+    optimizer = build_optimizer("AdamWScheduleFree", method.parameter_groups(), 0.0, 0.0)
+    optimizer.load_state_dict(
+        torch_load_weights_only(tmp_path / "run" / "state" / "optimizer.pt")["optimizer"]
+    )
+    method.load_trainable_state(load_file(str(tmp_path / "run" / "state" / "trainable.safetensors")))
+    assert _same(method.trainable_state(), train_point)
+    set_optimizer_mode(optimizer, training=False)
+    assert _same(method.trainable_state(), saved)
 
 
 def test_default_batch_plan_is_seeded_and_drops_the_partial_batch() -> None:

@@ -45,3 +45,30 @@ def test_more_datasets_and_a_validation_set_take_the_dataset_settings(tmp_path) 
         with_more_data(job, "", f"{tmp_path} | 1 | 2 | 3")
     with pytest.raises(ConfigError, match="out of range"):
         with_more_data(job, f"{tmp_path} | 1000", "")
+
+
+def test_the_plan_memory_button_shows_the_plan_in_the_tab(tmp_path, monkeypatch) -> None:
+    import torch
+    from test_textual_inversion_tab import _Tab
+
+    from liandan.host.standalone import StandaloneHost
+    from liandan.job_runner import JobRunner
+    from liandan.train import planner
+    from liandan.ui.components import UIContext
+
+    host = StandaloneHost(tmp_path / "data")
+    runner = JobRunner(host)
+    tab = _Tab(UIContext(host=host, runner=runner))
+    assert f"{tab.prefix}_plan_message" in tab.by_id
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    shown = tab.call("plan", train_name="cat", data_folder=str(tmp_path))
+    assert "cannot measure" in shown and "liandan-error" not in shown
+    assert "liandan-error" in tab.call("plan", train_name="cat", train_max_steps=0)  # a bad form: no plan
+
+    def fake_plan(job, host):  # what the planner found is what the tab shows
+        return planner.Plan(1.0, frozenset(), message=f"plan for {job.name} at batch {job.train.batch_size}")
+
+    monkeypatch.setattr(planner, "plan_job", fake_plan)
+    assert "plan for cat at batch 3" in tab.call("plan", train_name="cat", data_folder=str(tmp_path),
+                                                 train_batch_size=3)  # fmt: skip
+    runner.close(timeout=5)

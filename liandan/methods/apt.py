@@ -206,6 +206,7 @@ class Apt:
             predict=guided,
             noise=batch.get("noise"),
             timesteps=batch.get("timesteps"),
+            train=self.job.train,
         )
         if self.decodes:
             loss = loss + self._image_losses(batch, seen["noisy"], seen["timesteps"], seen["prediction"])

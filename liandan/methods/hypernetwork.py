@@ -190,6 +190,7 @@ class HypernetworkMethod:
             loss_weight=batch["loss_weight"],
             noise=batch.get("noise"),
             timesteps=batch.get("timesteps"),
+            train=self.job.train,
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

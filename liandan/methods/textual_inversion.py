@@ -114,6 +114,7 @@ class TextualInversion:
             loss_weight=batch.get("loss_weight"),
             noise=batch.get("noise"),
             timesteps=batch.get("timesteps"),
+            train=self.job.train,
         )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

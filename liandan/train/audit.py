@@ -39,22 +39,41 @@ class TrainingAudit:
         self.lr_scales = {g.name: g.lr_scale for g in groups}
         self.pending = True
         self.before: dict[str, list[torch.Tensor]] = {}
+        self._gradient_max: dict[int, torch.Tensor] = {}  # by id(tensor), from `observe`
+        self._samples: dict[int, torch.Tensor] = {}
 
     @property
     def trained_groups(self) -> set[str]:
         return set(self.groups)
 
-    def before_step(self, step: int) -> None:
-        """Between backward and the optimizer step: every group has a non-zero gradient; sample weights."""
+    def observe(self, p: torch.Tensor, grad: torch.Tensor) -> None:
+        """A tensor's gradient and weights just before it steps. A fused backward (train/fused_backward.py)
+        calls it from the gradient hook, where each tensor steps; otherwise `before_step` does."""
+        self._gradient_max[id(p)] = grad.detach().abs().amax()
+        self._samples[id(p)] = _sample(p)
+
+    def before_step(self, step: int, observed: bool = False) -> None:
+        """Between backward and the optimizer step (`observed`: after a fused backward's steps, with what
+        `observe` saw): every group has a non-zero gradient; sample weights."""
+        if not observed:
+            for params in self.groups.values():
+                for p in params:
+                    if p.grad is not None:
+                        self.observe(p, p.grad)
         for name, params in self.groups.items():
-            grads = [p.grad for p in params if p.grad is not None]
-            if not grads or not any(bool(g.detach().abs().amax() > 0) for g in grads):
+            flags = [self._gradient_max[id(p)] for p in params if id(p) in self._gradient_max]
+            if not any(bool(flag > 0) for flag in flags):
                 raise TrainingStopped(
                     f"parameter group {name!r} received no gradient at step {step + 1}: the loss does not "
                     "depend on it, so it would never train. Check that the prompts reach it (the "
                     "template's [name]) and that the model it hooks into is the one the loss calls"
                 )
-        self.before = {name: [_sample(p) for p in params] for name, params in self.groups.items()}
+        # a tensor without a gradient did not step: its weights now are its weights before
+        self.before = {
+            name: [self._samples[id(p)] if id(p) in self._samples else _sample(p) for p in params]
+            for name, params in self.groups.items()
+        }
+        self._gradient_max, self._samples = {}, {}
 
     def after_step(self, step: int, learn_rate: float) -> None:
         for name, params in self.groups.items():

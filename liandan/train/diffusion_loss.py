@@ -1,7 +1,13 @@
 """What the loss of every Stable Diffusion method shares: SDXL's added conditioning from the batch, the frozen
 model in the mixed-precision dtype, and the denoising loss: noise the latents at a random timestep, predict
 (with the UNet, or a method's own `predict`), compare with the target the model was trained for (epsilon or
-v)."""
+v).
+
+The job's loss options (TrainSpec, passed as `train`): `noise_offset` adds `offset x randn(b, c, 1, 1)` to
+the drawn noise (kohya's: the model learns to shift a whole channel, so images can get darker or brighter
+than average); `min_snr_gamma` weights each sample by min(SNR, gamma) / SNR for epsilon and
+min(SNR, gamma) / (SNR + 1) for v-prediction (Hang et al., "Efficient Diffusion Training via Min-SNR
+Weighting"), so the easy low-noise timesteps do not dominate."""
 
 from __future__ import annotations
 
@@ -52,21 +58,27 @@ def diffusion_loss(
     predict: Predict | None = None,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    train: TrainSpec | None = None,
 ) -> torch.Tensor:
     """Mean loss over the batch. `loss_weight` ([B,1,h,w], e.g. from PNG alpha) weights each latent pixel,
     normalised per sample so a mostly transparent image does not simply get a smaller loss. `predict`
     replaces the plain UNet call (same inputs, same target). `noise` and `timesteps` given (the validation
-    set's fixed ones) replace the random draws."""
+    set's fixed ones) replace the random draws; given noise gets no offset. `train` brings the job's loss
+    options (see the module docstring); None: none."""
     scheduler = bundle.noise_scheduler
     unet = bundle.unet
     dtype = next(unet.parameters()).dtype
     latents = latents.to(device=unet.device, dtype=torch.float32)
+    drawn = noise is None
     if noise is None:
         noise = torch.randn(latents.shape, generator=generator, device="cpu")
     if timesteps is None:
         timesteps = torch.randint(
             0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device="cpu"
         )
+    if drawn and train is not None and train.noise_offset > 0:
+        offset = torch.randn((*latents.shape[:2], 1, 1), generator=generator, device="cpu")
+        noise = noise + train.noise_offset * offset
     noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if bundle.prediction_type == "v_prediction":
@@ -82,13 +94,32 @@ def diffusion_loss(
     )
 
     error = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    if loss_weight is None:
+    gamma = train.min_snr_gamma if train is not None else 0.0
+    if loss_weight is None and gamma == 0:
         return error.mean()
-    weight = loss_weight.to(error.device, error.dtype)
-    per_sample = (error * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * error.shape[1]).clamp_min(
-        1e-8
-    )
+    if loss_weight is None:
+        per_sample = error.mean(dim=(1, 2, 3))
+    else:
+        weight = loss_weight.to(error.device, error.dtype)
+        pixels = (weight.sum(dim=(1, 2, 3)) * error.shape[1]).clamp_min(1e-8)
+        per_sample = (error * weight).sum(dim=(1, 2, 3)) / pixels
+    if gamma > 0:
+        per_sample = per_sample * min_snr_weights(scheduler, timesteps, gamma, bundle.prediction_type)
     return per_sample.mean()
+
+
+def min_snr_weights(
+    scheduler: Any, timesteps: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Each timestep's min-SNR-gamma loss weight, SNR = alpha_bar / (1 - alpha_bar). The epsilon loss is
+    SNR times the loss on the clean latents and the v loss SNR + 1 times it; both become min(SNR, gamma)
+    times it. At SNR 0 (a zero-terminal-SNR schedule's last step) the epsilon weight is its limit, 1."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return torch.where(snr > 0, clipped / snr.clamp_min(1e-12), torch.ones_like(snr))
 
 
 def _unet_prediction(unet: torch.nn.Module) -> Predict:

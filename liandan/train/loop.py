@@ -3,9 +3,12 @@
 Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one forward/backward each) ->
 average gradients over ranks (methods with gradient_sync "all_reduce"; DDP does it for "prepare") -> NaN
 guard (one device read with the loss) -> audit (first updating step) -> clip (unscaled) -> step -> zero grad
--> method hook -> log -> save/validate/preview when due -> stop? Saves come after the step because an
-artifact is named by the steps it holds. Memory is released after each side phase (save, preview,
-validation), so the training step gets back what they used.
+-> method hook -> EMA update -> log -> save/validate/preview when due -> stop? Saves come after the step
+because an artifact is named by the steps it holds. Memory is released after each side phase (save,
+preview, validation), so the training step gets back what they used. Saves, previews and validation see the
+"eval weights" (`_Run.eval_weights`: the EMA of train/ema.py, or a schedule-free optimizer's average); the
+full state holds the training weights. With `fused_backward` (train/fused_backward.py) each tensor steps
+inside backward: the loss is checked before backward instead, and clip and step have nothing left to do.
 
 Data: a map-style dataset with `collate(items)` and `set_epoch(epoch)` whose per-item randomness derives
 from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The default plan is a shuffle seeded
@@ -48,6 +51,8 @@ from liandan.train.checkpointing import (
     save_state,
     spec_differences,
 )
+from liandan.train.ema import WeightAverage
+from liandan.train.fused_backward import FusedOptimizer
 from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
 from liandan.train.nan_guard import (
     SKIPS_BEFORE_ROLLBACK,
@@ -56,7 +61,7 @@ from liandan.train.nan_guard import (
     snapshot_fits_in_memory,
     step_status,
 )
-from liandan.train.optimizers import build_optimizer, set_learning_rate
+from liandan.train.optimizers import build_optimizer, set_learning_rate, set_optimizer_mode
 from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
 from liandan.train.training_log import LossCsv, TensorBoardLog
 from liandan.train.validation import Validation, validation_loss
@@ -159,32 +164,46 @@ class _Run:
         self.self_tested_step = -1
         self.is_main = accelerator.is_main_process
         self.preview_prompt, self.preview_seed, self.self_test = preview_prompt, preview_seed, self_test
+        self.position = LoopPosition(
+            method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
+        )
         groups = method.parameter_groups()
         self.audit = TrainingAudit(groups)
-        optimizer = build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay)
+        self.fused: FusedOptimizer | None = None
+        if spec.fused_backward:
+            if accelerator.num_processes > 1:
+                raise ConfigError(
+                    "fused_backward needs one process: its steps run before gradients are averaged over "
+                    f"the {accelerator.num_processes} processes; turn it off or run on one GPU"
+                )
+            self.fused = FusedOptimizer(spec.optimizer, groups, spec.weight_decay, self.say)
+        optimizer = self.fused or build_optimizer(spec.optimizer, groups, 0.0, spec.weight_decay, self.say)
         self.sync_targets = self._prepare(optimizer)
         # the optimizer's own tensors: FSDP replaces the method's parameters by flat shards
         self.params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
-        self.position = LoopPosition(
-            method_kind=method.kind, method_name=method.name, world_size=accelerator.num_processes
+        self.ema = (
+            WeightAverage(self.params, spec.ema_decay, spec.ema_update_every) if spec.ema_decay else None
         )
         attach = getattr(method, "attach_optimizer", None)  # optional hook, see TrainingMethod
         if attach is not None:
             self.position.step = attach(self.optimizer)
+        # after attach: a `.optim` sidecar holds a schedule-free state in eval mode, as it was saved
+        set_optimizer_mode(self.optimizer, training=True)
         self.guard = NanGuard(spec.nan_policy, spec.mixed_precision, snapshot_fits_in_memory(self.params))
         self.state_on_disk = False  # a state this run wrote or resumed from: what a large rollback loads
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
         self.artifacts: list[SavedArtifact] = []
 
-    def _prepare(self, optimizer: torch.optim.Optimizer) -> list[torch.nn.Module]:
+    def _prepare(self, optimizer: Any) -> list[torch.nn.Module]:
         """Prepare the optimizer (and, for gradient_sync "prepare", the modules with it: accelerate pairs
-        them for FSDP/DeepSpeed); returns the wrapped modules whose no_sync accumulation needs."""
+        them for FSDP/DeepSpeed); returns the wrapped modules whose no_sync accumulation needs. A fused
+        backward's optimizers (one process, no grad scaler) stay as they are."""
         sync = self.method.gradient_sync
         if sync not in GRADIENT_SYNCS:
             raise ConfigError(f"{self.method.kind}: gradient_sync {sync!r}; expected one of {GRADIENT_SYNCS}")
         if sync == "all_reduce":
-            self.optimizer = self.accelerator.prepare(optimizer)
+            self.optimizer = optimizer if self.fused else self.accelerator.prepare(optimizer)
             return []
         modules = self.method.trainable_modules()
         use_prepared = getattr(self.method, "use_prepared_modules", None)
@@ -193,7 +212,12 @@ class _Run:
                 f"{self.method.kind}: gradient_sync 'prepare' needs trainable_modules() and "
                 "use_prepared_modules(modules)"
             )
-        *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
+        if self.fused:
+            prepared = self.accelerator.prepare(*modules)  # one module comes back bare, several as a tuple
+            wrapped = list(prepared) if isinstance(prepared, tuple) else [prepared]
+            self.optimizer = optimizer
+        else:
+            *wrapped, self.optimizer = self.accelerator.prepare(*modules, optimizer)
         use_prepared(wrapped)
         kind = str(self.accelerator.distributed_type)
         if "FSDP" in kind or "DEEPSPEED" in kind:
@@ -220,9 +244,27 @@ class _Run:
                 )
             )
 
+    def say(self, message: str) -> None:
+        self.emit("message", message=message)
+
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """The weights to save, preview and score: the EMA, or a schedule-free optimizer's average; the
+        training weights are back afterwards."""
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+                yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
+
     def optimizer_state(self) -> dict[str, Any]:
         scaler = self.accelerator.scaler
-        return {"optimizer": self.optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {}}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+        }
 
     def resume(self) -> bool:
         folder = find_state(self.run_dir) if self.spec.resume else None
@@ -270,6 +312,8 @@ class _Run:
         self.optimizer.load_state_dict(optimizer_state["optimizer"])
         if self.accelerator.scaler is not None and optimizer_state["scaler"]:
             self.accelerator.scaler.load_state_dict(optimizer_state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(optimizer_state.get("ema"))
 
     def remember_good_state(self) -> None:
         if self.guard.in_memory:  # large trainables roll back from the state on disk instead
@@ -302,7 +346,8 @@ class _Run:
                 trainable = self.method.trainable_state()
                 save_state(self.run_dir, self.position, trainable, self.optimizer_state(), rng, self.job_spec)
                 del trainable
-                artifact = self.method.save(self.position.step, final)
+                with self.eval_weights():
+                    artifact = self.method.save(self.position.step, final)
                 saved_groups = self.method.saved_groups(artifact)
             self.artifacts.append(artifact)
             self.emit("save", paths=tuple(artifact.paths), message="final" if final else "checkpoint")
@@ -321,7 +366,7 @@ class _Run:
         self_test = after_save and self.self_test and self.self_tested_step != step
         if self.is_main and self.preview_prompt is not None and (self_test or periodic):
             images = self.run_dir / "images"
-            with preserved_rng():
+            with preserved_rng(), self.eval_weights():
                 image = None
                 if self_test:
                     self.self_tested_step = step
@@ -347,7 +392,8 @@ class _Run:
         validation = self.validation
         if validation is None or any(step == self.position.step for step, _ in self.validation_losses):
             return
-        loss = validation_loss(validation, self.method, self.accelerator)
+        with self.eval_weights():
+            loss = validation_loss(validation, self.method, self.accelerator)
         self.validation_losses.append((self.position.step, loss))
         if self.tensorboard is not None:
             self.tensorboard.add_validation(self.position.step, loss)
@@ -452,6 +498,8 @@ def train(
         run.emit("error", message=str(e))
         raise
     finally:
+        if run.fused is not None:
+            run.fused.close()
         if run.tensorboard is not None:
             run.tensorboard.close()
 
@@ -464,6 +512,8 @@ def _train_loop(
     all_reduce = method.gradient_sync == "all_reduce"
     if all_reduce:  # DDP broadcast rank 0's weights itself when it wrapped the modules
         distributed.broadcast_parameters(run.params)
+    if run.ema is not None and not resumed:
+        run.ema.restart()
     pos = run.position
     start_step, accum = pos.step, spec.gradient_accumulation
     per_step = accum * accelerator.num_processes
@@ -491,6 +541,10 @@ def _train_loop(
                 reason = "max_steps" if pos.step >= spec.max_steps else "schedule_end"
                 break
             set_learning_rate(run.optimizer, lr)
+            audit_now = run.audit.pending and lr > 0
+            if run.fused is not None:  # it steps inside backward: what the step needs is set before
+                run.fused.clip_value = clip_values.value_at(pos.step) if clip_values is not None else None
+                run.fused.observe = run.audit.observe if audit_now else None
             step_loss = torch.zeros((), device=accelerator.device)
             first = pos.batch_index + rank_offset
             for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
@@ -500,7 +554,8 @@ def _train_loop(
                 with run.accumulate():
                     with accelerator.autocast():
                         loss = method.loss(batch) * batch.get("loss_scale", 1.0)
-                    accelerator.backward(loss)
+                    if run.fused is None or math.isfinite(step_status(loss, [], False)[0]):
+                        accelerator.backward(loss)  # a fused one steps: only with a finite loss
                 step_loss += loss.detach().float() / accum
             if not accelerator.sync_gradients:
                 raise RuntimeError("accelerate's accumulation counter is out of step with the loop")
@@ -523,10 +578,9 @@ def _train_loop(
                     note = f"non-finite step skipped: {what} at step {pos.step + 1}"
                 run.emit("message", message=note, extra={"level": "warning"})
                 continue
-            audit_now = run.audit.pending and lr > 0
             if audit_now:  # --- audit: every group asked for has a gradient ...
-                run.audit.before_step(pos.step)
-            if clip_values is not None:  # --- clip (accelerate unscales fp16 gradients first)
+                run.audit.before_step(pos.step, observed=run.fused is not None)
+            if clip_values is not None and run.fused is None:  # --- clip (accelerate unscales fp16 first)
                 clip = clip_values.value_at(pos.step)
                 if spec.clip_grad_mode == "norm":
                     accelerator.clip_grad_norm_(run.params, clip)
@@ -537,6 +591,8 @@ def _train_loop(
             pos.step += 1
             pos.batch_index += per_step
             method.after_optimizer_step(pos.step)
+            if run.ema is not None:
+                run.ema.update(pos.step)
             if audit_now and not accelerator.optimizer_step_was_skipped:
                 run.audit.after_step(pos.step, lr)  # --- ... and changed (after the hook, which may undo)
             run.guard.good_step()

@@ -2,20 +2,33 @@
 
 Each group's learning rate is `base rate x lr_scale`; the loop sets `group["lr"]` before every step from the
 schedule, so the rate passed here only matters for optimizers that read it at construction.
+
+- "Prodigy" estimates the step size itself (d-adaptation): its learning rate is a multiplier of that
+  estimate, about 1.0 (learn_rate = "1"). The estimate lives in the param groups, so it is part of the
+  optimizer's state_dict and survives a full-state resume.
+- "AdamWScheduleFree" keeps two points: the one the gradient is taken at (train mode) and the average that
+  is evaluated and saved (eval mode). The loop switches with `set_optimizer_mode` around previews,
+  validation and saves; no lr decay is needed.
+- "AdamW8bit" is bitsandbytes' where it loads, else torchao's; "AdamW8bitTorchao" is always torchao's.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, get_args
 
 from liandan.errors import ConfigError
+from liandan.jobs import Optimizer
 
 if TYPE_CHECKING:
     import torch
 
     from liandan.train.method import ParamGroup
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGD")
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)  # the job spec's choices, one list
 
 
 def _bitsandbytes_optim() -> Any:
@@ -31,10 +44,71 @@ def _bitsandbytes_optim() -> Any:
     return bitsandbytes.optim
 
 
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """torchao's import logs a torch pytree deprecation warning and warns about its tensor subclasses:
+    noise for a user who only picked an optimizer."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree_log.setLevel(level)
+
+
+def _torchao_adamw8bit() -> Any:
+    with _quiet_import():
+        try:
+            from torchao.optim import AdamW8bit  # torchao >= 0.11
+        except ImportError:
+            try:
+                from torchao.prototype.low_bit_optim import AdamW8bit  # older torchao
+            except ImportError:
+                raise ConfigError("optimizer AdamW8bitTorchao needs torchao: `pip install torchao`") from None
+    return AdamW8bit
+
+
+def _adamw8bit(say: Callable[[str], None]) -> Any:
+    """bitsandbytes' AdamW8bit, or torchao's when bitsandbytes is missing or fails to load."""
+    from liandan.private_packages import import_private
+
+    try:
+        optimizer_class = import_private("bitsandbytes").optim.AdamW8bit
+    except (ImportError, OSError, RuntimeError, AttributeError) as error:
+        try:
+            optimizer_class = _torchao_adamw8bit()
+        except ConfigError:
+            raise ConfigError(
+                "optimizer AdamW8bit needs bitsandbytes or torchao: `pip install bitsandbytes` "
+                "(or `pip install torchao`)"
+            ) from None
+        say(f"optimizer AdamW8bit: bitsandbytes is not usable ({error}); using torchao's AdamW8bit")
+        return optimizer_class
+    say("optimizer AdamW8bit: bitsandbytes' AdamW8bit")
+    return optimizer_class
+
+
+def _optional_class(module: str, name: str, package: str, optimizer: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ConfigError(f"optimizer {optimizer} needs {package}: `pip install {package}`") from None
+
+
 def build_optimizer(
-    name: str, groups: list[ParamGroup], base_lr: float, weight_decay: float
+    name: str,
+    groups: list[ParamGroup],
+    base_lr: float,
+    weight_decay: float,
+    say: Callable[[str], None] = lambda message: None,
 ) -> torch.optim.Optimizer:
-    """`name` is one of OPTIMIZERS; a group's own weight_decay overrides `weight_decay`."""
+    """`name` is one of OPTIMIZERS; a group's own weight_decay overrides `weight_decay`. `say` hears
+    which implementation was chosen where there is a choice (AdamW8bit)."""
     import torch
 
     if name not in OPTIMIZERS:
@@ -69,15 +143,37 @@ def build_optimizer(
         return Adafactor(
             param_groups, lr=base_lr, scale_parameter=False, relative_step=False, warmup_init=False
         )
+    if name == "Prodigy":
+        # it refuses a default rate of 0 (the loop builds with 0); each group's own "lr" is what it uses
+        return _optional_class("prodigyopt", "Prodigy", "prodigyopt", name)(param_groups, lr=1.0)
+    if name == "AdamWScheduleFree":
+        optimizer_class = _optional_class("schedulefree", "AdamWScheduleFree", "schedulefree", name)
+        return optimizer_class(param_groups, lr=base_lr)
+    if name == "AdamW8bitTorchao":
+        return _torchao_adamw8bit()(param_groups, lr=base_lr)
+    if name == "AdamW8bit":
+        return _adamw8bit(say)(param_groups, lr=base_lr)
     bnb_optim = _bitsandbytes_optim()
-    optimizer_class = {
-        "AdamW8bit": bnb_optim.AdamW8bit,
-        "Lion": bnb_optim.Lion,
-        "Lion8bit": bnb_optim.Lion8bit,
-    }[name]
+    optimizer_class = {"Lion": bnb_optim.Lion, "Lion8bit": bnb_optim.Lion8bit}[name]
     return optimizer_class(param_groups, lr=base_lr)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float) -> None:
+    import torch
+
     for group in optimizer.param_groups:
-        group["lr"] = base_lr * group.get("lr_scale", 1.0)
+        rate = base_lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):  # torchao's: its compiled step reads a tensor
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+
+
+def set_optimizer_mode(optimizer: Any, training: bool) -> None:
+    """Put a schedule-free optimizer's weights at its training point (True) or at its average, the weights
+    to evaluate and save (False); other optimizers have one point and nothing happens. `optimizer` may be
+    accelerate's wrapper, whose `.optimizer` is the real one."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    switch = getattr(inner, "train" if training else "eval", None)
+    if callable(switch):
+        switch()

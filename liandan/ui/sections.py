@@ -49,7 +49,8 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
             ("train.clip_grad_mode", "train.clip_grad_value", "train.mixed_precision", "clip_skip"),
             ("train.save_every", "train.preview_every", "train.log_every", "train.early_stop_epochs"),
             ("train.seed", "train.nan_policy", "train.gradient_checkpointing", "train.move_unused_to_cpu"),
-            ("train.resume", "train.resume_with_changes"),
+            ("train.noise_offset", "train.min_snr_gamma", "train.ema_decay", "train.ema_update_every"),
+            ("train.fused_backward", "train.resume", "train.resume_with_changes"),
         ),
     ),
     (
@@ -101,6 +102,11 @@ LABELS: dict[str, str] = {
     "train.nan_policy": "On a non-finite loss",
     "train.gradient_checkpointing": "Gradient checkpointing (less memory, slower)",
     "train.move_unused_to_cpu": "Move VAE and CLIP to RAM",
+    "train.noise_offset": "Noise offset (0: off; ~0.05)",
+    "train.min_snr_gamma": "Min-SNR gamma (0: off; ~5)",
+    "train.ema_decay": "EMA decay of the saved weights (0: off)",
+    "train.ema_update_every": "EMA update every N steps",
+    "train.fused_backward": "Fused backward (step in backward: less memory; no accumulation)",
     "train.resume": "Resume this job's last saved state",
     "train.resume_with_changes": "Resume even if settings changed",
     "preview.prompt": "Preview prompt (empty: from the template)",
@@ -232,8 +238,11 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
             refresh = gr.Button("Refresh", elem_id=f"{prefix}_refresh", scale=0, min_width=120)
         tab.own_train_controls(train_form)
         training_sections(train_form, ctx, tab.labels)
-        start = gr.Button(f"Train {noun}", variant="primary", elem_id=f"{prefix}_train")
+        with gr.Row():
+            start = gr.Button(f"Train {noun}", variant="primary", elem_id=f"{prefix}_train")
+            plan = gr.Button("Plan memory", elem_id=f"{prefix}_plan", scale=0, min_width=160)
         train_message = gr.HTML("", elem_id=f"{prefix}_train_message")
+        plan_message = gr.HTML("", elem_id=f"{prefix}_plan_message")
     job_panel(ctx, tab.spec.kind, prefix)
 
     create_paths, train_paths = list(create_form.controls), list(train_form.controls)
@@ -247,21 +256,37 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         message = f'<p class="liandan-message">Created {noun} {html.escape(str(path))}.</p>'
         return message, gr.update(choices=tab.names(ctx), value=job.name)
 
-    def on_train(model_title: str, name: str, *values: Any) -> str:
+    def form_job(model_title: str, name: str, values: tuple[Any, ...]) -> Any:
         """The Create settings apply to a name that does not exist yet; the spec checks every value."""
         form = dict(zip(create_paths + train_paths, values))
         form.update(model=job_model(model_title), name=name or form.get("name", ""))
         more = [form.pop(path) for path in MORE_DATA]
+        return with_more_data(train_form.to_spec(form), *more)
+
+    def on_train(model_title: str, name: str, *values: Any) -> str:
         try:
-            job = with_more_data(train_form.to_spec(form), *more)
+            job = form_job(model_title, name, values)
         except LiandanError as e:
             return _error(e)
         job_id = ctx.runner.submit(job)
         return f'<p class="liandan-message">Started {html.escape(job_id)}.</p>'
 
+    def on_plan(model_title: str, name: str, *values: Any) -> str:
+        """Dry runs on the GPU (minutes), not beside a training job, which would share the memory."""
+        from liandan.train.planner import plan_job
+
+        if any(not status.is_finished for status in ctx.runner.jobs()):
+            return _error(ConfigError("a job is running: plan memory when it has finished"))
+        try:
+            plan = plan_job(form_job(model_title, name, values), ctx.host)
+        except LiandanError as e:
+            return _error(e)
+        return f'<pre class="liandan-message">{html.escape(plan.message)}</pre>'
+
     create_inputs = [create_form.controls[p] for p in create_paths]
     train_inputs = [train_form.controls[p] for p in train_paths]
     create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
     start.click(on_train, [model, trained, *create_inputs, *train_inputs], train_message, queue=False)
+    plan.click(on_plan, [model, trained, *create_inputs, *train_inputs], plan_message)
     refresh.click(lambda: gr.update(choices=tab.names(ctx)), None, trained, queue=False)
     return BuiltTab(model, create_form, train_form, trained, refresh)
