@@ -329,6 +329,11 @@ class JobSpec(Spec):
     log_dir: Path | None = None
     clip_skip: int = bounded(1, 1, 12)
 
+    def written_folders(self) -> list[Path]:
+        """The folders named in the spec that the job writes into (beyond the host's own artifact and log
+        folders): a REST job may only write inside the host's folders (liandan/rest.py)."""
+        return [self.log_dir] if self.log_dir is not None else []
+
 
 def job_from_dict(data: Mapping[str, Any]) -> JobSpec:
     """The job spec of a TOML/JSON/REST dict, its class found in the registry by `kind`."""

@@ -4,7 +4,8 @@
     GET  /liandan/v1/jobs                every job's status
     GET  /liandan/v1/jobs/{id}           one job's status (404: no such job)
     POST /liandan/v1/jobs                a job spec as JSON, the same keys as a job file -> {"id": ...}
-                                         (422 with the reason when the spec is not valid)
+                                         (422 with the reason when the spec is not valid, 403 when it
+                                         would write outside the host's folders)
     POST /liandan/v1/jobs/{id}/cancel    stop a queued or running job (404: unknown, 409: already finished)
     POST /liandan/v1/interrupt           stop the running job, if any
 
@@ -16,6 +17,7 @@ for a standalone server that listens beyond 127.0.0.1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from secrets import compare_digest
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +27,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from liandan import registry
 from liandan.errors import LiandanError
 from liandan.job_runner import FINISHED
-from liandan.jobs import job_from_dict
+from liandan.jobs import JobSpec, job_from_dict
 
 if TYPE_CHECKING:
+    from liandan.host.base import Folders
     from liandan.job_runner import JobRunner
 
 PREFIX = "/liandan/v1"
@@ -66,6 +69,21 @@ def token_auth(token: str | None) -> list[Any]:
     return [Depends(check)]
 
 
+def folders_outside(job: JobSpec, folders: Folders) -> str:
+    """Why `job` may not run over REST, "" when it may: every folder it writes into must lie inside the
+    host's data folder or one of its artifact folders, symlinks followed (a caller of the API is not the
+    person at the machine)."""
+    roots = [p.resolve() for p in (folders.models.parent, *folders.all())]
+    for folder in job.written_folders():
+        resolved = Path(folder).expanduser().resolve()
+        if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+            return (
+                f"{folder} is outside the folders this server writes to ({', '.join(map(str, roots[:1]))} "
+                "and its model folders); a job sent over REST writes only there"
+            )
+    return ""
+
+
 def build_router(runner: Callable[[], JobRunner], dependencies: list[Any]) -> APIRouter:
     """The routes over the job runner `runner()` returns, called per request (the WebUI's outlives UI
     reloads)."""
@@ -86,13 +104,24 @@ def build_router(runner: Callable[[], JobRunner], dependencies: list[Any]) -> AP
             raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
         return status.to_dict()
 
-    @router.post("/jobs", summary="Queue a job", responses={422: {"description": "The spec is not valid"}})
+    @router.post(
+        "/jobs",
+        summary="Queue a job",
+        responses={
+            403: {"description": "The job would write outside the host's folders"},
+            422: {"description": "The spec is not valid"},
+        },
+    )
     def submit_job(spec: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008 - FastAPI's idiom
         try:
             job = job_from_dict(spec)
         except LiandanError as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
-        return {"id": runner().submit(job)}
+        job_runner = runner()
+        outside = folders_outside(job, job_runner.host.folders)
+        if outside:
+            raise HTTPException(status_code=403, detail=outside)
+        return {"id": job_runner.submit(job)}
 
     @router.post(
         "/jobs/{job_id}/cancel",

@@ -134,7 +134,7 @@ def test_an_apt_pair_loads_and_steers_txt2img(session: Session) -> None:
 def test_preprocess_job_over_rest(session: Session, tmp_path: Path) -> None:
     from PIL import Image
 
-    destination = tmp_path / "out"
+    destination = session.webui.root / "outputs" / "liandan-rest-preprocess"  # REST writes in the WebUI
     spec = {
         "kind": "preprocess",
         "source": str(session.data),
@@ -167,7 +167,8 @@ def test_a_preprocess_job_shows_in_the_webui_progress_and_its_interrupt_stops_it
     Image.fromarray(noise).save(tmp_path / "large.png")
     for index in range(count):
         os.link(tmp_path / "large.png", source / f"p{index:03}.png")
-    spec = {"kind": "preprocess", "source": str(source), "destination": str(tmp_path / "out"),
+    destination = session.webui.root / "outputs" / "liandan-rest-interrupted"
+    spec = {"kind": "preprocess", "source": str(source), "destination": str(destination),
             "width": 64, "height": 64}  # fmt: skip
     webui = session.webui
     job = webui.submit(spec)

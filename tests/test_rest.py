@@ -8,6 +8,7 @@ import threading
 import typing
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liandan import jobs, registry
+from liandan.host.standalone import standalone_folders
 from liandan.job_runner import JobRunner
 from liandan.progress import Control, Reporter
 from liandan.rest import PREFIX, basic_auth, build_router, token_auth
+
+DATA = Path("/tmp/liandan-rest-test-data")  # never created: the routes only compare paths with it
 
 
 class FakeHost:
@@ -28,6 +32,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.reporter = Reporter(lambda event: None)
         self.control = Control()
+        self.folders = standalone_folders(DATA)
 
 
 class Gate:
@@ -63,7 +68,7 @@ def runner(gate: Gate):
     runner.close(timeout=10)
 
 
-PREPROCESS = {"kind": "preprocess", "source": "in", "destination": "out"}
+PREPROCESS = {"kind": "preprocess", "source": "/pictures/in", "destination": str(DATA / "outputs" / "crops")}
 
 
 def test_jobs_are_queued_listed_cancelled_and_finished_jobs_refuse_a_cancel(runner, gate) -> None:
@@ -130,6 +135,37 @@ def test_routes_need_the_credentials(runner, dependencies, good, bad) -> None:
     assert client.get(f"{PREFIX}/kinds", **as_kwargs(good)).status_code == 200
 
 
+def test_a_rest_job_writes_only_inside_the_hosts_folders(runner, tmp_path) -> None:
+    client = client_for(runner)
+    for outside in ("/etc/liandan", "../../outside", str(DATA / ".." / "elsewhere")):
+        for body in ({**PREPROCESS, "destination": outside}, {**PREPROCESS, "log_dir": outside}):
+            response = client.post(f"{PREFIX}/jobs", json=body)
+            assert response.status_code == 403 and "outside the folders" in response.json()["detail"]
+    in_place = {**PREPROCESS, "in_place_captions": True, "destination": "/pictures/in"}
+    assert client.post(f"{PREFIX}/jobs", json=in_place).status_code == 403  # captions beside the source
+    assert runner.jobs() == []
+    assert (
+        client.post(f"{PREFIX}/jobs", json={**PREPROCESS, "log_dir": str(DATA / "logs")}).status_code == 200
+    )
+
+
+def test_a_symlink_out_of_the_data_folder_does_not_open_a_way_out(tmp_path) -> None:
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "exit").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    host = FakeHost()
+    host.folders = standalone_folders(data)
+    runner = JobRunner(host, run=lambda *args: None)
+    client = client_for(runner)
+    through_link = {**PREPROCESS, "destination": str(data / "exit" / "crops")}
+    assert client.post(f"{PREFIX}/jobs", json=through_link).status_code == 403
+    assert (
+        client.post(f"{PREFIX}/jobs", json={**through_link, "destination": str(data / "crops")}).status_code
+        == 200
+    )
+    runner.close(timeout=10)
+
+
 # --- no body is a 500 -------------------------------------------------------------------------------
 
 JSON = st.recursive(
@@ -172,7 +208,7 @@ def test_no_body_makes_a_server_error(body: Any) -> None:
     runner = JobRunner(FakeHost(), run=lambda *args: None)
     try:
         response = client_for(runner).post(f"{PREFIX}/jobs", content=json.dumps(body))
-        assert response.status_code in (200, 422), (response.status_code, response.text)
+        assert response.status_code in (200, 403, 422), (response.status_code, response.text)
         assert isinstance(response.json().get("detail", response.json().get("id")), (str, list))
     finally:
         runner.close(timeout=10)

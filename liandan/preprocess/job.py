@@ -77,6 +77,9 @@ class PreprocessJob(JobSpec):
     batch_size: int = bounded(4, 1, 256)
     allow_download: bool = True
 
+    def written_folders(self) -> list[Path]:
+        return [*super().written_folders(), self.source if self.in_place_captions else self.destination]
+
     def validate(self) -> None:
         if self.autosize_min_dim > self.autosize_max_dim:
             raise ConfigError(
