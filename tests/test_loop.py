@@ -567,3 +567,38 @@ def test_an_interrupted_run_is_not_scored_again_on_its_way_out(tmp_path: Path) -
     validation = Validation(ToyDataset(4, seed=5), every=10, timesteps=(0,))
     _, result = run(tmp_path, TrainSpec(max_steps=50), control=control, validation=validation)
     assert result.interrupted and result.validation_losses == []
+
+
+def test_an_interrupt_during_a_save_lets_it_finish_and_stops_right_after(tmp_path: Path) -> None:
+    """Interrupt pressed while a periodic save writes: that file is whole, the run stops at that step
+    with its final artifact, and running the job again has nothing left to redo before that step."""
+    import threading
+
+    control = Control()
+    saving, release = threading.Event(), threading.Event()
+
+    class SlowSave(ToyMethod):
+        def save(self, step: int, final: bool) -> SavedArtifact:
+            if not final and step == 4:
+                saving.set()
+                assert release.wait(10)
+            return super().save(step, final)
+
+    spec = TrainSpec(learn_rate="0.02", max_steps=12, save_every=4)
+    result_box: list[TrainResult] = []
+    method = SlowSave(tmp_path / "out")
+    worker = threading.Thread(
+        target=lambda: result_box.append(run(tmp_path, spec, method, control=control)[1])
+    )
+    worker.start()
+    assert saving.wait(30)
+    control.interrupt()  # while the step-4 copy is being written
+    release.set()
+    worker.join(30)
+    (result,) = result_box
+    assert (result.stopped_reason, result.step) == ("interrupted", 4)
+    assert method.saves == [(4, False), (4, True)]
+    for name in ("toy-4.safetensors", "toy.safetensors"):
+        assert set(load_file(tmp_path / "out" / name)) == set(method.net.state_dict())
+    resumed = run(tmp_path, spec, ToyMethod(tmp_path / "out"))[1]
+    assert (resumed.start_step, resumed.step) == (4, 12)

@@ -614,6 +614,10 @@ def _train_loop(
                 break
             if save_due:
                 run.save(final=False)
+                (stop_now,) = distributed.any_rank(control.interrupted, device=accelerator.device)
+                if stop_now:  # Interrupt pressed while saving: stop here, not one step later
+                    reason, message = "interrupted", f"interrupted at step {pos.step}"
+                    break
             elif pos.step % SNAPSHOT_EVERY == 0:
                 run.remember_good_state()
             if save_due or preview_due:
