@@ -366,7 +366,9 @@ def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> No
     typo = {"kind": "textual_inversion", "name": "cat", "train": {"learning_rate": 0.01}}
     assert "did you mean 'learn_rate'" in client.post("/liandan/v1/jobs", json=typo).json()["detail"]
     assert "has no 'kind'" in client.post("/liandan/v1/jobs", json={"name": "cat"}).json()["detail"]
-    source = tmp_path / "nowhere"
+    outside = client.post("/liandan/v1/jobs", json={"kind": "preprocess", "source": str(tmp_path / "x")})
+    assert outside.status_code == 403 and "outside the folders" in outside.json()["detail"]
+    source = tmp_path / "webui" / "nowhere"  # inside the WebUI's folder: REST jobs write only there
     job_id = client.post("/liandan/v1/jobs", json={"kind": "preprocess", "source": str(source)}).json()["id"]
     status = script.runner().wait(job_id, timeout=30)
     assert status.state == "error" and "nowhere does not exist" in status.error
@@ -430,6 +432,32 @@ def test_state_is_only_touched_while_holding_the_generation_lock(a1111, fake_loa
     state.begin(job="txt2img")
     host.reporter(ProgressEvent("done", job="ti", step=10, total=10))
     assert state.job == "txt2img" and state.history[-1] == ("begin", "txt2img")
+
+
+def test_a_checkpoint_switch_while_training_waits_for_the_job_and_then_applies(a1111, fake_loader) -> None:
+    """The top-left dropdown reloads the model under queue_lock (A1111 wraps its onchange in
+    wrap_queued_call), which the job holds: the switch waits, and lands on the restored WebUI model."""
+    modules = a1111()
+    sd_models = modules.sd_models
+    other = next(title for title in sd_models.checkpoints_list if title.startswith("other"))
+    switched = threading.Event()
+
+    def choose_in_the_dropdown() -> None:
+        modules.shared.opts.sd_model_checkpoint = other
+        with modules.call_queue.queue_lock:
+            sd_models.reload_model_weights()
+        switched.set()
+
+    host = WebUIHost()
+    with host.model_for_training():
+        chooser = threading.Thread(target=choose_in_the_dropdown)
+        chooser.start()
+        assert not switched.wait(0.2), "the model was switched under a running job"
+        assert sd_models.model_data.sd_model.sd_checkpoint_info.title.startswith("tiny-sd1")
+    chooser.join(10)
+    assert switched.is_set()
+    model = sd_models.model_data.sd_model
+    assert model.sd_checkpoint_info.title == other and model.device == "cuda"
 
 
 @pytest.mark.parametrize("press", ["interrupt", "stop_generating"])

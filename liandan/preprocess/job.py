@@ -78,7 +78,9 @@ class PreprocessJob(JobSpec):
     allow_download: bool = True
 
     def written_folders(self) -> list[Path]:
-        return [*super().written_folders(), self.source if self.in_place_captions else self.destination]
+        unset = str(self.destination) in ("", ".")  # then the destination is the source (see batch.py)
+        into = self.source if self.in_place_captions or unset else self.destination
+        return [*super().written_folders(), into]
 
     def validate(self) -> None:
         if self.autosize_min_dim > self.autosize_max_dim:

@@ -62,4 +62,13 @@ def send_model_to_device(m: FakeSdModel) -> None:
 
 
 def reload_model_weights(sd_model: object = None, info: object = None, forced_reload: bool = False) -> None:
-    record("reload_model_weights")  # A1111 1.10: returns at once for an unchanged checkpoint
+    """Loads the checkpoint `opts.sd_model_checkpoint` names (the dropdown's), if it is another one; A1111
+    1.10 returns at once for an unchanged checkpoint."""
+    from modules import shared
+
+    record("reload_model_weights")
+    current = model_data.sd_model
+    wanted = shared.opts.data.get("sd_model_checkpoint")
+    if current is not None and wanted and wanted != current.sd_checkpoint_info.title:
+        family = "sdxl" if current.is_sdxl else "sd2" if current.is_sd2 else "sd1"
+        model_data.sd_model = FakeSdModel(checkpoints_list[wanted], family, current.lowvram)
