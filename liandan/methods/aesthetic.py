@@ -1,0 +1,108 @@
+"""Creating an aesthetic embedding: the mean of the unit-length CLIP image features of a folder's images.
+
+No training loop (nothing is optimised): the images are read in batches through the vision tower(s) that
+match the model's text encoder(s) (`models/clip_vision.py`), with a progress event per batch; an interrupt
+stops between batches and writes nothing. The mean is normalised and saved by `formats/aesthetic.py` into
+the host's aesthetic_embeddings folder, with the job's provenance beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from liandan.errors import ConfigError, FormatError
+from liandan.jobs import AestheticJob, JobSpec
+from liandan.progress import Control, ProgressEvent, Reporter
+
+if TYPE_CHECKING:
+    import torch
+
+    from liandan.host.base import Host
+    from liandan.models.clip_vision import ClipVisionTower
+
+JOB = "aesthetic"
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+
+
+def mean_features(
+    towers: list[ClipVisionTower],
+    images: list[Path],
+    batch_size: int,
+    reporter: Reporter,
+    control: Control,
+) -> list[torch.Tensor] | None:
+    """Per tower, the normalised mean of the images' unit-length features [1, D]; None when interrupted."""
+    import torch
+
+    from liandan.data.image_folder import open_image
+
+    sums = [torch.zeros(1, tower.width) for tower in towers]
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    for index, batch in enumerate(batches):
+        if control.interrupted:
+            return None
+        pictures = [open_image(path) for path in batch]
+        for total, tower in zip(sums, towers):
+            total += tower.image_features(pictures).sum(dim=0, keepdim=True)
+        done = min((index + 1) * batch_size, len(images))
+        reporter(ProgressEvent("step", job=JOB, step=done, total=len(images), message=f"{done} images"))
+    return [torch.nn.functional.normalize(total, dim=-1) for total in sums]
+
+
+def output_paths(spec: AestheticJob, folder: Path) -> list[Path]:
+    formats = ("pt", "safetensors") if spec.file_format == "both" else (spec.file_format,)
+    return [folder / f"{spec.name}.{file_format}" for file_format in formats]
+
+
+def run_aesthetic_job(spec: JobSpec, host: Host, reporter: Reporter, control: Control) -> list[Path]:
+    """Create the embedding of `spec`; returns the files written (none when interrupted)."""
+    from liandan.data.image_folder import describe, scan_image_folder
+    from liandan.formats.aesthetic import AestheticEmbedding, save_aesthetic
+    from liandan.models.clip_vision import FEATURE_KEYS, load_towers
+    from liandan.provenance import provenance, write_provenance
+
+    if not isinstance(spec, AestheticJob):
+        raise ConfigError(f"expected an aesthetic job, got {spec.kind!r}")
+    folder = host.folders.aesthetic_embeddings
+    paths = output_paths(spec, folder)
+    existing = [path for path in paths if path.exists()]
+    if existing and not spec.overwrite:
+        raise FormatError(f"{existing[0]} exists; choose another name or set overwrite")
+    scan = scan_image_folder(spec.folder, spec.recursive)  # DatasetError for a missing or image-less folder
+    images = [record.path for record in scan.images]
+    reporter(
+        ProgressEvent(
+            "start", job=JOB, total=len(images), message=describe(spec.folder, len(images), scan.skipped)
+        )
+    )
+    ref = host.resolve_checkpoint(spec.model)
+    with host.model_for_training(ref.path) as bundle:
+        device = _device(spec.device)
+        towers = [tower.to(device) for tower in load_towers(bundle, host.folders.models, spec.allow_download)]
+        family, keys = bundle.family, FEATURE_KEYS[bundle.family]
+    clip_model = ", ".join(tower.source.name for tower in towers)
+    features = mean_features(towers, images, spec.batch_size, reporter, control)
+    del towers
+    if features is None:
+        reporter(ProgressEvent("done", job=JOB, message="interrupted: no aesthetic embedding written"))
+        return []
+    embedding = AestheticEmbedding(
+        dict(zip(keys, features)),
+        family=family,
+        clip_model=clip_model,
+        image_count=len(images),
+        name=spec.name,
+    )
+    written = [save_aesthetic(embedding, path) for path in paths]
+    write_provenance(paths[0], provenance(spec, dataset_files=images, model={"checkpoint": str(ref.path)}))
+    host.refresh("aesthetic_embeddings")
+    reporter(ProgressEvent("done", job=JOB, step=len(images), total=len(images),
+                           message=f"aesthetic embedding {spec.name!r} from {len(images)} images",
+                           paths=tuple(written)))  # fmt: skip
+    return written
