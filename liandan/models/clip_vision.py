@@ -139,7 +139,6 @@ class ClipVisionTower:
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Unit-length image features [N, width] of `images`."""
-
         parameter = next(self.model.parameters())
         with torch.no_grad():
             pixels = self.pixels(images).to(device=parameter.device, dtype=parameter.dtype)
@@ -148,14 +147,15 @@ class ClipVisionTower:
 
 
 class _Projected(torch.nn.Module):
-    """transformers' CLIPVisionModelWithProjection as pixels -> features."""
+    """The vision half of a transformers CLIPModel or CLIPVisionModelWithProjection: pixels -> features."""
 
     def __init__(self, tower: torch.nn.Module) -> None:
         super().__init__()
         self.tower = tower
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tower(pixel_values=pixels).image_embeds
+        pooled = self.tower.vision_model(pixel_values=pixels).pooler_output
+        return self.tower.visual_projection(pooled)
 
 
 def load_tower(source: TowerSource, paths: Sequence[Path]) -> ClipVisionTower:
@@ -168,13 +168,13 @@ def load_tower(source: TowerSource, paths: Sequence[Path]) -> ClipVisionTower:
             source, _Projected(tower), tower.config.image_size, tower.config.projection_dim
         )
     if source.loader == "hf":
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPModel
 
-        tower = CLIPVisionModelWithProjection.from_pretrained(str(paths[0].parent), local_files_only=True)
-        tower.eval().requires_grad_(False)
-        return ClipVisionTower(
-            source, _Projected(tower), tower.config.image_size, tower.config.projection_dim
-        )
+        model = CLIPModel.from_pretrained(str(paths[0].parent), local_files_only=True)
+        del model.text_model  # only the image side is used
+        model.eval().requires_grad_(False)
+        size = model.config.vision_config.image_size
+        return ClipVisionTower(source, _Projected(model), size, model.config.projection_dim)
     import open_clip
 
     from liandan.formats.a1111_pickle import torch_load_weights_only
