@@ -501,3 +501,29 @@ class AestheticJob(JobSpec):
         check_name(self.name, "aesthetic embedding")
         if self.folder == Path():
             raise ConfigError("the aesthetic embedding needs an image folder (folder)")
+
+
+@dataclass(frozen=True)
+class GenerateSpec(Spec):
+    """One fixed-seed txt2img on our own sampler (`python -m liandan generate`, the Aesthetic tab's Generate
+    panel), optionally steered by the aesthetic embedding `aesthetic` (a name in the aesthetic_embeddings
+    folder, or a file). `out`: the PNG to write (None: a new file under the log folder's generate/)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    seed: int = bounded(0, 0, 2**32 - 1)
+    steps: int = bounded(20, 1, 150)
+    cfg_scale: float = bounded(7.0, 1.0, 30.0)
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m"] = "euler_a"
+    width: int = bounded(512, 64, 2048)
+    height: int = bounded(512, 64, 2048)
+    clip_skip: int = bounded(1, 1, 12)
+    aesthetic: str = ""
+    aesthetic_settings: AestheticSettings = field(default_factory=AestheticSettings)
+    allow_download: bool = True
+    out: Path | None = None
+
+    def validate(self) -> None:
+        if self.width % 8 or self.height % 8:
+            raise ConfigError(f"size {self.width}x{self.height}: width and height must be multiples of 8")

@@ -8,18 +8,24 @@ the host's aesthetic_embeddings folder, with the job's provenance beside it.
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liandan.errors import ConfigError, FormatError
-from liandan.jobs import AestheticJob, JobSpec
+from liandan.jobs import AestheticJob, AestheticSettings, GenerateSpec, JobSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 
 if TYPE_CHECKING:
     import torch
 
     from liandan.host.base import Host
+    from liandan.models.aesthetic_conditioning import AestheticConditioner
+    from liandan.models.bundle import ModelBundle
     from liandan.models.clip_vision import ClipVisionTower
+    from liandan.models.conditioning import Conditioning
 
 JOB = "aesthetic"
 
@@ -106,3 +112,87 @@ def run_aesthetic_job(spec: JobSpec, host: Host, reporter: Reporter, control: Co
                            message=f"aesthetic embedding {spec.name!r} from {len(images)} images",
                            paths=tuple(written)))  # fmt: skip
     return written
+
+
+# --- generating with an aesthetic embedding -------------------------------------------------------------
+
+
+def find_aesthetic(name_or_path: str, folder: Path) -> Path:
+    """An aesthetic embedding by name (in `folder`) or path; FormatError listing the names there if none."""
+    from liandan.formats.aesthetic import list_aesthetic_embeddings
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    known = list_aesthetic_embeddings(folder)
+    if name_or_path in known:
+        return known[name_or_path]
+    names = ", ".join(known) or "none"
+    raise FormatError(f"no aesthetic embedding {name_or_path!r} in {folder} (there: {names})")
+
+
+class GenerateSession:
+    """What repeated generations share: the model (per checkpoint file) and one conditioner per embedding
+    file, so a prompt adapted once is a cache hit the next time. Standalone only (it keeps the model)."""
+
+    def __init__(self) -> None:
+        self._model: tuple[tuple[Path, float], ModelBundle] | None = None
+        self._conditioners: dict[tuple[Path, float], AestheticConditioner] = {}
+
+    def bundle(self, host: Host, model: str) -> ModelBundle:
+        ref = host.resolve_checkpoint(model)
+        key = (ref.path.resolve(), ref.path.stat().st_mtime)
+        if self._model is None or self._model[0] != key:
+            self._model, self._conditioners = None, {}
+            with host.model_for_training(ref.path) as bundle:
+                self._model = (key, bundle)
+        return self._model[1]
+
+    def conditioner(self, host: Host, bundle: ModelBundle, spec: GenerateSpec) -> AestheticConditioner:
+        from liandan.formats.aesthetic import load_aesthetic
+        from liandan.models.aesthetic_conditioning import make_conditioner
+
+        path = find_aesthetic(spec.aesthetic, host.folders.aesthetic_embeddings)
+        key = (path.resolve(), path.stat().st_mtime)
+        if key not in self._conditioners:
+            embedding = load_aesthetic(path)
+            models = host.folders.models
+            self._conditioners[key] = make_conditioner(bundle, embedding, models, spec.allow_download)
+        return self._conditioners[key]
+
+
+def generate_image(spec: GenerateSpec, host: Host, session: GenerateSession | None = None) -> Path:
+    """Render `spec` with our sampler and write it as a PNG with A1111's infotext; returns its path."""
+    from liandan.atomic_files import write_atomic
+    from liandan.models.aesthetic_conditioning import infotext_fields
+    from liandan.models.sampling import generate
+
+    session = session or GenerateSession()
+    bundle = session.bundle(host, spec.model)
+    settings = spec.aesthetic_settings
+    hook, extra = None, {}
+    if spec.aesthetic and settings.active:
+        conditioner = session.conditioner(host, bundle, spec)
+        hook = functools.partial(_steer, conditioner, settings, spec.clip_skip)
+        extra = infotext_fields(conditioner.embedding.name, settings)
+    image = generate(
+        bundle, spec.prompt, spec.negative_prompt, steps=spec.steps, cfg_scale=spec.cfg_scale, seed=spec.seed,
+        width=spec.width, height=spec.height, sampler=spec.sampler, clip_skip=spec.clip_skip,
+        conditioning_hook=hook, extra_infotext=extra,
+    )  # fmt: skip
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", image.info["parameters"])
+    out = spec.out or host.folders.logs / "generate" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.seed}.png"
+    return write_atomic(out, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+def _steer(
+    conditioner: AestheticConditioner,
+    settings: AestheticSettings,
+    clip_skip: int,
+    prompts: Sequence[str],
+    plain: Conditioning,
+) -> Conditioning:
+    return conditioner.apply(prompts, plain, settings, clip_skip)

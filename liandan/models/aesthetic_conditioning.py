@@ -236,8 +236,11 @@ EMBEDDING_LABEL = "Aesthetic embedding"
 
 
 def infotext_fields(embedding_name: str, settings: AestheticSettings) -> dict[str, object]:
-    """The infotext fields of an active aesthetic setting (empty when it changes nothing)."""
+    """The infotext fields of an active aesthetic setting (none when it changes nothing; no text fields
+    without a text)."""
     if not settings.active:
         return {}
     values = settings.to_dict()
-    return {EMBEDDING_LABEL: embedding_name, **{label: values[key] for key, label in INFOTEXT_LABELS.items()}}
+    skipped = () if settings.text else ("text", "text_is_negative")
+    fields = {label: values[key] for key, label in INFOTEXT_LABELS.items() if key not in skipped}
+    return {EMBEDDING_LABEL: embedding_name, **fields}
