@@ -160,5 +160,6 @@ def test_settings_out_of_range_are_refused(settings, message) -> None:
 def test_infotext_fields_use_the_old_extensions_labels() -> None:
     fields = infotext_fields("look", ON)
     assert fields["Aesthetic embedding"] == "look" and fields["Aesthetic steps"] == 3
-    assert fields["Aesthetic LR"] == 0.005 and fields["Aesthetic text negative"] is False
+    assert fields["Aesthetic LR"] == 0.005 and "Aesthetic text" not in fields
+    assert infotext_fields("look", ON.replace(text="sky"))["Aesthetic text negative"] is False
     assert infotext_fields("look", ON.replace(weight=0.0)) == {}
