@@ -233,6 +233,18 @@ INFOTEXT_LABELS: dict[str, str] = {
     "slerp_angle": "Aesthetic slerp angle",
 }
 EMBEDDING_LABEL = "Aesthetic embedding"
+NO_AESTHETIC = "None"  # the embedding choice that turns the section off
+# the WebUI Script's arguments, in the order of its controls (and of `alwayson_scripts` "args" over the API)
+SCRIPT_ARGS = (
+    "embedding",
+    "weight",
+    "steps",
+    "learn_rate",
+    "slerp",
+    "slerp_angle",
+    "text",
+    "text_is_negative",
+)
 
 
 def infotext_fields(embedding_name: str, settings: AestheticSettings) -> dict[str, object]:
