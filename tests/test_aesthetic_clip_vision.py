@@ -85,6 +85,7 @@ def test_a_transformers_clip_folder_in_models_aesthetic_clip_is_used(tmp_path) -
     )
 
 
+@pytest.mark.webui_env  # open_clip needs torchvision, which the newest-stack job leaves out
 def test_an_open_clip_checkpoint_is_loaded_into_open_clips_own_model(tmp_path, monkeypatch) -> None:
     import open_clip
     from open_clip import factory

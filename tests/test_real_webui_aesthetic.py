@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from real_webui import Session
+from real_webui import Session, wait_until
 
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
@@ -31,8 +31,19 @@ def txt2img(session: Session, args: list[Any] | None = None) -> tuple[np.ndarray
     return pixels, json.loads(reply["info"])["infotexts"][0]
 
 
+def _routes_ready(webui):
+    def ready() -> bool:
+        try:
+            return "aesthetic" in webui.get("/liandan/v1/kinds", timeout=10)["kinds"]
+        except (OSError, AssertionError):
+            return False
+
+    return ready
+
+
 def test_alwayson_aesthetic_changes_the_image_and_leaves_plain_runs_as_they_were(session: Session) -> None:
     webui = session.webui
+    wait_until(_routes_ready(webui), 60, "liandan's REST routes")  # added by on_app_started, after the API
     status = webui.run_job({"kind": "aesthetic", "name": "rw_look", "folder": str(session.data)})
     assert any(path.endswith("rw_look.pt") for path in status["outputs"]), status
     scripts = webui.get("/sdapi/v1/scripts")

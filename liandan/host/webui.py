@@ -318,18 +318,6 @@ class WebUIHost:
 # neither serve a plain result to us nor keep ours for a plain run. `postprocess` (and the next `process`,
 # should a generation fail in between, and unloading the script) removes the wrapper again.
 
-# the Script's arguments, in the order of its controls (and of `alwayson_scripts` "args" over the API)
-AESTHETIC_ARGS = (
-    "embedding",
-    "weight",
-    "steps",
-    "learn_rate",
-    "slerp",
-    "slerp_angle",
-    "text",
-    "text_is_negative",
-)
-NO_AESTHETIC = "None"
 _WRAPPED = "liandan_aesthetic_original"
 
 
