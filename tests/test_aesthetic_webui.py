@@ -120,6 +120,26 @@ def test_the_hook_steers_positives_only_for_one_generation_and_is_removed(webui)
     assert torch.equal(flat(webui.model.get_learned_conditioning(prompt)), before)
 
 
+def test_the_webuis_textual_inversion_embeddings_are_spliced_into_our_encoding(webui) -> None:
+    from modules import sd_hijack
+
+    from liandan.host import webui as host
+
+    width = 32 if not webui.model.is_sdxl else None
+    vectors = (
+        torch.randn(2, width) if width else {"clip_l": torch.randn(2, 64), "clip_g": torch.randn(2, 128)}
+    )
+    sd_hijack.model_hijack.embedding_db.word_embeddings = {"tiny_ti": SimpleNamespace(vec=vectors)}
+    try:
+        host.aesthetic_process(processing()[0], *ON)
+        webui.model.get_learned_conditioning(Texts(["a tiny_ti cat"]))
+        webui.model.get_learned_conditioning(Texts(["a cat"]))
+        (conditioner,) = host._aesthetic_models._conditioners.values()
+        assert [key[3] for key in conditioner._cache] == [("tiny_ti",), ()]
+    finally:
+        del sd_hijack.model_hijack.embedding_db.word_embeddings
+
+
 def test_weight_zero_or_no_embedding_installs_nothing_and_bad_values_are_refused(webui) -> None:
     from liandan.host import webui as host
 

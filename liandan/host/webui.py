@@ -398,7 +398,9 @@ def aesthetic_process(p: Any, *args: Any) -> None:
         if getattr(texts, "is_negative_prompt", False):
             return cond
         clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
-        return steer_webui_conditioning(conditioner, list(texts), cond, settings, clip_skip)
+        texts = list(texts)
+        embeddings = webui_embeddings(texts)
+        return steer_webui_conditioning(conditioner, texts, cond, settings, clip_skip, embeddings)
 
     setattr(steered, _WRAPPED, original)
     model.get_learned_conditioning = steered
@@ -413,8 +415,23 @@ def restore_conditioning() -> None:
         del model.get_learned_conditioning
 
 
+def webui_embeddings(texts: list[str]) -> dict[str, Any]:
+    """The WebUI's loaded textual-inversion embeddings named in `texts`, so our encoder splices them in as
+    the WebUI's does (SD1/SD2: [n, dim] vectors; SDXL: {"clip_l", "clip_g"}, our own layout)."""
+    from modules import sd_hijack
+
+    loaded = getattr(sd_hijack.model_hijack.embedding_db, "word_embeddings", {})
+    joined = "\n".join(texts)
+    return {name: embedding.vec for name, embedding in loaded.items() if name in joined}
+
+
 def steer_webui_conditioning(
-    conditioner: Any, texts: list[str], cond: Any, settings: Any, clip_skip: int
+    conditioner: Any,
+    texts: list[str],
+    cond: Any,
+    settings: Any,
+    clip_skip: int,
+    embeddings: dict[str, Any] | None = None,
 ) -> Any:
     """A1111's conditioning of `texts` (a tensor; SDXL: {"crossattn", "vector"} whose vector starts with
     OpenCLIP-G's pooled output) blended with the adapted one."""
@@ -425,12 +442,8 @@ def steer_webui_conditioning(
     if isinstance(cond, dict):
         width = conditioner.bundle.text_encoders[-1].config.projection_dim
         vector = cond["vector"]
-        steered = conditioner.apply(
-            texts, Conditioning(cond["crossattn"], vector[:, :width]), settings, clip_skip
-        )
-        return {
-            **cond,
-            "crossattn": steered.context,
-            "vector": torch.cat([steered.pooled, vector[:, width:]], dim=1),
-        }
-    return conditioner.apply(texts, Conditioning(cond), settings, clip_skip).context
+        plain = Conditioning(cond["crossattn"], vector[:, :width])
+        steered = conditioner.apply(texts, plain, settings, clip_skip, embeddings)
+        pooled = torch.cat([steered.pooled, vector[:, width:]], dim=1)
+        return {**cond, "crossattn": steered.context, "vector": pooled}
+    return conditioner.apply(texts, Conditioning(cond), settings, clip_skip, embeddings).context
