@@ -113,3 +113,22 @@ def test_sd2_takes_its_checkpoints_text_projection(tmp_path) -> None:
     torch.testing.assert_close(text_projection(bundle, 0, tmp_path), stored.T)
     xl = tiny_bundle("sdxl")
     torch.testing.assert_close(text_projection(xl, 1, tmp_path), xl.text_encoders[1].text_projection.weight)
+
+
+def test_a_complete_hugging_face_cache_copy_is_used_and_a_partial_local_folder_is_not(
+    tmp_path, monkeypatch
+) -> None:
+    from liandan.models import clip_vision
+
+    snapshot = tmp_path / "hub" / "snapshot"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_text("{}")
+    monkeypatch.setattr(clip_vision, "_hf_cached", lambda weight, repo: snapshot / weight.name)
+    local = tmp_path / "models" / "aesthetic_clip" / "clip-vit-large-patch14"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text("{}")  # the weights are not beside it: the folder is not used
+    paths = weight_paths([CLIP_L], tmp_path / "models", allow_download=False)
+    assert paths == [snapshot / "config.json", snapshot / "model.safetensors"]
+    (local / "model.safetensors").write_text("{}")
+    assert weight_paths([CLIP_L], tmp_path / "models", allow_download=False)[0].parent == local

@@ -103,14 +103,23 @@ def _hf_cached(weight: WeightFile, repo: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def _found_together(source: TowerSource, models_dir: Path) -> list[Path] | None:
+    """Every file of `source` in one place (a model folder is read as a whole): models/aesthetic_clip/,
+    else the Hugging Face cache; None when neither has them all."""
+    local = [find_weights(weight, models_dir) for weight in source.files]
+    if all(local):
+        return local  # type: ignore[return-value]
+    cached = [_hf_cached(weight, source.name) for weight in source.files]
+    return cached if all(cached) else None  # type: ignore[return-value]
+
+
 def weight_paths(sources: Sequence[TowerSource], models_dir: Path, allow_download: bool = True) -> list[Path]:
     """Local paths of every weight file of `sources`, in order: models/aesthetic_clip/, the Hugging Face
     cache, or a download into the first. Whatever cannot be had is ONE CheckpointError listing all of it."""
-    weights = [(weight, source.name) for source in sources for weight in source.files]
-    found = {weight: find_weights(weight, models_dir) or _hf_cached(weight, repo) for weight, repo in weights}
-    missing = [weight for weight, path in found.items() if path is None]
-    found.update(zip(missing, ensure_weights(missing, models_dir, allow_download)))
-    return [found[weight] for weight, _ in weights]  # type: ignore[misc]
+    found = {source: _found_together(source, models_dir) for source in sources}
+    missing = [weight for source in sources if found[source] is None for weight in source.files]
+    fetched = iter(ensure_weights(missing, models_dir, allow_download))
+    return [path for source in sources for path in (found[source] or [next(fetched) for _ in source.files])]
 
 
 @dataclass
