@@ -147,3 +147,19 @@ def test_the_example_job_file_runs(tmp_path) -> None:
     assert isinstance(job, AestheticJob) and job.folder == IMAGES
     written, _ = run(job, StandaloneHost(tmp_path / "data"))
     assert [p.name for p in written] == ["tiny_aesthetic.pt", "tiny_aesthetic.safetensors"]
+
+
+def test_liandan_info_tells_an_aesthetic_embedding_from_a_textual_inversion_one(tmp_path) -> None:
+    from liandan.formats.aesthetic import AestheticEmbedding, save_aesthetic
+    from liandan.formats.identify import identify
+
+    old = tmp_path / "old.pt"
+    torch.save(torch.randn(1, 768), old)  # the old extension's file, from ViT-L/14
+    info = identify(old)
+    assert info.kind.startswith("aesthetic embedding") and info.family == "sd1"
+    features = {"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}  # the keys SDXL TI files use
+    xl = save_aesthetic(AestheticEmbedding(features, family="sdxl", clip_model="x", image_count=3),
+                        tmp_path / "xl.safetensors")  # fmt: skip
+    info = identify(xl)
+    assert info.kind.startswith("aesthetic embedding") and info.family == "sdxl"
+    assert "from 3 images through x" in info.details
