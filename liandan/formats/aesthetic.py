@@ -26,6 +26,8 @@ FORMAT_VERSION = "1"
 EXTENSIONS = (".safetensors", ".pt")
 # a bare tensor (the old extension's file) is the feature of the model's only text encoder
 SINGLE = ""
+# features in the order of a model's text encoders (safetensors keeps its keys sorted)
+KEY_ORDER = (SINGLE, "clip_l", "clip_h", "clip_g")
 FileFormat = Literal["pt", "safetensors"]
 
 
@@ -107,6 +109,8 @@ def load_aesthetic(path: Path) -> AestheticEmbedding:
     if not isinstance(raw, Mapping) or not raw:
         raise FormatError(f"{path}: holds {type(raw).__name__}, not an aesthetic embedding (a tensor [1, D])")
     features = {str(key): _unit(str(path), str(key), value) for key, value in raw.items()}
+    order = {key: index for index, key in enumerate(KEY_ORDER)}
+    features = dict(sorted(features.items(), key=lambda item: order.get(item[0], len(order))))
     try:
         count = int(metadata.get("image_count", 0))
     except ValueError:
