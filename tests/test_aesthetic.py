@@ -163,3 +163,22 @@ def test_liandan_info_tells_an_aesthetic_embedding_from_a_textual_inversion_one(
     info = identify(xl)
     assert info.kind.startswith("aesthetic embedding") and info.family == "sdxl"
     assert "from 3 images through x" in info.details
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"clip_l": _Payload(marker)}, path)
+    with pytest.raises(FormatError, match=r"refused to load.*nothing in it was run"):
+        load_aesthetic(path)
+    assert not marker.exists()
