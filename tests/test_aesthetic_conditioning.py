@@ -92,11 +92,13 @@ def test_the_adapted_conditioning_is_cached_per_prompt_and_settings(sd1, tmp_pat
     assert conditioner.adaptations == 1
     # the blend is not part of the adaptation: another weight reuses the adapted encoding
     assert not torch.equal(conditioner.apply([PROMPT], plain, ON.replace(weight=0.5)).context, first.context)
+    assert conditioner.adaptations == 1
     conditioner.apply([PROMPT], plain, ON.replace(learn_rate=0.001))
     conditioner.apply(["another prompt"], PromptEncoder(sd1).encode(["another prompt"]), ON)
+    assert conditioner.adaptations == 3
+    again = conditioner.apply([PROMPT], plain, ON)  # evicted (least recently used of 2): adapted again
     assert conditioner.adaptations == 4
-    conditioner.apply([PROMPT], plain, ON)  # evicted (least recently used of 2): adapted again, the same
-    assert conditioner.adaptations == 5
+    torch.testing.assert_close(again.context, first.context, rtol=0, atol=0)  # and the same
 
 
 def test_text_rotates_the_target_and_negative_text_the_other_way(sd1, tmp_path) -> None:

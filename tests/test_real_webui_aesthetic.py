@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from real_webui import Session, wait_until
+from real_webui import (
+    Installation,
+    Session,
+    WebUI,
+    copy_training_images,
+    make_root,
+    running_webui,
+)
+from test_real_webui_sdxl import write_tiny_sdxl
 
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
@@ -20,30 +28,20 @@ PROMPT = "a photo of a thing"
 TITLE = "aesthetic gradients"  # the Script's title, lower case, as the API names it
 
 
-def txt2img(session: Session, args: list[Any] | None = None) -> tuple[np.ndarray, str]:
+def txt2img(session: Session | WebUI, args: list[Any] | None = None) -> tuple[np.ndarray, str]:
     body: dict[str, Any] = {"prompt": PROMPT, "seed": 3, "steps": 4, "width": 64, "height": 64,
                             "cfg_scale": 7, "sampler_name": "Euler", "batch_size": 1}  # fmt: skip
     if args is not None:
         body["alwayson_scripts"] = {TITLE: {"args": args}}
-    reply = session.webui.post("/sdapi/v1/txt2img", body)
+    webui = session.webui if isinstance(session, Session) else session
+    reply = webui.post("/sdapi/v1/txt2img", body)
     with Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     return pixels, json.loads(reply["info"])["infotexts"][0]
 
 
-def _routes_ready(webui):
-    def ready() -> bool:
-        try:
-            return "aesthetic" in webui.get("/liandan/v1/kinds", timeout=10)["kinds"]
-        except (OSError, AssertionError):
-            return False
-
-    return ready
-
-
 def test_alwayson_aesthetic_changes_the_image_and_leaves_plain_runs_as_they_were(session: Session) -> None:
     webui = session.webui
-    wait_until(_routes_ready(webui), 60, "liandan's REST routes")  # added by on_app_started, after the API
     status = webui.run_job({"kind": "aesthetic", "name": "rw_look", "folder": str(session.data)})
     assert any(path.endswith("rw_look.pt") for path in status["outputs"]), status
     scripts = webui.get("/sdapi/v1/scripts")
@@ -65,3 +63,23 @@ def test_alwayson_aesthetic_changes_the_image_and_leaves_plain_runs_as_they_were
     np.testing.assert_array_equal(
         txt2img(session, ["rw_look", 0.9, 5, 0.005, False, 0.1, "", False])[0], steered
     )
+
+
+def test_sdxl_steers_both_text_encoders_and_the_pooled_output(installation: Installation, tmp_path) -> None:
+    """The tiny SDXL model in the real WebUI (test_real_webui_sdxl.py): an embedding with a feature per
+    tower, and a txt2img with it differs from plain while weight 0 and a plain run afterwards do not."""
+    data = copy_training_images(tmp_path / "train64")
+    root = make_root(tmp_path / "root")
+    checkpoint = write_tiny_sdxl(root, installation.venv)
+    with running_webui(root, installation.venv, flags=["--ckpt", str(checkpoint)]) as webui:
+        webui.post("/sdapi/v1/options", {"live_previews_enable": False})  # no SDXL preview decoder offline
+        status = webui.run_job(
+            {"kind": "aesthetic", "name": "xl_look", "folder": str(data), "file_format": "pt"}
+        )
+        assert any(path.endswith("xl_look.pt") for path in status["outputs"]), status
+        args = ["xl_look", 0.9, 5, 0.005, True, 0.1, "", False]  # with slerp this time
+        before, _ = txt2img(webui)
+        steered, info = txt2img(webui, args)
+        assert np.abs(steered - before).max() > 0 and "Aesthetic slerp: True" in info
+        np.testing.assert_array_equal(txt2img(webui, ["xl_look", 0.0, *args[2:]])[0], before)
+        np.testing.assert_array_equal(txt2img(webui)[0], before)

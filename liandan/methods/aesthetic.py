@@ -30,12 +30,6 @@ if TYPE_CHECKING:
 JOB = "aesthetic"
 
 
-def _device(choice: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
-
-
 def mean_features(
     towers: list[ClipVisionTower],
     images: list[Path],
@@ -71,6 +65,7 @@ def run_aesthetic_job(spec: JobSpec, host: Host, reporter: Reporter, control: Co
     from liandan.data.image_folder import describe, scan_image_folder
     from liandan.formats.aesthetic import AestheticEmbedding, save_aesthetic
     from liandan.models.clip_vision import FEATURE_KEYS, load_towers
+    from liandan.preprocess.captioners import pick_device
     from liandan.provenance import provenance, write_provenance
 
     if not isinstance(spec, AestheticJob):
@@ -88,13 +83,15 @@ def run_aesthetic_job(spec: JobSpec, host: Host, reporter: Reporter, control: Co
         )
     )
     ref = host.resolve_checkpoint(spec.model)
-    with host.model_for_training(ref.path) as bundle:
-        device = _device(spec.device)
-        towers = [tower.to(device) for tower in load_towers(bundle, host.folders.models, spec.allow_download)]
-        family, keys = bundle.family, FEATURE_KEYS[bundle.family]
-    clip_model = ", ".join(tower.source.name for tower in towers)
-    features = mean_features(towers, images, spec.batch_size, reporter, control)
-    del towers
+    # the whole job holds the host (inside A1111: its queue lock, so its progress and Interrupt are ours)
+    with host.exclusive():
+        with host.model_for_training(ref.path) as bundle:  # only its family and text widths are needed
+            towers = load_towers(bundle, host.folders.models, spec.allow_download)
+            family, keys = bundle.family, FEATURE_KEYS[bundle.family]
+        clip_model = ", ".join(tower.source.name for tower in towers)
+        device = pick_device(spec.device)
+        features = mean_features([t.to(device) for t in towers], images, spec.batch_size, reporter, control)
+        del towers
     if features is None:
         reporter(ProgressEvent("done", job=JOB, message="interrupted: no aesthetic embedding written"))
         return []

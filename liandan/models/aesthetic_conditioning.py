@@ -10,9 +10,9 @@ An aesthetic `text` first rotates the target toward that text's feature by `sler
 `text_is_negative`). Weight 0 or steps 0 returns the plain conditioning object itself.
 
 The copies are made once per conditioner and reset from the model's weights for each prompt; the adapted
-conditioning is kept in an LRU cache per (prompt, CLIP skip, settings, embeddings in use), so a repeated
-prompt costs one blend. Nothing is read from disk per prompt. The negative prompt is left plain: guidance
-then pushes toward the aesthetic instead of partly cancelling it.
+conditioning is kept in an LRU cache per (prompt, CLIP skip, adaptation settings, embeddings in use), so a
+repeated prompt, or the same one at another weight, costs one blend. Nothing is read from disk per prompt.
+The negative prompt is left plain: guidance then pushes toward the aesthetic instead of partly cancelling it.
 """
 
 from __future__ import annotations
@@ -141,7 +141,10 @@ class AestheticConditioner:
         embeddings: Mapping[str, EmbeddingVectors] | None = None,
     ) -> Conditioning:
         """The conditioning of `prompt` from text encoders adapted toward the embedding (cached)."""
-        key = (prompt, clip_skip, settings, tuple(sorted(embeddings or {})))
+        # the blend (weight, slerp) is applied afterwards: it is no part of the key
+        adaptation = (settings.steps, settings.learn_rate, settings.text, settings.text_is_negative,
+                      settings.slerp_angle)  # fmt: skip
+        key = (prompt, clip_skip, adaptation, tuple(sorted(embeddings or {})))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
