@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, default=Path("tiny-models"), help="folder to write them into")
     tiny.set_defaults(run=cmd_tiny_model)
 
+    add_generate_parser(sub)
+
     info = sub.add_parser(
         "info",
         help="library versions and the GPU; with FILE, what an embedding, hypernetwork, LoRA or checkpoint "
@@ -265,6 +267,58 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     write_tiny_models(args.out)
     for path in sorted(args.out.iterdir()):
         print(f"wrote {path}")
+    return 0
+
+
+# --- generate (our sampler, optionally with an aesthetic embedding) -------------------------------------
+
+_AESTHETIC_FLAGS = {  # --aesthetic-<flag> -> AestheticSettings field
+    "weight": "weight",
+    "steps": "steps",
+    "lr": "learn_rate",
+    "slerp": "slerp",
+    "slerp-angle": "slerp_angle",
+    "text": "text",
+    "text-negative": "text_is_negative",
+}
+
+
+def add_generate_parser(sub: Any) -> None:
+    from liandan.jobs import AestheticSettings, GenerateSpec
+
+    gen = sub.add_parser("generate", help="one fixed-seed image (PNG with infotext), optionally aesthetic")
+    plain, aesthetic = GenerateSpec(), AestheticSettings()
+    gen.add_argument("--prompt", required=True)
+    for name in ("negative_prompt", "model", "seed", "steps", "cfg_scale", "sampler", "width", "height",
+                 "clip_skip"):  # fmt: skip
+        default = getattr(plain, name)
+        gen.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    gen.add_argument("--out", type=Path, default=None, help="the PNG (default: <log folder>/generate/)")
+    gen.add_argument("--aesthetic", default="", help="an aesthetic embedding: a name or a file")
+    for flag, name in _AESTHETIC_FLAGS.items():
+        default = getattr(aesthetic, name)
+        if isinstance(default, bool):
+            gen.add_argument(f"--aesthetic-{flag}", action=argparse.BooleanOptionalAction, default=default)
+        else:
+            gen.add_argument(f"--aesthetic-{flag}", type=type(default), default=default)
+    gen.add_argument("--offline", action="store_true", help="never download CLIP weights")
+    _add_data_dir(gen)
+    gen.set_defaults(run=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from liandan.host.standalone import StandaloneHost
+    from liandan.jobs import GenerateSpec
+    from liandan.methods.aesthetic import generate_image
+
+    options = vars(args)
+    data = {name: options[name] for name in ("prompt", "negative_prompt", "model", "seed", "steps",
+            "cfg_scale", "sampler", "width", "height", "clip_skip", "aesthetic", "out")}  # fmt: skip
+    data["aesthetic_settings"] = {name: options[f"aesthetic_{flag.replace('-', '_')}"]
+                                  for flag, name in _AESTHETIC_FLAGS.items()}  # fmt: skip
+    data["allow_download"] = not args.offline
+    path = generate_image(GenerateSpec.from_dict(data), StandaloneHost(args.data_dir))
+    print(f"wrote {path}")
     return 0
 
 

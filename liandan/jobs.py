@@ -511,3 +511,79 @@ class AptJob(JobSpec):
 
         check_name(self.name, "embedding")
         parse_cfg_scale(self.cfg_scale)
+
+
+# --- aesthetic gradients ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AestheticSettings(Spec):
+    """How an aesthetic embedding steers a prompt (models/aesthetic_conditioning.py): `steps` Adam steps at
+    `learn_rate` turn a copy of the text encoder(s) toward the embedding; the adapted conditioning is
+    blended in at `weight` (linearly, or by `slerp`). `text` rotates the target toward (or, with
+    `text_is_negative`, away from) that text's feature by `slerp_angle`. Weight 0 or steps 0: no change."""
+
+    weight: float = bounded(0.9, 0.0, 1.0)
+    steps: int = bounded(5, 0, 50)
+    learn_rate: float = bounded(0.0001, 0.0, 0.01)
+    slerp: bool = False
+    slerp_angle: float = bounded(0.1, 0.0, 1.0)
+    text: str = ""
+    text_is_negative: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0 and self.steps > 0
+
+    def validate(self) -> None:
+        if self.steps > 0 and self.learn_rate <= 0:
+            raise ConfigError(f"learn_rate = {self.learn_rate!r}: expected more than 0 when steps > 0")
+
+
+@dataclass(frozen=True)
+class AestheticJob(JobSpec):
+    """Create an aesthetic embedding `name` from the images in `folder`: the mean of their unit-length CLIP
+    image features (the vision tower(s) matching the model's text encoder(s), models/clip_vision.py),
+    normalised, written to the host's aesthetic_embeddings folder. No training loop: one pass, batched.
+    See liandan/methods/aesthetic.py and liandan/formats/aesthetic.py (the file layout)."""
+
+    kind: ClassVar[str] = "aesthetic"
+    name: str = ""
+    folder: Path = Path()
+    recursive: bool = False
+    batch_size: int = bounded(16, 1, 1024)
+    file_format: Literal["pt", "safetensors", "both"] = "both"  # .pt: the old extension's layout
+    overwrite: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_download: bool = True
+
+    def validate(self) -> None:
+        check_name(self.name, "aesthetic embedding")
+        if self.folder == Path():
+            raise ConfigError("the aesthetic embedding needs an image folder (folder)")
+
+
+@dataclass(frozen=True)
+class GenerateSpec(Spec):
+    """One fixed-seed txt2img on our own sampler (`python -m liandan generate`, the Aesthetic tab's Generate
+    panel), optionally steered by the aesthetic embedding `aesthetic` (a name in the aesthetic_embeddings
+    folder, or a file). `out`: the PNG to write (None: a new file under the log folder's generate/)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    seed: int = bounded(0, 0, 2**32 - 1)
+    steps: int = bounded(20, 1, 150)
+    cfg_scale: float = bounded(7.0, 1.0, 30.0)
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m"] = "euler_a"
+    width: int = bounded(512, 64, 2048)
+    height: int = bounded(512, 64, 2048)
+    clip_skip: int = bounded(1, 1, 12)
+    aesthetic: str = ""
+    aesthetic_settings: AestheticSettings = field(default_factory=AestheticSettings)
+    allow_download: bool = True
+    out: Path | None = None
+
+    def validate(self) -> None:
+        if self.width % 8 or self.height % 8:
+            raise ConfigError(f"size {self.width}x{self.height}: width and height must be multiples of 8")

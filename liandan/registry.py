@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liandan.errors import ConfigError
-from liandan.jobs import AptJob, HypernetworkJob, JobSpec, TextualInversionJob
+from liandan.jobs import AestheticJob, AptJob, HypernetworkJob, JobSpec, TextualInversionJob
 from liandan.preprocess.job import PreprocessJob
 
 if TYPE_CHECKING:
@@ -97,6 +97,16 @@ register(
         "liandan.preprocess.job:run_preprocess_job",
         "Preprocess & Caption",
         tab="liandan.ui.preprocess_tab",
+    )
+)
+
+register(
+    Method(
+        AestheticJob,
+        "liandan.methods.aesthetic:run_aesthetic_job",
+        "Aesthetic embedding",
+        tab="liandan.ui.aesthetic_tab",
+        artifact="aesthetic_embeddings",
     )
 )
 

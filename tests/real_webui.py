@@ -344,7 +344,9 @@ def running_webui(
         console = webui.console()
         if "Stable diffusion model failed to load" in console:
             raise AssertionError(f"the WebUI could not load its model:\n{console[-6000:]}")
-        if "Model loaded in" not in console:
+        # "Startup time" follows the API's middleware and the extensions' routes (on_app_started): a request
+        # before it can make starlette build its stack early, and the WebUI then dies adding the middleware
+        if "Model loaded in" not in console or "Startup time:" not in console:
             return False
         try:
             webui.get("/sdapi/v1/sd-models", timeout=10)

@@ -40,7 +40,7 @@ def test_tabs_switch_in_a_driven_browser(app_url: str, tmp_path: Path) -> None:
         browser.wait_for("#liandan_tabs")
         browser.click_text("APT")
         browser.wait_for("#liandan_apt_train")
-        browser.click_text("Aesthetic")
-        browser.wait_for("#liandan_aesthetic_notice")
+        browser.click_text("Aesthetic embedding")
+        browser.wait_for("#liandan_aesthetic_create")
         shot = browser.screenshot(tmp_path / "aesthetic.png")
         assert shot.stat().st_size > 10_000

@@ -319,7 +319,8 @@ def entry_script(a1111, count_job, monkeypatch):
 def test_entry_script_registers_its_callbacks_and_settings(entry_script) -> None:
     _, modules = entry_script
     registered = {k: v for k, v in modules.script_callbacks.callbacks.items() if v}
-    assert set(registered) == {"ui_tabs", "ui_settings", "app_started"}  # nothing patched: nothing to undo
+    # the aesthetic wrapper is the one patch: undone when the script unloads
+    assert set(registered) == {"ui_tabs", "ui_settings", "app_started", "script_unloaded"}
     for callback in registered["ui_settings"]:
         callback()
     labels = modules.shared.opts.data_labels

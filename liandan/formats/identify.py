@@ -86,6 +86,8 @@ def _safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[st
 def _from_pickle(path: Path, data: Any) -> ArtifactInfo:
     import torch
 
+    if isinstance(data, torch.Tensor):  # no A1111 embedding is a bare tensor: the aesthetic layout
+        return _aesthetic_info(path)
     if not isinstance(data, Mapping):
         raise FormatError(f"{path}: holds a {type(data).__name__}, not a dict of tensors or settings")
     if "string_to_param" in data:
@@ -114,6 +116,8 @@ def _from_tensors(
     keys = set(shapes)
     if not keys:
         raise FormatError(f"{path}: holds no tensors, so it is no embedding, LoRA or checkpoint")
+    if "liandan_aesthetic" in metadata:
+        return _aesthetic_info(path)
     if set(SDXL_KEYS) <= keys:
         return _embedding_info(load_embedding(path), "SDXL textual-inversion embedding (clip_l + clip_g)")
     if keys == {"emb_params"} or (len(keys) == 1 and next(iter(keys)).startswith("string_to_param")):
@@ -138,6 +142,26 @@ def _from_tensors(
 
 def _target(family: Family | None, otherwise: str) -> str:
     return f"{FAMILY_NAMES[family]} checkpoints" if family else otherwise
+
+
+def _aesthetic_info(path: Path) -> ArtifactInfo:
+    from liandan.formats.aesthetic import load_aesthetic
+
+    embedding = load_aesthetic(path)
+    widths = tuple(int(feature.shape[-1]) for feature in embedding.features.values())
+    family = _EMBEDDING_FAMILY.get(widths)  # CLIP feature widths happen to equal the token widths
+    width = " + ".join(map(str, widths))
+    details = [f"name {embedding.name!r}"]
+    if embedding.clip_model:
+        details.append(f"from {embedding.image_count} images through {embedding.clip_model}")
+    target = _target(family, f"models whose CLIP is {width} wide")
+    return ArtifactInfo(
+        "aesthetic embedding (mean CLIP image feature)",
+        family,
+        f"CLIP {width}",
+        tuple(details),
+        f"{target}: put it in models/aesthetic_embeddings/ and choose it under Aesthetic gradients",
+    )
 
 
 def _embedding_info(embedding: Embedding, kind: str) -> ArtifactInfo:

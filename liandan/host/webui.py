@@ -309,3 +309,143 @@ class WebUIHost:
         # Interrupt, and its second stage "stop generating" (1.8+)
         if state.interrupted or getattr(state, "stopping_generation", False):
             self.control.interrupt()
+
+
+# --- aesthetic gradients in txt2img/img2img ---------------------------------------------------------------
+#
+# While a generation with an aesthetic embedding runs, the WebUI model's `get_learned_conditioning` is
+# wrapped (an instance attribute over the class's method): the WebUI encodes as usual and we blend in our
+# adapted conditioning of each positive text (A1111 marks negative batches `is_negative_prompt`). The
+# generation gets its own conditioning caches, so the WebUI's shared ones (keyed without script arguments)
+# neither serve a plain result to us nor keep ours for a plain run. `postprocess` (and the next `process`,
+# should a generation fail in between, and unloading the script) removes the wrapper again.
+
+_WRAPPED = "liandan_aesthetic_original"
+
+
+class _AestheticModels:
+    """The text encoders of the selected checkpoint (read from its file once) and a conditioner per
+    embedding file, so nothing is read from disk per prompt and repeated prompts hit the cache."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checkpoint: str | None = None
+        self._bundle: ModelBundle | None = None
+        self._conditioners: dict[tuple[Path, float], Any] = {}
+
+    def conditioner(self, name: str, allow_download: bool = True) -> Any:
+        import dataclasses
+
+        from modules import devices, shared
+
+        from liandan.formats.aesthetic import load_aesthetic
+        from liandan.methods.aesthetic import find_aesthetic
+        from liandan.models.aesthetic_conditioning import make_conditioner
+        from liandan.models.loading import load_bundle
+
+        folders = webui_runner().host.folders
+        path = find_aesthetic(name, folders.aesthetic_embeddings)
+        key = (path.resolve(), path.stat().st_mtime)
+        checkpoint = shared.sd_model.sd_checkpoint_info.filename
+        with self._lock:
+            if checkpoint != self._checkpoint:
+                self._bundle, self._conditioners = None, {}
+                bundle = load_bundle(Path(checkpoint))
+                # only the text side is used: the UNet and VAE are dropped at once
+                self._bundle = dataclasses.replace(bundle, unet=None, vae=None)
+                for encoder in self._bundle.text_encoders:
+                    encoder.to(devices.device)
+                self._checkpoint = checkpoint
+            if key not in self._conditioners:
+                self._conditioners[key] = make_conditioner(self._bundle, load_aesthetic(path), folders.models,
+                                                           allow_download)  # fmt: skip
+            return self._conditioners[key]
+
+
+_aesthetic_models = _AestheticModels()
+
+
+def aesthetic_settings(args: tuple[Any, ...]) -> tuple[str, Any]:
+    """(embedding name, AestheticSettings) of the Script's arguments, validated (ConfigError)."""
+    from liandan.jobs import AestheticSettings
+    from liandan.models.aesthetic_conditioning import NO_AESTHETIC, SCRIPT_ARGS
+
+    values = dict(zip(SCRIPT_ARGS, args))
+    name = str(values.pop("embedding", "") or "")
+    values["steps"] = int(values.get("steps", 0))
+    values["learn_rate"] = float(values.get("learn_rate", 0))  # a textbox in the old extension
+    return ("" if name == NO_AESTHETIC else name), AestheticSettings.from_dict(values)
+
+
+def aesthetic_process(p: Any, *args: Any) -> None:
+    """The Script's `process`: install the wrapper for this generation when an embedding applies."""
+    from modules import shared
+
+    from liandan.models.aesthetic_conditioning import infotext_fields
+
+    restore_conditioning()
+    name, settings = aesthetic_settings(args)
+    if not name or not settings.active:
+        return
+    conditioner = _aesthetic_models.conditioner(name)
+    p.extra_generation_params.update(infotext_fields(name, settings))
+    for cache in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        if hasattr(p, cache):
+            setattr(p, cache, [None, None])
+    model = shared.sd_model
+    original = model.get_learned_conditioning
+
+    def steered(texts: Any) -> Any:
+        cond = original(texts)
+        if getattr(texts, "is_negative_prompt", False):
+            return cond
+        clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
+        texts = list(texts)
+        embeddings = webui_embeddings(texts)
+        return steer_webui_conditioning(conditioner, texts, cond, settings, clip_skip, embeddings)
+
+    setattr(steered, _WRAPPED, original)
+    model.get_learned_conditioning = steered
+
+
+def restore_conditioning() -> None:
+    """Remove our wrapper from the WebUI model, if it is there (idempotent)."""
+    from modules import sd_models
+
+    model = sd_models.model_data.sd_model
+    if model is not None and hasattr(model.__dict__.get("get_learned_conditioning"), _WRAPPED):
+        del model.get_learned_conditioning
+
+
+def webui_embeddings(texts: list[str]) -> dict[str, Any]:
+    """The WebUI's loaded textual-inversion embeddings named in `texts`, so our encoder splices them in as
+    the WebUI's does (SD1/SD2: [n, dim] vectors; SDXL: {"clip_l", "clip_g"}, our own layout)."""
+    from modules import sd_hijack
+
+    loaded = getattr(sd_hijack.model_hijack.embedding_db, "word_embeddings", {})
+    joined = "\n".join(texts)
+    return {name: embedding.vec for name, embedding in loaded.items() if name in joined}
+
+
+def steer_webui_conditioning(
+    conditioner: Any,
+    texts: list[str],
+    cond: Any,
+    settings: Any,
+    clip_skip: int,
+    embeddings: dict[str, Any] | None = None,
+) -> Any:
+    """A1111's conditioning of `texts` (a tensor; SDXL: {"crossattn", "vector"} whose vector starts with
+    OpenCLIP-G's pooled output) blended with the adapted one."""
+    import torch
+
+    from liandan.models.conditioning import Conditioning
+
+    if isinstance(cond, dict):
+        width = conditioner.bundle.text_encoders[-1].config.projection_dim
+        vector = cond["vector"]
+        plain = Conditioning(cond["crossattn"], vector[:, :width])
+        steered = conditioner.apply(texts, plain, settings, clip_skip, embeddings)
+        pooled = torch.cat([steered.pooled, vector[:, width:]], dim=1)
+        return {**cond, "crossattn": steered.context, "vector": pooled}
+    return conditioner.apply(texts, Conditioning(cond), settings, clip_skip, embeddings).context

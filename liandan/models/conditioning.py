@@ -313,12 +313,10 @@ class PromptEncoder:
                 pooled = per_encoder[-1][1]
         return Conditioning(torch.cat(contexts, dim=1), pooled)
 
-    def _encode_chunk(
-        self, encoder_index: int, batch: list[PromptChunk], index: _EmbeddingIndex
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def input_ids(self, encoder_index: int, batch: Sequence[PromptChunk]) -> torch.Tensor:
+        """The token ids [len(batch), 77] of `batch` for text encoder `encoder_index`, on its device."""
         import torch
 
-        encoder = self.bundle.text_encoders[encoder_index]
         pad = self.bundle.tokenizers[encoder_index].pad_token_id
         rows = []
         for chunk in batch:
@@ -327,7 +325,16 @@ class PromptEncoder:
                 first_eos = row.index(self._eos)
                 row[first_eos + 1 :] = [pad] * (len(row) - first_eos - 1)
             rows.append(row)
-        input_ids = torch.tensor(rows, dtype=torch.long, device=encoder.device)
+        device = self.bundle.text_encoders[encoder_index].device
+        return torch.tensor(rows, dtype=torch.long, device=device)
+
+    def _encode_chunk(
+        self, encoder_index: int, batch: list[PromptChunk], index: _EmbeddingIndex
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch
+
+        encoder = self.bundle.text_encoders[encoder_index]
+        input_ids = self.input_ids(encoder_index, batch)
 
         splices = [
             [(pos, index.vectors[name][encoder_index]) for pos, name in chunk.fixes] for chunk in batch

@@ -10,12 +10,18 @@ previews see A1111's conditioning, CLIP skip and textual-inversion embeddings.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 from liandan.errors import ConfigError
-from liandan.models.conditioning import EmbeddingVectors, PromptEncoder, added_cond_kwargs, sdxl_time_ids
+from liandan.models.conditioning import (
+    Conditioning,
+    EmbeddingVectors,
+    PromptEncoder,
+    added_cond_kwargs,
+    sdxl_time_ids,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
 Sampler = Literal["euler_a", "euler", "ddim", "dpmpp_2m"]
 SAMPLERS: tuple[Sampler, ...] = ("euler_a", "euler", "ddim", "dpmpp_2m")
 LatentMode = Literal["sample", "mean"]
+# changes the conditioning of the (positive) prompts, e.g. aesthetic gradients: (prompts, plain) -> new
+ConditioningHook = Callable[[Sequence[str], Conditioning], Conditioning]
 # A1111's names, for the infotext (its PNG "parameters" chunk)
 A1111_SAMPLER_NAMES = {"euler_a": "Euler a", "euler": "Euler", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M"}
 
@@ -48,6 +56,7 @@ def infotext(
     width: int,
     height: int,
     clip_skip: int = 1,
+    extra: Mapping[str, object] | None = None,
 ) -> str:
     """The generation parameters as A1111 writes them into a PNG's "parameters" text, so PNG Info reads
     them and "Send to txt2img" sets them up. "RNG: CPU": our noise comes from a CPU generator."""
@@ -65,6 +74,7 @@ def infotext(
         "Model": bundle.name,
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "RNG": "CPU",
+        **(extra or {}),
     }
     negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
     settings = ", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value is not None)
@@ -197,8 +207,10 @@ def generate_batch(
     sampler: str = "euler_a",
     clip_skip: int = 1,
     embeddings: Mapping[str, EmbeddingVectors] | None = None,
+    conditioning_hook: ConditioningHook | None = None,
 ) -> list[Image.Image]:
-    """One image per prompt, each from its own seed; `negative_prompts` defaults to empty ones."""
+    """One image per prompt, each from its own seed; `negative_prompts` defaults to empty ones.
+    `conditioning_hook` rewrites the prompts' conditioning (not the negative prompts')."""
     import torch
 
     negative_prompts = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
@@ -220,6 +232,8 @@ def generate_batch(
     with inference(unet, *bundle.text_encoders):
         texts = [*prompts, *negative_prompts] if guided else list(prompts)
         cond = PromptEncoder(bundle, clip_skip=clip_skip).encode(texts, embeddings)
+        if conditioning_hook is not None:
+            cond = _hook_positive(conditioning_hook, prompts, cond)
         context = cond.context.to(device=unet.device, dtype=unet.dtype)
         extra = {}
         if bundle.is_sdxl:
@@ -246,6 +260,18 @@ def generate_batch(
     return decode_latents(bundle, latents)
 
 
+def _hook_positive(hook: ConditioningHook, prompts: Sequence[str], cond: Conditioning) -> Conditioning:
+    import torch
+
+    count = len(prompts)
+    pooled = None if cond.pooled is None else cond.pooled[:count]
+    positive = hook(prompts, Conditioning(cond.context[:count], pooled))
+    context = torch.cat([positive.context, cond.context[count:]])
+    if cond.pooled is None or positive.pooled is None:
+        return Conditioning(context, cond.pooled)
+    return Conditioning(context, torch.cat([positive.pooled, cond.pooled[count:]]))
+
+
 def generate(
     bundle: ModelBundle,
     prompt: str,
@@ -259,8 +285,11 @@ def generate(
     sampler: str = "euler_a",
     clip_skip: int = 1,
     embeddings: Mapping[str, EmbeddingVectors] | None = None,
+    conditioning_hook: ConditioningHook | None = None,
+    extra_infotext: Mapping[str, object] | None = None,
 ) -> Image.Image:
-    """One fixed-seed image of `prompt`; its `info["parameters"]` holds A1111's infotext for it."""
+    """One fixed-seed image of `prompt`; its `info["parameters"]` holds A1111's infotext for it, with
+    `extra_infotext` fields appended (a hook's settings, as A1111's extra_generation_params)."""
     image = generate_batch(
         bundle,
         [prompt],
@@ -273,9 +302,10 @@ def generate(
         sampler=sampler,
         clip_skip=clip_skip,
         embeddings=embeddings,
+        conditioning_hook=conditioning_hook,
     )[0]
     image.info["parameters"] = infotext(
         bundle, prompt, negative_prompt, steps=steps, sampler=sampler, cfg_scale=cfg_scale, seed=seed,
-        width=width, height=height, clip_skip=clip_skip,
+        width=width, height=height, clip_skip=clip_skip, extra=extra_infotext,
     )  # fmt: skip
     return image

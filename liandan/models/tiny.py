@@ -35,6 +35,7 @@ from liandan.models.tokenizer import CLIP_L_PAD, OPEN_CLIP_PAD
 
 if TYPE_CHECKING:
     import torch
+    from transformers import CLIPVisionModelWithProjection
 
 
 def _text(hidden: int, layers: int, heads: int, act: str, intermediate: int | None = None) -> dict:
@@ -137,6 +138,40 @@ def tiny_bundle(family: str, seed: int = 0) -> ModelBundle:
         name=f"liandan-tiny-{family}",
         info={"tiny_seed": str(seed)},
     )
+
+
+# the tiny CLIP vision towers draw from their own seeds, so the tiny models' weights stay as they were
+_TINY_VISION_SEED = 1000
+_TINY_VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def tiny_clip_vision(
+    family: str, encoder_index: int = 0
+) -> tuple[CLIPVisionModelWithProjection, torch.Tensor]:
+    """The tiny random CLIP vision tower paired with text encoder `encoder_index` of the tiny `family`
+    model (the real architecture, transformers' CLIPVisionModelWithProjection, 32 px), and the text
+    projection [projection width, text width] that maps that encoder's pooled output into the same space.
+    Its projection width is the text encoder's `projection_dim`. Deterministic, and apart from
+    `tiny_bundle`'s generator."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    text = tiny_spec(family).text_encoders[encoder_index].config  # type: ignore[arg-type]
+    config = CLIPVisionConfig(
+        **_TINY_VISION,
+        image_size=32,
+        patch_size=8,
+        projection_dim=text["projection_dim"],
+        hidden_act="quick_gelu",
+    )
+    tower = CLIPVisionModelWithProjection(config)
+    generator = torch.Generator().manual_seed(_TINY_VISION_SEED + 10 * FAMILIES.index(family) + encoder_index)
+    for name, param in list(tower.named_parameters()):
+        assign_tensor(tower, name, _random_like(name, param, generator))
+    projection = torch.empty(text["projection_dim"], text["hidden_size"])
+    projection = _random_like("text_projection", projection, generator)
+    tower.eval().requires_grad_(False)
+    return tower, projection
 
 
 TINY_CLIP_FOLDER = "liandan-tiny-clip"
