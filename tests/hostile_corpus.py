@@ -29,6 +29,7 @@ from PIL import Image
 from liandan.data.image_folder import open_image, scan_image_folder
 from liandan.data.pixels import to_pixel_tensor
 from liandan.errors import LiandanError
+from liandan.formats.aesthetic import AestheticEmbedding, load_aesthetic, save_aesthetic
 from liandan.formats.embedding import (
     Embedding,
     check_family,
@@ -186,6 +187,31 @@ def _embedding_for_family(width: int) -> Callable[[Path], Embedding]:
         embedding = load_embedding(path)
         check_family(embedding, [width])
         return embedding
+
+    return read
+
+
+def _aesthetic(width: int) -> AestheticEmbedding:
+    return AestheticEmbedding(
+        {"": torch.nn.functional.normalize(torch.randn(1, width), dim=-1)}, family="sd1"
+    )
+
+
+def _save_torch(value: Any, path: Path) -> Path:
+    torch.save(value, path)  # how the old aesthetic-gradients extension wrote its files
+    return path
+
+
+def _aesthetic_for_width(width: int) -> Callable[[Path], Any]:
+    """Read, then check against an SD1 model whose CLIP projection is `width` wide."""
+
+    def read(path: Path) -> Any:
+        from types import SimpleNamespace
+
+        from liandan.models.aesthetic_conditioning import embedding_targets
+
+        model = SimpleNamespace(family="sd1")
+        return embedding_targets(load_aesthetic(path), model, [torch.zeros(width, 8)])  # type: ignore[arg-type]
 
     return read
 
@@ -452,6 +478,29 @@ def _cases() -> list[Case]:
             artifact(_bytes_file("x.bin", os.urandom(64)), identify),
             "error",
             "x.bin",
+        ),
+        Case(
+            "aesthetic embedding of another width",
+            "artifacts",
+            artifact(lambda f: save_aesthetic(_aesthetic(1024), f / "a.pt"), _aesthetic_for_width(768)),
+            "error",
+            "1024",
+        ),
+        Case(
+            "truncated aesthetic embedding",
+            "artifacts",
+            artifact(
+                _truncated(lambda f: save_aesthetic(_aesthetic(768), f / "a.safetensors")), load_aesthetic
+            ),
+            "error",
+            "a.safetensors",
+        ),
+        Case(
+            "aesthetic embedding of NaNs (old extension's format)",
+            "artifacts",
+            artifact(lambda f: _save_torch(torch.full((1, 768), float("nan")), f / "a.pt"), load_aesthetic),
+            "error",
+            "a.pt",
         ),
         Case(
             "PNG without an embedding",

@@ -1,5 +1,6 @@
-"""Fuzzed readers: every file reader, given a valid file with bytes cut, overwritten or inserted, either reads
-it or raises our own clear error (a `LiandanError`); any other exception is a bug.
+"""Fuzzed readers: every file reader (embeddings, hypernetworks, aesthetic embeddings, job files, captions),
+given a valid file with bytes cut, overwritten or inserted, either reads it or raises our own clear error
+(a `LiandanError`); any other exception is a bug.
 
 Each reader starts from a real file our writers made (the formats A1111 writes), so the mutations reach
 deep into the format (zip directory, pickle stream, safetensors header, PNG chunks, TOML) instead of being
@@ -22,6 +23,7 @@ from PIL import Image
 
 from liandan.data.captions import read_caption
 from liandan.errors import LiandanError
+from liandan.formats.aesthetic import AestheticEmbedding, load_aesthetic, save_aesthetic
 from liandan.formats.embedding import (
     Embedding,
     load_embedding,
@@ -68,6 +70,12 @@ def _hypernetwork_file(folder: Path) -> Path:
     return save_hypernetwork(hypernetwork, folder / "fuzz-hypernetwork.pt")
 
 
+def _aesthetic() -> AestheticEmbedding:
+    torch.manual_seed(0)
+    feature = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
+    return AestheticEmbedding({"": feature}, family="sd1", clip_model="tiny", image_count=4)
+
+
 SEEDS: dict[str, Callable[[Path], Path]] = {
     "embedding.pt": lambda d: save_embedding_pt(_embedding(), d / "fuzz.pt"),
     "embedding.safetensors": lambda d: save_embedding_safetensors(_embedding(), d / "fuzz.safetensors"),
@@ -76,6 +84,8 @@ SEEDS: dict[str, Callable[[Path], Path]] = {
         _embedding(), Image.new("RGB", (64, 64), "teal"), d / "fuzz.png", "tiny", "0123456789"
     ),
     "hypernetwork.pt": _hypernetwork_file,
+    "aesthetic.pt": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.pt"),
+    "aesthetic.safetensors": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.safetensors"),
 }
 READERS: dict[str, Callable[[Path], Any]] = {
     "embedding.pt": load_embedding,
@@ -83,6 +93,8 @@ READERS: dict[str, Callable[[Path], Any]] = {
     "embedding.bin": load_embedding,
     "embedding.png": load_embedding,
     "hypernetwork.pt": load_hypernetwork,
+    "aesthetic.pt": load_aesthetic,
+    "aesthetic.safetensors": load_aesthetic,
 }
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from liandan.errors import LiandanError
+from liandan.formats.aesthetic import load_aesthetic
 from liandan.formats.embedding import load_embedding, load_embedding_optimizer
 from liandan.formats.hypernetwork import load_hypernetwork, load_hypernetwork_optimizer
 from liandan.formats.identify import identify
@@ -79,6 +80,7 @@ READERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "checkpoint .ckpt": ("evil.ckpt", lambda p: open_checkpoint(p).__enter__()),
     "image scorer": ("evil.pt", _read_state_dict),
     "identify": ("evil.pt", identify),
+    "aesthetic embedding": ("evil.pt", load_aesthetic),
 }
 
 
