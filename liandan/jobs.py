@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -451,3 +452,63 @@ class AptJob(JobSpec):
 
         check_name(self.name, "embedding")
         parse_cfg_scale(self.cfg_scale)
+
+
+# --- LoRA / LyCORIS (liandan/methods/lora.py) ------------------------------------------------------------
+
+NetworkType = Literal["lora", "locon", "loha", "lokr", "dora"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec(Spec):
+    """The network a LoRA job trains (liandan/models/lora_injection.py): its type, `rank` (dim) and `alpha`
+    of the attention/linear layers, `conv_rank`/`conv_alpha` of the convolutions ("locon", "loha", "lokr";
+    0: none), dropouts (of the output, of ranks, of whole modules), what it targets ("attention": the
+    attention projections; "transformer": also feed-forward and proj_in/out), per-block UNet ranks
+    (`block_ranks` = "input_blocks_4=8, middle_block=16", LDM names), LoKr's factor (-1: automatic)."""
+
+    type: NetworkType = "lora"
+    rank: int = bounded(8, 1, 1024)
+    alpha: float = bounded(4.0, 0.0)
+    conv_rank: int = bounded(4, 0, 1024)
+    conv_alpha: float = bounded(1.0, 0.0)
+    dropout: float = bounded(0.0, 0.0, 1.0)
+    rank_dropout: float = bounded(0.0, 0.0, 1.0)
+    module_dropout: float = bounded(0.0, 0.0, 1.0)
+    targets: Literal["attention", "transformer"] = "attention"
+    block_ranks: str = ""
+    lokr_factor: int = bounded(-1, -1)
+
+    def validate(self) -> None:
+        from liandan.models.lora_injection import parse_block_ranks
+
+        for name in ("alpha", "conv_alpha"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is not a number; expected e.g. 4 or 0.5")
+        parse_block_ranks(self.block_ranks)
+
+
+@dataclass(frozen=True)
+class LoraJob(JobSpec):
+    """Train a LoRA or a LyCORIS network (`network`) into `<lora folder>/<name>.safetensors`, the key layout
+    the WebUI's built-in Lora extension reads, with kohya's `ss_*` metadata. `text_encoder_lr_scale` > 0 also
+    trains the text encoders (both, for SDXL) at that multiple of the learning rate; `save_precision` is the
+    file's dtype. An existing file of that name is replaced only with `overwrite` (or when resuming its run).
+    See liandan/methods/lora.py."""
+
+    kind: ClassVar[str] = "lora"
+    name: str = ""
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    text_encoder_lr_scale: float = bounded(0.0, 0.0, 100.0)
+    save_precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+    overwrite: bool = False
+    train: TrainSpec = field(
+        default_factory=lambda: TrainSpec(learn_rate="0.0001", lr_scheduler="constant", save_every=0)
+    )
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+    def validate(self) -> None:
+        check_name(self.name, "LoRA")
