@@ -485,6 +485,11 @@ class NetworkSpec(Spec):
         for name in ("alpha", "conv_alpha"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} = {getattr(self, name)!r} is not a number; expected e.g. 4 or 0.5")
+        if self.dropout > 0 and self.type in ("loha", "lokr", "dora"):
+            raise ConfigError(
+                f"dropout = {self.dropout}: lycoris applies no output dropout to {self.type}; use "
+                "rank_dropout or module_dropout, or the types lora/locon"
+            )
         parse_block_ranks(self.block_ranks)
 
 

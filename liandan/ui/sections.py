@@ -185,13 +185,15 @@ def with_more_data(job: Any, extra_text: str, validation_text: str) -> Any:
 class TrainingTab:
     """One method's tab. `create_controls(f)` adds the Create section's own controls (the name among them)
     to form `f`; `own_train_controls(f)` those of its Train section beyond the shared ones; `create(host,
-    job)` writes a new artifact and returns its path; `names(ctx)` lists the artifacts there are to train."""
+    job)` writes a new artifact and returns its path (None: the method has nothing to create before training,
+    and the section holds its settings without a Create button); `names(ctx)` lists the artifacts there are
+    to train."""
 
     prefix: str
     spec: type[JobSpec]
     noun: str  # "embedding", "hypernetwork": button and message text
     create_controls: Callable[[SpecForm[Any]], None]
-    create: Callable[[Host, Any], Path]
+    create: Callable[[Host, Any], Path] | None
     names: Callable[[UIContext], list[str]]
     own_train_controls: Callable[[SpecForm[Any]], None] = lambda f: None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -216,10 +218,11 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     prefix, noun = tab.prefix, tab.noun
     model = model_dropdown(ctx, prefix)
     create_form = SpecForm(tab.spec, prefix)
-    with gr.Accordion(f"Create {noun}", open=True):
+    with gr.Accordion(f"Create {noun}" if tab.create else noun.capitalize(), open=True):
         tab.create_controls(create_form)
-        create = gr.Button(f"Create {noun}", elem_id=f"{prefix}_create")
-        create_message = gr.HTML("", elem_id=f"{prefix}_create_message")
+        if tab.create is not None:
+            create = gr.Button(f"Create {noun}", elem_id=f"{prefix}_create")
+            create_message = gr.HTML("", elem_id=f"{prefix}_create_message")
     train_form = SpecForm(tab.spec, prefix)
     with gr.Accordion("Train", open=True):
         with gr.Row():
@@ -241,7 +244,7 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     def on_create(model_title: str, *values: Any) -> tuple[str, Any]:
         try:
             job = create_form.to_spec({"model": job_model(model_title), **dict(zip(create_paths, values))})
-            path = tab.create(ctx.host, job)
+            path = tab.create(ctx.host, job)  # type: ignore[misc]
         except LiandanError as e:
             return _error(e), gr.update()
         message = f'<p class="liandan-message">Created {noun} {html.escape(str(path))}.</p>'
@@ -261,7 +264,8 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
 
     create_inputs = [create_form.controls[p] for p in create_paths]
     train_inputs = [train_form.controls[p] for p in train_paths]
-    create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
+    if tab.create is not None:
+        create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
     start.click(on_train, [model, trained, *create_inputs, *train_inputs], train_message, queue=False)
     refresh.click(lambda: gr.update(choices=tab.names(ctx)), None, trained, queue=False)
     return BuiltTab(model, create_form, train_form, trained, refresh)

@@ -1,0 +1,64 @@
+"""The LoRA tab: the network (type, rank, alpha, convolutions, dropouts, targets, per-block ranks, text
+encoders and their learning rate, file precision), the shared training/dataset/preview sections and job
+panel laid out by `ui/sections.py` from LoraJob's fields, and the tools (merge, extract, resize, info)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from liandan.jobs import LoraJob
+from liandan.ui.components import UIContext
+from liandan.ui.sections import TrainingTab, build_training_tab
+from liandan.ui.spec_form import SpecForm
+
+PREFIX = "liandan_lora"
+
+
+def job_from_form(values: dict[str, Any]) -> LoraJob:
+    """Widget values by field path → a validated job."""
+    return SpecForm(LoraJob, PREFIX).to_spec(values)
+
+
+def lora_names(ctx: UIContext) -> list[str]:
+    folder = ctx.host.folders.lora
+    return sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def _network_controls(f: SpecForm[Any]) -> None:
+    with gr.Row():
+        f.text("name", "Name (the file in the Lora folder; used as <lora:name:1>)")
+        f.auto("network.type", "Network type (LoCon/LoHa/LoKr also train convolutions)")
+        f.auto("network.targets", "Targets (attention; transformer: also feed-forward and projections)")
+    with gr.Row():
+        f.auto("network.rank", "Rank (dim)")
+        f.auto("network.alpha", "Alpha (the delta is scaled by alpha / rank)")
+        f.auto("network.conv_rank", "Convolution rank (LoCon/LoHa/LoKr; 0: none)")
+        f.auto("network.conv_alpha", "Convolution alpha")
+    with gr.Row():
+        f.auto("network.dropout", "Dropout (LoRA/LoCon)")
+        f.auto("network.rank_dropout", "Rank dropout")
+        f.auto("network.module_dropout", "Module dropout")
+        f.auto("network.lokr_factor", "LoKr factor (-1: automatic)")
+    with gr.Row():
+        f.text("network.block_ranks", "Per-block UNet ranks (LDM names; 0 leaves a block out)",
+               placeholder="input_blocks_4=8, middle_block=16, output_blocks=2")  # fmt: skip
+        f.auto("text_encoder_lr_scale", "Text-encoder learning rate factor (0: UNet only)")
+        f.auto("save_precision", "Save precision")
+        f.check("overwrite", "Overwrite an existing LoRA of that name")
+
+
+TAB = TrainingTab(
+    prefix=PREFIX,
+    spec=LoraJob,
+    noun="LoRA",
+    create_controls=_network_controls,
+    create=None,
+    names=lora_names,
+    labels={"train.learn_rate": "Learning rate (0.0001, or a schedule 0.0002:500, 0.0001)"},
+)
+
+
+def build(ctx: UIContext) -> None:
+    build_training_tab(ctx, TAB)
