@@ -386,3 +386,21 @@ def test_apply_lora_skips_what_the_webui_skips() -> None:
                      "lora_unet_nowhere.lora_up.weight": torch.ones(2, 1)})  # fmt: skip
     applied = apply_lora(bundle, lora, 1.0)
     assert applied.skipped == ["lora_unet_nowhere"] and not applied.changed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("example", "network_type"), [("lora_tiny", "lora"), ("locon_tiny", "locon")])
+def test_the_example_job_files_run_from_the_cli(tmp_path, example, network_type) -> None:
+    from liandan import cli
+    from liandan.jobs import load_job_file
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{example}.toml"
+    job = load_job_file(path)
+    assert isinstance(job, LoraJob) and job.network.type == network_type and job.data.folder.is_dir()
+    assert cli.main(["train", str(path), "--data-dir", str(tmp_path / "data")]) == 0
+    lora = read_lora(tmp_path / "data" / "models" / "Lora" / f"{job.name}.safetensors")
+    assert lora.metadata["ss_steps"] == str(job.train.max_steps)
+    convolutions = [
+        key for key in lora.tensors if key.endswith("lora_down.weight") and lora.tensors[key].dim() == 4
+    ]
+    assert bool(convolutions) == (network_type == "locon")

@@ -11,8 +11,9 @@ all-reduce per step moves cheaply (as for hypernetworks).
 
 Saved: `<lora folder>/<name>.safetensors` (the key layout the WebUI's Lora extension reads, see
 formats/lora.py) with kohya's `ss_*` metadata and `modelspec.*`, in `save_precision`; step copies in
-`<run>/Lora/<name>-<step>.safetensors`. An existing file is replaced only with `overwrite` or when this
-job's run resumes. Previews render with the network on or off (the self-test compares them).
+`<run>/Lora/<name>-<step>.safetensors`. An existing file is replaced only with `overwrite` (which starts
+over) or when this job's run resumes. Previews render with the network on or off (the self-test compares
+them).
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ def make_lora_method(context: MethodContext) -> LoraMethod:
 
 def run_lora_job(job: LoraJob, host: Host, reporter: Reporter, control: Control) -> TrainResult:
     """The "lora" job: train the network, save it where the WebUI's Lora extension finds it."""
+    if job.overwrite:  # a new network must not pick up an earlier run's saved state
+        job = job.replace(train=job.train.replace(resume=False))
     return run_training_job(
         job, host, reporter, control, name=job.name, loss_csv_name=LOSS_CSV, make_method=make_lora_method
     )
