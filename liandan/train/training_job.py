@@ -125,6 +125,28 @@ def build_validation(
     return Validation(dataset, spec.every, timesteps, seed=train.seed)
 
 
+def job_data_specs(job: JobSpec) -> list[DataSpec]:
+    """The datasets a job trains: its concepts' instance and class images (a job with concepts), or its
+    `data`; then its `extra_data`."""
+    from liandan.data.concepts import concept_data_specs
+    from liandan.jobs import ConceptJobSpec
+
+    shared: DataSpec = job.data  # type: ignore[attr-defined]
+    extra: list[DataSpec] = list(job.extra_data)  # type: ignore[attr-defined]
+    if isinstance(job, ConceptJobSpec) and job.concepts:
+        return [*concept_data_specs(job.concepts, shared, job.prior_loss_weight), *extra]
+    return [shared, *extra]
+
+
+def generated_folders(job: JobSpec) -> set[Path]:
+    """The class folders the job fills with generated images before training (they may not exist yet)."""
+    from liandan.jobs import ConceptJobSpec
+
+    if not isinstance(job, ConceptJobSpec):
+        return set()
+    return {c.class_folder for c in job.concepts if c.has_class_images and c.num_class_images}
+
+
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
     """A1111 lowers gradient accumulation to what an epoch holds (len // batch_size) instead of refusing a
     small dataset; so do we, counting the batches every process takes per step."""
@@ -202,11 +224,11 @@ def run_training_job(
     reporter = Reporter(record, reporter)
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
-    data_specs: list[DataSpec] = [job.data, *job.extra_data]  # type: ignore[attr-defined]
+    data_specs = job_data_specs(job)
     validation_spec: ValidationSpec | None = job.validation  # type: ignore[attr-defined]
     preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
     for spec in [*data_specs, *([validation_spec] if validation_spec else [])]:
-        if not spec.folder.is_dir():
+        if not spec.folder.is_dir() and spec.folder not in generated_folders(job):
             raise DatasetError(f"dataset folder {spec.folder} does not exist or is not a folder")
 
     checkpoint = host.resolve_checkpoint(job.model)
@@ -230,6 +252,8 @@ def run_training_job(
         templates = [part.template.record() for part in dataset.parts]
         for template in templates:
             message = f"prompt template {template['file']} ({len(template['lines'])} lines)"
+            if not template["file"]:
+                message = f"prompt {template['lines'][0]!r}"
             reporter(ProgressEvent("message", job=name, message=message))
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))

@@ -27,7 +27,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     (
         "Dataset",
         (
-            ("data.folder", "data.template", "log_dir"),
+            ("data.folder", "data.template", "data.prompt", "log_dir"),
             (
                 "data.width",
                 "data.height",
@@ -65,6 +65,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
 LABELS: dict[str, str] = {
     "data.folder": "Dataset directory",
     "data.template": "Prompt template",
+    "data.prompt": "Prompt instead of the template ([filewords]: the caption)",
     "log_dir": "Log directory (empty: the default)",
     "data.width": "Width",
     "data.height": "Height",
