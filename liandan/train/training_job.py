@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
     from liandan.progress import Control, ProgressEvent, Reporter
+    from liandan.train.class_images import ClassImageSettings
     from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
     from liandan.train.validation import Validation
@@ -147,6 +148,19 @@ def generated_folders(job: JobSpec) -> set[Path]:
     return {c.class_folder for c in job.concepts if c.has_class_images and c.num_class_images}
 
 
+def class_image_settings(job: JobSpec, name: str) -> ClassImageSettings:
+    """Class images are made at the dataset's size with the preview's sampler, a training batch at a time."""
+    from liandan.train.class_images import ClassImageSettings
+
+    data: DataSpec = job.data  # type: ignore[attr-defined]
+    train: TrainSpec = job.train  # type: ignore[attr-defined]
+    preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
+    return ClassImageSettings(
+        width=data.width, height=data.height, sampler=preview.sampler, batch_size=train.batch_size,
+        seed=train.seed, clip_skip=job.clip_skip, name=name,
+    )  # fmt: skip
+
+
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
     """A1111 lowers gradient accumulation to what an epoch holds (len // batch_size) instead of refusing a
     small dataset; so do we, counting the batches every process takes per step."""
@@ -208,10 +222,11 @@ def run_training_job(
     """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
     artifact goes to is its kind's in the registry."""
     from liandan import registry
-    from liandan.jobs import job_to_dict
+    from liandan.jobs import ConceptJobSpec, job_to_dict
     from liandan.models.loading import bundle_short_hash
     from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
+    from liandan.train.class_images import fill_class_folders
     from liandan.train.loop import make_accelerator, release_memory, train
 
     artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
@@ -246,6 +261,9 @@ def run_training_job(
         checkpoint = dataclasses.replace(
             checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
         )
+        if isinstance(job, ConceptJobSpec):
+            fill_class_folders(bundle, job.concepts, class_image_settings(job, name), device=device,
+                               reporter=reporter, control=control, job=name)  # fmt: skip
         where = {"name": name, "bundle": bundle, "host": host, "model_id": checkpoint.short_hash}
         dataset = build_training_data(data_specs, train_spec, **where)
         validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
