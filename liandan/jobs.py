@@ -531,3 +531,38 @@ class ConceptJobSpec(JobSpec):
                     f"the class folder {concept.class_folder} of concept {str(concept.instance_folder)!r} is "
                     f"the instance folder of another concept; class images must be kept apart"
                 )
+
+
+@dataclass(frozen=True)
+class DreamBoothJob(ConceptJobSpec):
+    """Fine-tune the model itself (its UNet, and with `train_text_encoder` its text encoder(s)) on concepts,
+    and save it as the single-file checkpoint `<checkpoints>/<name>.<save_format>`.
+
+    The text encoders learn at `text_encoder_lr_scale` × the UNet's rate (same schedule) and stop at
+    `text_encoder_stop_step` (0: train to the end). `vae` (a file, or a name in models/VAE) replaces the
+    model's VAE for training and in the saved file. `save_dtype` is the precision of the saved weights. An
+    existing checkpoint of that name is refused unless `overwrite`. See liandan/methods/dreambooth.py.
+    """
+
+    kind: ClassVar[str] = "dreambooth"
+    name: str = ""
+    train_text_encoder: bool = False
+    text_encoder_lr_scale: float = bounded(1.0, 0.0, 100.0)
+    text_encoder_stop_step: int = bounded(0, 0)
+    vae: str = ""
+    save_format: Literal["safetensors", "ckpt"] = "safetensors"
+    save_dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+    overwrite: bool = False
+    train: TrainSpec = field(
+        default_factory=lambda: TrainSpec(learn_rate="0.000002", lr_scheduler="constant", max_steps=800)
+    )
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+    def validate(self) -> None:
+        super().validate()
+        check_name(self.name, "checkpoint")
+        if not self.concepts and self.data.folder == Path():
+            raise ConfigError("the DreamBooth job needs at least one concept ([[concepts]]) or a data.folder")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liandan.errors import ConfigError
-from liandan.jobs import AptJob, HypernetworkJob, JobSpec, TextualInversionJob
+from liandan.jobs import AptJob, DreamBoothJob, HypernetworkJob, JobSpec, TextualInversionJob
 from liandan.preprocess.job import PreprocessJob
 
 if TYPE_CHECKING:
@@ -90,6 +90,14 @@ register(
 )
 register(
     Method(AptJob, "liandan.methods.apt:run_apt_job", "APT", tab="liandan.ui.apt_tab", artifact="embeddings")
+)
+register(
+    Method(
+        DreamBoothJob,
+        "liandan.methods.dreambooth:run_dreambooth_job",
+        "DreamBooth",
+        artifact="checkpoints",
+    )
 )
 register(
     Method(

@@ -51,6 +51,9 @@ class MethodContext:
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
     reporter: Reporter | None = None
+    # the prompt and seed of the run's previews and self-test (a method may render the base model's first)
+    preview_prompt: str = ""
+    preview_seed: int = 0
 
     def say(self, text: str) -> None:
         """A message for the user (job status, console), e.g. what happened to a file the job replaced."""
@@ -96,12 +99,23 @@ def build_training_data(
     bundle: ModelBundle,
     host: Host,
     model_id: str | None,
+    generated: set[Path] | None = None,
+    make_generated: Callable[[], object] | None = None,
 ) -> TrainingDataset | DatasetMix:
-    """The job's dataset, or its datasets (`data` and `extra_data`) trained together."""
+    """The job's dataset, or its datasets (`data` and `extra_data`) trained together. Folders in
+    `generated` (class images) are read after `make_generated()` fills them, and after every other folder
+    was read, so an unusable instance folder stops the job before any image is made."""
     from liandan.data.dataset import DatasetMix
 
-    parts = [build_dataset(d, train, name=name, bundle=bundle, host=host, model_id=model_id) for d in data]
-    return parts[0] if len(parts) == 1 else DatasetMix(parts, seed=train.seed)
+    def build(spec: DataSpec) -> TrainingDataset:
+        return build_dataset(spec, train, name=name, bundle=bundle, host=host, model_id=model_id)
+
+    later = generated or set()
+    parts: list[TrainingDataset | None] = [None if d.folder in later else build(d) for d in data]
+    if make_generated is not None:
+        make_generated()
+    built = [part if part is not None else build(spec) for part, spec in zip(parts, data)]
+    return built[0] if len(built) == 1 else DatasetMix(built, seed=train.seed)
 
 
 def build_validation(
@@ -218,9 +232,12 @@ def run_training_job(
     name: str,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
+    prepare_model: Callable[[ModelBundle], None] | None = None,
 ) -> TrainResult:
     """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
-    artifact goes to is its kind's in the registry."""
+    artifact goes to is its kind's in the registry. `prepare_model` changes the model before anything uses
+    it (DreamBooth's separate VAE); a VAE it loads records its hash in `bundle.info["vae_hash"]`, which keys
+    the latent cache with the checkpoint's."""
     from liandan import registry
     from liandan.jobs import ConceptJobSpec, job_to_dict
     from liandan.models.loading import bundle_short_hash
@@ -261,11 +278,27 @@ def run_training_job(
         checkpoint = dataclasses.replace(
             checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
         )
-        if isinstance(job, ConceptJobSpec):
-            fill_class_folders(bundle, job.concepts, class_image_settings(job, name), device=device,
-                               reporter=reporter, control=control, job=name)  # fmt: skip
-        where = {"name": name, "bundle": bundle, "host": host, "model_id": checkpoint.short_hash}
-        dataset = build_training_data(data_specs, train_spec, **where)
+        if prepare_model is not None:
+            prepare_model(bundle)
+        model_id = checkpoint.short_hash
+        if model_id and "vae_hash" in bundle.info:
+            model_id = f"{model_id}+vae{bundle.info['vae_hash']}"
+        where = {"name": name, "bundle": bundle, "host": host, "model_id": model_id}
+        concepts = job.concepts if isinstance(job, ConceptJobSpec) else ()
+
+        def make_class_images() -> int:
+            settings = class_image_settings(job, name)
+            return fill_class_folders(
+                bundle, concepts, settings, device=device, reporter=reporter, control=control, job=name
+            )
+
+        dataset = build_training_data(
+            data_specs,
+            train_spec,
+            **where,
+            generated=generated_folders(job),
+            make_generated=make_class_images,
+        )
         validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
         templates = [part.template.record() for part in dataset.parts]
         for template in templates:
@@ -295,12 +328,13 @@ def run_training_job(
         if train_spec.move_unused_to_cpu and not needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
         release_memory()  # the VAE's activations and the decoded images are garbage now
+        prompt, seed = preview_prompt_and_seed(preview, dataset)
         context = MethodContext(
-            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
-        )
+            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter,
+            preview_prompt=prompt, preview_seed=seed,
+        )  # fmt: skip
         method = make_method(context)
         cleanup.callback(method.close)
-        prompt, seed = preview_prompt_and_seed(preview, dataset)
         result = train(
             method,
             dataset,
