@@ -320,3 +320,21 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(root: Path, monk
         run(again, host)
     assert path.read_bytes() == before
     assert not [p for p in host.folders.checkpoints.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_the_example_job_file_runs_from_the_cli(tmp_path: Path) -> None:
+    """Copied beside its pictures into a temporary folder, so its class images are not made in the repo."""
+    from liandan import cli
+    from liandan.jobs import load_job_file
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dreambooth_tiny.toml"
+    shutil.copy(example, tmp_path / example.name)
+    shutil.copytree(EXAMPLE_IMAGES, tmp_path / "images")
+    job = load_job_file(tmp_path / example.name)
+    assert isinstance(job, DreamBoothJob) and job.concepts[0].has_class_images
+    assert cli.main(["train", str(tmp_path / example.name), "--data-dir", str(tmp_path / "data")]) == 0
+    saved = tmp_path / "data" / "models" / "Stable-diffusion" / "tiny_dreambooth.safetensors"
+    assert read_metadata(saved)["liandan.trained"] == "unet,text_encoder"
+    assert tensors(saved)["model.diffusion_model.out.2.weight"].dtype == torch.float16
+    assert len(list((tmp_path / "class_images").glob("*.png"))) == job.concepts[0].num_class_images
