@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liandan.errors import ConfigError
-from liandan.jobs import AptJob, HypernetworkJob, JobSpec, LoraJob, TextualInversionJob
+from liandan.jobs import AptJob, DreamBoothJob, HypernetworkJob, JobSpec, LoraJob, TextualInversionJob
 from liandan.preprocess.job import PreprocessJob
 
 if TYPE_CHECKING:
@@ -93,6 +93,14 @@ register(
 )
 register(
     Method(LoraJob, "liandan.methods.lora:run_lora_job", "LoRA", tab="liandan.ui.lora_tab", artifact="lora")
+)
+register(
+    Method(
+        DreamBoothJob,
+        "liandan.methods.dreambooth:run_dreambooth_job",
+        "DreamBooth",
+        artifact="checkpoints",
+    )
 )
 register(
     Method(

@@ -37,7 +37,7 @@ def make_job(folder: Path, name: str = "lorax", **changes) -> LoraJob:
     preview = {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False}
     preview.update(changes.pop("preview", {}))
     network = NetworkSpec(**{"rank": 4, "alpha": 4.0, **changes.pop("network", {})})
-    data = DataSpec(folder=folder, width=64, height=64)
+    data = DataSpec(folder=folder, width=64, height=64, template="liandan_style_filewords.txt")
     return LoraJob(name=name, network=network, train=TrainSpec(**train), data=data,
                    preview=PreviewSpec(**preview), **changes)  # fmt: skip
 
@@ -404,3 +404,17 @@ def test_the_example_job_files_run_from_the_cli(tmp_path, example, network_type)
         key for key in lora.tensors if key.endswith("lora_down.weight") and lora.tensors[key].dim() == 4
     ]
     assert bool(convolutions) == (network_type == "locon")
+
+
+def test_a_lora_trains_on_concepts_with_class_images_made_first(train64, host, tmp_path) -> None:
+    """DreamBooth's concepts: the missing class images are generated, then both datasets train."""
+    from liandan.jobs import ConceptSpec
+
+    concept = ConceptSpec(instance_folder=train64, instance_prompt="a photo of sks shape",
+                          class_folder=tmp_path / "class", class_prompt="a photo of a shape",
+                          num_class_images=2, class_steps=2)  # fmt: skip
+    job = make_job(Path(), concepts=(concept,), prior_loss_weight=0.5, train={"max_steps": 2})
+    result, _ = run(job, host)
+    assert result.step == 2 and len(list((tmp_path / "class").glob("*.png"))) == 2
+    dirs = json.loads(read_lora(host.folders.lora / "lorax.safetensors").metadata["ss_dataset_dirs"])
+    assert sorted(dirs) == ["1_class", "1_train64"]

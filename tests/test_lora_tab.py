@@ -37,7 +37,7 @@ def test_every_setting_has_a_control(tmp_path: Path) -> None:
 
 
 def test_form_values_become_a_job_and_bad_values_are_refused(tmp_path: Path) -> None:
-    values = {"name": "cat", "network.type": "loha", "network.rank": 16.0,
+    values = {"name": "cat", "data.folder": "/pics", "network.type": "loha", "network.rank": 16.0,
               "network.block_ranks": "middle_block=4", "text_encoder_lr_scale": 0.5}  # fmt: skip
     job = lora_tab.job_from_form(values)
     assert (job.network.type, job.network.rank, job.network.block_ranks) == ("loha", 16, "middle_block=4")
@@ -66,4 +66,19 @@ def test_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -> None:
     assert status.state == "done", status.error
     assert read_lora(host.folders.lora / "tablora.safetensors").metadata["ss_steps"] == "2"
     assert status.previews and all(Path(p).is_file() for p in status.previews)
+    runner.close(timeout=5)
+
+
+def test_concepts_from_the_tab_become_the_jobs_concepts(tmp_path: Path) -> None:
+    text = '[{"instance_data_dir": "/pics/me", "instance_prompt": "a photo of sks person"}]'
+    job = lora_tab.job_from_form(
+        lora_tab.parse_form({"name": "me", "concepts": text, "prior_loss_weight": 0.5})
+    )
+    assert [c.instance_prompt for c in job.concepts] == [
+        "a photo of sks person"
+    ] and job.prior_loss_weight == 0.5
+    host = StandaloneHost(tmp_path / "data")
+    runner = JobRunner(host)
+    tab = _Tab(UIContext(host=host, runner=runner))
+    assert "instance_data_dirr" in tab.call("train", name="me", concepts='[{"instance_data_dirr": "/x"}]')
     runner.close(timeout=5)

@@ -18,9 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("checkpoint", type=Path)
     merge.add_argument("--out", type=Path, required=True)
     merge.add_argument("--weight", type=float, default=1.0)
-    merge.add_argument("--half", action="store_true", help="save the checkpoint in fp16")
+    merge.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     merge.set_defaults(
-        run=_run(lambda tools, a: tools.merge_lora(a.lora, a.checkpoint, a.out, a.weight, a.half).path)
+        run=_run(lambda tools, a: tools.merge_lora(a.lora, a.checkpoint, a.out, a.weight, a.precision).path)
     )
     extract = tools.add_parser("extract", help="extract a LoRA from the difference of two checkpoints")
     extract.add_argument("base", type=Path)

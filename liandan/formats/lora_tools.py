@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from liandan.errors import ConfigError, FormatError
-from liandan.formats.lora import LoraFile, apply_lora, model_metadata, network_metadata, read_lora, write_lora
+from liandan.formats.lora import (
+    PRECISIONS,
+    LoraFile,
+    apply_lora,
+    model_metadata,
+    network_metadata,
+    read_lora,
+    write_lora,
+)
 
 if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
@@ -41,7 +49,7 @@ class MergeResult:
 
 
 def merge_lora(
-    lora_path: Path, checkpoint: Path, out: Path, weight: float = 1.0, half: bool = False
+    lora_path: Path, checkpoint: Path, out: Path, weight: float = 1.0, precision: str = "fp32"
 ) -> MergeResult:
     """Write `checkpoint` with the LoRA's deltas at `weight` added (the WebUI's `<lora:name:weight>`)."""
     from liandan.models.loading import load_bundle
@@ -53,7 +61,7 @@ def merge_lora(
     applied = apply_lora(bundle, lora, weight, backup=False)
     if not applied.changed:
         raise FormatError(f"no key of LoRA {lora_path.name} matches a layer of {checkpoint.name}")
-    save_checkpoint(bundle, out, half=half)
+    save_checkpoint(bundle, out, dtype=PRECISIONS[precision])
     return MergeResult(out, len(applied.changed), applied.skipped)
 
 

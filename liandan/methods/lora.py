@@ -1,8 +1,10 @@
 """LoRA and the LyCORIS family (LoCon, LoHa, LoKr, DoRA), trained through the one loop.
 
 Trainable: the network's modules only (models/lora_injection.py), injected into the frozen UNet and, when
-`text_encoder_lr_scale` > 0, into the text encoders (both, for SDXL) as a group of its own learning rate.
-The network is taken off the model when the job ends, however it ends.
+`text_encoder_lr_scale` > 0, into the text encoders (both, for SDXL) as a group of its own learning rate;
+with frozen text encoders the conds are cached per prompt. The network is taken off the model when the job
+ends, however it ends. Data: DreamBooth's concepts (instance images, and class images for prior
+preservation when a concept has a class folder) or the `data`/`extra_data` folders.
 
 Several processes: gradient_sync "all_reduce". The network's modules run inside the UNet's and text
 encoders' own forward (their layers' forward is wrapped), never through a forward of the network module,
@@ -31,7 +33,8 @@ from liandan.errors import ConfigError
 from liandan.formats.lora import LoraFile, model_metadata, network_metadata, read_lora, write_lora
 from liandan.jobs import LoraJob
 from liandan.models.lora_injection import LoraNetwork
-from liandan.train.diffusion_loss import batch_added_conditioning, diffusion_loss, freeze_for_training
+from liandan.train.cond_cache import frozen_text_conds
+from liandan.train.diffusion_loss import batch_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.training_job import MethodContext, render_preview, run_training_job
 
@@ -73,6 +76,10 @@ class LoraMethod:
         self.network.to(context.device)
         self.network.apply()
         self.encoder = PromptEncoder(self.bundle, clip_skip=self.job.clip_skip)
+        self.cond_cache = None
+        if not self.trains_text:
+            move = self.job.train.move_unused_to_cpu
+            self.cond_cache = frozen_text_conds(self.encoder, context.dataset, context.device, move)
         context.say(
             f"{self.job.network.type}: {len(self.network.networks)} layers, rank {self.job.network.rank}"
         )
@@ -90,17 +97,13 @@ class LoraMethod:
         return [self.network]
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        with torch.set_grad_enabled(self.trains_text and torch.is_grad_enabled()):
-            cond = self.encoder.encode(list(batch["prompts"]))
-        return diffusion_loss(
-            self.bundle,
-            batch["latents"],
-            cond.context,
-            added_cond_kwargs=batch_added_conditioning(self.bundle, batch, cond),
-            loss_weight=batch.get("loss_weight"),
-            noise=batch.get("noise"),
-            timesteps=batch.get("timesteps"),
-        )
+        prompts = list(batch["prompts"])
+        if self.cond_cache is not None:
+            context, pooled = self.cond_cache(prompts)
+        else:
+            cond = self.encoder.encode(prompts)
+            context, pooled = cond.context, cond.pooled
+        return batch_loss(self.bundle, batch, context, pooled)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.network.networks.state_dict().items()}

@@ -38,6 +38,7 @@ class TrainingAudit:
         }
         self.lr_scales = {g.name: g.lr_scale for g in groups}
         self.pending = True
+        self.active = self.groups
         self.before: dict[str, list[torch.Tensor]] = {}
 
     @property
@@ -45,8 +46,13 @@ class TrainingAudit:
         return set(self.groups)
 
     def before_step(self, step: int) -> None:
-        """Between backward and the optimizer step: every group has a non-zero gradient; sample weights."""
-        for name, params in self.groups.items():
+        """Between backward and the optimizer step: every group has a non-zero gradient; sample weights. A
+        group the method has frozen since (DreamBooth's text encoder after its stop step, when a run resumes
+        past it) is not expected to train now."""
+        self.active = {
+            name: params for name, params in self.groups.items() if any(p.requires_grad for p in params)
+        }
+        for name, params in self.active.items():
             grads = [p.grad for p in params if p.grad is not None]
             if not grads or not any(bool(g.detach().abs().amax() > 0) for g in grads):
                 raise TrainingStopped(
@@ -54,10 +60,10 @@ class TrainingAudit:
                     "depend on it, so it would never train. Check that the prompts reach it (the "
                     "template's [name]) and that the model it hooks into is the one the loss calls"
                 )
-        self.before = {name: [_sample(p) for p in params] for name, params in self.groups.items()}
+        self.before = {name: [_sample(p) for p in params] for name, params in self.active.items()}
 
     def after_step(self, step: int, learn_rate: float) -> None:
-        for name, params in self.groups.items():
+        for name, params in self.active.items():
             if learn_rate * self.lr_scales[name] == 0:
                 continue  # a group the job runs at rate 0 is not expected to move
             if all(torch.equal(old, _sample(p)) for old, p in zip(self.before[name], params)):

@@ -27,7 +27,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     (
         "Dataset",
         (
-            ("data.folder", "data.template", "log_dir"),
+            ("data.folder", "data.template", "data.prompt", "log_dir"),
             (
                 "data.width",
                 "data.height",
@@ -65,6 +65,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
 LABELS: dict[str, str] = {
     "data.folder": "Dataset directory",
     "data.template": "Prompt template",
+    "data.prompt": "Prompt instead of the template ([filewords]: the caption)",
     "log_dir": "Log directory (empty: the default)",
     "data.width": "Width",
     "data.height": "Height",
@@ -197,6 +198,9 @@ class TrainingTab:
     names: Callable[[UIContext], list[str]]
     own_train_controls: Callable[[SpecForm[Any]], None] = lambda f: None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # the form's values by field path as the spec reads them, for controls of the tab's own making (text
+    # that stands for a list of sections, such as LoRA's concepts); may raise ConfigError
+    parse_form: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values
 
 
 @dataclass
@@ -256,7 +260,7 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         form.update(model=job_model(model_title), name=name or form.get("name", ""))
         more = [form.pop(path) for path in MORE_DATA]
         try:
-            job = with_more_data(train_form.to_spec(form), *more)
+            job = with_more_data(train_form.to_spec(tab.parse_form(form)), *more)
         except LiandanError as e:
             return _error(e)
         job_id = ctx.runner.submit(job)
