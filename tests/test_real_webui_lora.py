@@ -1,0 +1,58 @@
+"""LoRA in the real WebUI, the proof of the key layout: networks we trained inside it (a LoRA of the UNet
+and text encoder, a LoHa with convolutions) appear in its Lora list at once (our refresh, no
+/refresh-loras), `<lora:name:1>` changes a fixed-seed txt2img and `<lora:name:0>` gives the plain prompt's
+image, through the WebUI's own Lora extension loading our files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from real_webui import Session
+
+pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
+
+PROMPT = "a photo of a thing"
+
+
+def lora_job(name: str, data: Any, network: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {
+        "kind": "lora",
+        "name": name,
+        "network": network,
+        **top,
+        "train": {
+            "max_steps": 8,
+            "save_every": 0,
+            "preview_every": 0,
+            "learn_rate": "0.01",
+            "lr_scheduler": "constant",
+        },
+        "data": {"folder": str(data), "width": 64, "height": 64},
+        "preview": {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False},
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "network", "top"),
+    [
+        ("rest_lora", {"type": "lora", "rank": 4, "alpha": 4.0, "targets": "transformer"},
+         {"text_encoder_lr_scale": 1.0}),
+        ("rest_loha", {"type": "loha", "rank": 4, "alpha": 4.0, "conv_rank": 2}, {}),
+    ],
+)  # fmt: skip
+def test_a_trained_network_is_listed_and_changes_txt2img_at_1_not_at_0(
+    session: Session, name, network, top
+) -> None:
+    webui = session.webui
+    plain = webui.txt2img(PROMPT)
+    status = webui.run_job(lora_job(name, session.data, network, **top))
+    assert status["step"] == 8
+    listed = {entry["name"]: entry for entry in webui.get("/sdapi/v1/loras")}
+    assert name in listed, sorted(listed)
+    assert listed[name]["metadata"]["ss_network_dim"] == "4"
+    with_lora = webui.txt2img(f"{PROMPT} <lora:{name}:1>")
+    assert np.abs(with_lora - plain).max() > 0, "the WebUI applied nothing of the LoRA"
+    np.testing.assert_array_equal(webui.txt2img(f"{PROMPT} <lora:{name}:0>"), plain)
+    np.testing.assert_array_equal(webui.txt2img(PROMPT), plain)  # the network is off again
