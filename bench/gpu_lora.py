@@ -15,8 +15,8 @@ import sys
 
 import torch
 
+from bench import lora_speed
 from bench.harness import BenchRow, append_result, measure
-from bench.lora_speed import liandan_step
 
 SD15 = ("sd1", 512, (8, 32))
 SDXL = ("sdxl", 1024, (1,))
@@ -37,13 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="CI: the CPU smoke step when there is no GPU")
     args = parser.parse_args(argv)
+    if args.smoke and not torch.cuda.is_available():
+        print("gpu_lora: no CUDA device; running the CPU smoke step instead")
+        lora_speed.main(["--smoke"])
+        return 0
     if not torch.cuda.is_available():
         print("gpu_lora: no CUDA device; run it on a GPU machine", file=sys.stderr)
         return 1
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device("cuda")
+    if args.smoke:
+        args.repeats, args.record = 2, False
     for family, size, batches in (SD15, SDXL):
         bundle = random_bundle(family)
         if family == "sdxl":
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle.unet.train()  # diffusers 0.31 checkpoints blocks in training mode only
         for batch in batches:
             torch.cuda.reset_peak_memory_stats()
-            step = liandan_step(bundle, size, batch, device, torch.bfloat16)
+            step = lora_speed.liandan_step(bundle, size, batch, device, torch.bfloat16)
             result = measure(step, 2, args.repeats)
             peak = torch.cuda.max_memory_allocated() / 2**30
             rate, ms = batch / result.median_s, result.median_s * 1000

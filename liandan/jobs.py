@@ -611,12 +611,13 @@ class NetworkSpec(Spec):
 @dataclass(frozen=True)
 class LoraJob(ConceptJobSpec):
     """Train a LoRA or a LyCORIS network (`network`) into `<lora folder>/<name>.safetensors`, the key layout
-    the WebUI's built-in Lora extension reads, with kohya's `ss_*` metadata. `text_encoder_lr_scale` > 0 also
-    trains the text encoders (both, for SDXL) at that multiple of the learning rate; `save_precision` is the
-    file's dtype (the WebUI applies LoHa/LoKr in the file's dtype: on a full-precision model an fp16 file
-    rounds the weights it touches, even at weight 0; save those as fp32 for such models). It trains DreamBooth's concepts (with or without class images) or `data` and `extra_data`.
-    An existing file of that name is replaced only with `overwrite` (which starts over) or when resuming its
-    run. See liandan/methods/lora.py."""
+    the WebUI's built-in Lora extension reads, with kohya's `ss_*` metadata. `text_encoder_lr_scale` > 0
+    also trains the text encoders (both, for SDXL) at that multiple of the learning rate; `save_precision`
+    is the file's dtype (the WebUI applies LoHa/LoKr in the file's dtype: on a full-precision model an
+    fp16 file rounds the weights it touches, even at weight 0; save those as fp32 for such models). It
+    trains DreamBooth's concepts (with or without class images) or `data` and `extra_data`. An existing
+    file of that name is replaced only with `overwrite` (which starts over) or when resuming its run. See
+    liandan/methods/lora.py."""
 
     kind: ClassVar[str] = "lora"
     name: str = ""
