@@ -12,7 +12,7 @@ from test_textual_inversion_tab import _Tab as TiTab
 from liandan.formats.lora import read_lora
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import JobRunner
-from liandan.jobs import LoraJob
+from liandan.jobs import LoraJob, NetworkSpec
 from liandan.ui import lora_tab
 from liandan.ui.components import UIContext
 from liandan.ui.spec_form import SpecForm
@@ -81,4 +81,27 @@ def test_concepts_from_the_tab_become_the_jobs_concepts(tmp_path: Path) -> None:
     runner = JobRunner(host)
     tab = _Tab(UIContext(host=host, runner=runner))
     assert "instance_data_dirr" in tab.call("train", name="me", concepts='[{"instance_data_dirr": "/x"}]')
+    runner.close(timeout=5)
+
+
+def test_the_tools_run_from_the_tab(tmp_path: Path) -> None:
+    from test_lora import _randomised
+
+    from liandan.formats.lora import LoraFile, model_metadata, write_lora
+    from liandan.models.lora_injection import LoraNetwork
+    from liandan.models.tiny import tiny_bundle
+
+    host = StandaloneHost(tmp_path / "data")
+    host.current_checkpoint()  # the tiny default model
+    network = _randomised(LoraNetwork(tiny_bundle("sd1"), NetworkSpec(), text_encoders=False))
+    metadata = model_metadata("sd1", "epsilon", "mine", 64, 64)
+    write_lora(host.folders.lora / "mine.safetensors", LoraFile(network.file_state(), metadata), "fp32")
+    runner = JobRunner(host)
+    tab = _Tab(UIContext(host=host, runner=runner))
+    assert "&quot;type&quot;: &quot;lora&quot;" in tab.call("tool_info", tool_lora="mine")
+    assert "wrote" in tab.call("tool_resize", tool_lora="mine", tool_rank=2)
+    assert (host.folders.lora / "mine-r2.safetensors").is_file()
+    merged = tab.call("tool_merge", tool_lora="mine", tool_weight=0.5)
+    assert "wrote" in merged and (host.folders.checkpoints / "mine-merged.safetensors").is_file()
+    assert "liandan-error" in tab.call("tool_info", tool_lora="missing")
     runner.close(timeout=5)
