@@ -21,6 +21,7 @@ from liandan.formats.lora_keys import bundle_modules, module_names, unapplied_ke
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import run_job
 from liandan.jobs import DataSpec, LoraJob, NetworkSpec, PreviewSpec, TrainSpec
+from liandan.models.ldm_layout import hf_text_model_prefix
 from liandan.models.lora_injection import LoraNetwork
 from liandan.models.model_spec import build_modules, spec_of_bundle, standard_spec
 from liandan.models.sampling import generate
@@ -290,7 +291,12 @@ def test_diffusers_reads_every_key_of_our_files(tmp_path, family) -> None:
     components = {"unet": bundle.unet, "text_encoder": bundle.text_encoders[0]}
     if bundle.is_sdxl:
         components["text_encoder_2"] = bundle.text_encoders[1]
-    modules = {(name, path) for name, module in components.items() for path, _ in module.named_modules()}
+    # transformers 5's CLIPTextModel has no `text_model` level; diffusers' keys keep transformers 4's names
+    modules = {
+        (name, (hf_text_model_prefix(module) if name != "unet" else "") + path)
+        for name, module in components.items()
+        for path, _ in module.named_modules()
+    }
     found = {_diffusers_module(key) for key in state}
     assert found <= modules
     assert len(found) == len(network.networks) == len(alphas)
