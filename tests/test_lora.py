@@ -160,6 +160,7 @@ def test_an_incomplete_openclip_attention_is_unapplied() -> None:
 # --- training -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network_type", NETWORK_TYPES)
 def test_the_loss_falls_and_every_saved_key_is_used(train64, host, network_type) -> None:
     job = make_job(train64, network={"type": network_type}, train={"max_steps": 12, "batch_size": 2})
@@ -412,6 +413,7 @@ def test_the_example_job_files_run_from_the_cli(tmp_path, example, network_type)
     assert bool(convolutions) == (network_type == "locon")
 
 
+@pytest.mark.slow
 def test_a_lora_trains_on_concepts_with_class_images_made_first(train64, host, tmp_path) -> None:
     """DreamBooth's concepts: the missing class images are generated, then both datasets train."""
     from liandan.jobs import ConceptSpec
