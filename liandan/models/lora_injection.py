@@ -170,7 +170,11 @@ class LoraNetwork(torch.nn.Module):
         spec: NetworkSpec,
     ) -> torch.nn.Module:
         extra: dict[str, Any] = {}
-        if spec.type == "dora":
+        if spec.type in ("lora", "locon"):
+            # x -> down -> up beside the frozen layer (kohya's LoRA, where `dropout` applies); lycoris'
+            # default for a plain Linear rebuilds the full weight difference and runs the layer twice
+            extra = {"bypass_mode": True}
+        elif spec.type == "dora":
             extra = {"weight_decompose": True, "wd_on_out": False}
         elif spec.type == "lokr":
             extra = {"factor": spec.lokr_factor}
