@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -282,6 +283,7 @@ class DataSpec(Spec):
     buckets: bool = False  # aspect-ratio buckets instead of one W×H
     resize_mode: Literal["crop", "stretch"] = "crop"  # one W×H: centre crop, or A1111's stretch (no crop)
     template: str = "liandan_style_filewords.txt"  # a file in the templates folder, or a path
+    prompt: str = ""  # one literal prompt ([filewords], [name] filled in) instead of the template
     filename_regex: str = ""
     join_string: str = " "
     shuffle_tags: bool = False
@@ -587,3 +589,192 @@ class GenerateSpec(Spec):
     def validate(self) -> None:
         if self.width % 8 or self.height % 8:
             raise ConfigError(f"size {self.width}x{self.height}: width and height must be multiples of 8")
+
+
+# --- DreamBooth concepts (shared with LoRA) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConceptSpec(Spec):
+    """One subject to learn: its images and prompt, and optionally class images for prior preservation.
+
+    `instance_prompt` and `class_prompt` are literal prompts; `[filewords]` in them is each image's caption
+    (its .txt, else its file name). A `class_folder` turns prior preservation on for the concept: it is
+    filled up to `num_class_images` with images the model generates from `class_prompt` (with
+    `class_negative_prompt`, `class_cfg_scale`, `class_steps`) before training; 0 uses what is there.
+    `repeats` is how often each instance image is seen per epoch (class images once); `loss_weight` scales
+    the concept's loss, its class images' too. See liandan/data/concepts.py.
+    """
+
+    instance_folder: Path = Path()
+    instance_prompt: str = ""
+    class_folder: Path = Path()
+    class_prompt: str = ""
+    num_class_images: int = bounded(0, 0, 100000)
+    class_negative_prompt: str = ""
+    class_cfg_scale: float = bounded(7.0, 1.0, 30.0)
+    class_steps: int = bounded(20, 1, 150)
+    repeats: int = bounded(1, 1, 10000)
+    loss_weight: float = bounded(1.0, 0.01, 100.0)
+
+    @property
+    def has_class_images(self) -> bool:
+        return self.class_folder != Path()
+
+    def validate(self) -> None:
+        where = f"concept {str(self.instance_folder)!r}"
+        if self.instance_folder == Path():
+            raise ConfigError("a concept needs an instance folder (the images of the subject)")
+        if not self.instance_prompt.strip():
+            raise ConfigError(f"{where} needs an instance prompt, e.g. 'a photo of sks dog'")
+        if not self.has_class_images:
+            if self.num_class_images or self.class_prompt.strip():
+                raise ConfigError(
+                    f"{where}: num_class_images/class_prompt are set but class_folder is empty; name the "
+                    "folder the class images are kept in (prior preservation), or clear them"
+                )
+            return
+        if self.class_folder.resolve() == self.instance_folder.resolve():
+            raise ConfigError(
+                f"{where}: the class folder is the instance folder ({self.class_folder}); class images "
+                "must be kept apart from the subject's images"
+            )
+        if not self.class_prompt.strip():
+            raise ConfigError(f"{where} has a class folder but no class prompt, e.g. 'a photo of a dog'")
+
+
+@dataclass(frozen=True)
+class ConceptJobSpec(JobSpec):
+    """Base of jobs that train concepts (DreamBooth, LoRA). With `concepts`, each concept's instance and
+    class images are the datasets (read with the job's `data` options; its folder stays empty) and missing
+    class images are generated before training; without, the job trains `data` and `extra_data` as any
+    other. `prior_loss_weight` scales the class images' loss."""
+
+    concepts: tuple[ConceptSpec, ...] = ()  # [[concepts]] in TOML
+    prior_loss_weight: float = bounded(1.0, 0.01, 100.0)
+
+    def written_folders(self) -> list[Path]:
+        """Missing class images are generated into the class folders."""
+        return [*super().written_folders(), *(c.class_folder for c in self.concepts if c.has_class_images)]
+
+    def validate(self) -> None:
+        data: DataSpec = self.data  # type: ignore[attr-defined]
+        if self.concepts and data.folder != Path():
+            raise ConfigError(
+                f"give either concepts or data.folder ({data.folder}), not both; a folder trained beside "
+                "the concepts goes in [[extra_data]]"
+            )
+        instance = {c.instance_folder.resolve(): c for c in self.concepts}
+        for concept in self.concepts:
+            other = instance.get(concept.class_folder.resolve()) if concept.has_class_images else None
+            if other is not None:
+                raise ConfigError(
+                    f"the class folder {concept.class_folder} of concept {str(concept.instance_folder)!r} is "
+                    f"the instance folder of another concept; class images must be kept apart"
+                )
+
+
+@dataclass(frozen=True)
+class DreamBoothJob(ConceptJobSpec):
+    """Fine-tune the model itself (its UNet, and with `train_text_encoder` its text encoder(s)) on concepts,
+    and save it as the single-file checkpoint `<checkpoints>/<name>.<save_format>`.
+
+    The text encoders learn at `text_encoder_lr_scale` × the UNet's rate (same schedule) and stop at
+    `text_encoder_stop_step` (0: train to the end). `vae` (a file, or a name in models/VAE) replaces the
+    model's VAE for training and in the saved file. `save_dtype` is the precision of the saved weights. An
+    existing checkpoint of that name is refused unless `overwrite`. See liandan/methods/dreambooth.py.
+    """
+
+    kind: ClassVar[str] = "dreambooth"
+    name: str = ""
+    train_text_encoder: bool = False
+    text_encoder_lr_scale: float = bounded(1.0, 0.0, 100.0)
+    text_encoder_stop_step: int = bounded(0, 0)
+    vae: str = ""
+    save_format: Literal["safetensors", "ckpt"] = "safetensors"
+    save_dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+    overwrite: bool = False
+    train: TrainSpec = field(
+        default_factory=lambda: TrainSpec(learn_rate="0.000002", lr_scheduler="constant", max_steps=800)
+    )
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+    def validate(self) -> None:
+        super().validate()
+        check_name(self.name, "checkpoint")
+        if not self.concepts and self.data.folder == Path():
+            raise ConfigError("the DreamBooth job needs at least one concept ([[concepts]]) or a data.folder")
+
+
+# --- LoRA / LyCORIS (liandan/methods/lora.py) ------------------------------------------------------------
+
+NetworkType = Literal["lora", "locon", "loha", "lokr", "dora"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec(Spec):
+    """The network a LoRA job trains (liandan/models/lora_injection.py): its type, `rank` (dim) and `alpha`
+    of the attention/linear layers, `conv_rank`/`conv_alpha` of the convolutions ("locon", "loha", "lokr";
+    0: none), dropouts (of the output, of ranks, of whole modules), what it targets ("attention": the
+    attention projections; "transformer": also feed-forward and proj_in/out), per-block UNet ranks
+    (`block_ranks` = "input_blocks_4=8, middle_block=16", LDM names), LoKr's factor (-1: automatic)."""
+
+    type: NetworkType = "lora"
+    rank: int = bounded(8, 1, 1024)
+    alpha: float = bounded(4.0, 0.0)
+    conv_rank: int = bounded(4, 0, 1024)
+    conv_alpha: float = bounded(1.0, 0.0)
+    dropout: float = bounded(0.0, 0.0, 1.0)
+    rank_dropout: float = bounded(0.0, 0.0, 1.0)
+    module_dropout: float = bounded(0.0, 0.0, 1.0)
+    targets: Literal["attention", "transformer"] = "attention"
+    block_ranks: str = ""
+    lokr_factor: int = bounded(-1, -1)
+
+    def validate(self) -> None:
+        from liandan.models.lora_injection import parse_block_ranks
+
+        for name in ("alpha", "conv_alpha"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is not a number; expected e.g. 4 or 0.5")
+        if self.dropout > 0 and self.type in ("loha", "lokr", "dora"):
+            raise ConfigError(
+                f"dropout = {self.dropout}: lycoris applies no output dropout to {self.type}; use "
+                "rank_dropout or module_dropout, or the types lora/locon"
+            )
+        parse_block_ranks(self.block_ranks)
+
+
+@dataclass(frozen=True)
+class LoraJob(ConceptJobSpec):
+    """Train a LoRA or a LyCORIS network (`network`) into `<lora folder>/<name>.safetensors`, the key layout
+    the WebUI's built-in Lora extension reads, with kohya's `ss_*` metadata. `text_encoder_lr_scale` > 0
+    also trains the text encoders (both, for SDXL) at that multiple of the learning rate; `save_precision`
+    is the file's dtype (the WebUI applies LoHa/LoKr in the file's dtype: on a full-precision model an
+    fp16 file rounds the weights it touches, even at weight 0; save those as fp32 for such models). It
+    trains DreamBooth's concepts (with or without class images) or `data` and `extra_data`. An existing
+    file of that name is replaced only with `overwrite` (which starts over) or when resuming its run. See
+    liandan/methods/lora.py."""
+
+    kind: ClassVar[str] = "lora"
+    name: str = ""
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    text_encoder_lr_scale: float = bounded(0.0, 0.0, 100.0)
+    save_precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+    overwrite: bool = False
+    train: TrainSpec = field(
+        default_factory=lambda: TrainSpec(learn_rate="0.0001", lr_scheduler="constant", save_every=0)
+    )
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
+
+    def validate(self) -> None:
+        super().validate()
+        check_name(self.name, "LoRA")
+        if not self.concepts and self.data.folder == Path():
+            raise ConfigError("the LoRA job needs at least one concept ([[concepts]]) or a data.folder")

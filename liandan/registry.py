@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liandan.errors import ConfigError
-from liandan.jobs import AestheticJob, AptJob, HypernetworkJob, JobSpec, TextualInversionJob
+from liandan.jobs import (
+    AestheticJob,
+    AptJob,
+    DreamBoothJob,
+    HypernetworkJob,
+    JobSpec,
+    LoraJob,
+    TextualInversionJob,
+)
 from liandan.preprocess.job import PreprocessJob
 
 if TYPE_CHECKING:
@@ -90,6 +98,17 @@ register(
 )
 register(
     Method(AptJob, "liandan.methods.apt:run_apt_job", "APT", tab="liandan.ui.apt_tab", artifact="embeddings")
+)
+register(
+    Method(LoraJob, "liandan.methods.lora:run_lora_job", "LoRA", tab="liandan.ui.lora_tab", artifact="lora")
+)
+register(
+    Method(
+        DreamBoothJob,
+        "liandan.methods.dreambooth:run_dreambooth_job",
+        "DreamBooth",
+        artifact="checkpoints",
+    )
 )
 register(
     Method(

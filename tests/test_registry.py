@@ -27,7 +27,9 @@ def test_a_fresh_process_knows_every_kind_from_the_registry_alone() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["aesthetic", "apt", "hypernetwork", "preprocess", "textual_inversion"]
+    assert out.stdout.split() == [
+        "aesthetic", "apt", "dreambooth", "hypernetwork", "lora", "preprocess", "textual_inversion"
+    ]  # fmt: skip
 
 
 def test_every_tab_module_exports_build() -> None:
@@ -52,7 +54,7 @@ def test_missing_optional_package_names_it_and_our_own_import_errors_propagate(t
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "cat"}, "the job has no 'kind'; expected one of: aesthetic, apt, hypernetwork, preprocess"),
+        ({"name": "cat"}, "the job has no 'kind'; expected one of: aesthetic, apt, dreambooth, hypernetwork"),
         ({"kind": "textual_inversoin"}, "did you mean 'textual_inversion'?"),
         ({"kind": 3}, "job kind 3 is unknown"),
     ],

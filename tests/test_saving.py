@@ -53,7 +53,8 @@ def test_regenerated_schedule_buffers_equal_ldms(fixtures_dir):
 
 
 def test_half_metadata_and_no_leftovers(tmp_path):
-    path = save_checkpoint(tiny_bundle("sd1"), tmp_path / "m.safetensors", half=True, metadata={"ss_x": "1"})
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny_bundle("sd1"), path, dtype=torch.float16, metadata={"ss_x": "1"})
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["ss_x"] == "1"
         assert f.get_tensor("model.diffusion_model.out.2.weight").dtype == torch.float16
@@ -75,3 +76,13 @@ def test_released_architecture_needs_no_yaml():
 
     assert is_released_architecture(standard_spec("sdxl"))
     assert not is_released_architecture(spec_of_bundle(tiny_bundle("sdxl")))
+
+
+def test_ckpt_loads_with_a1111s_safe_unpickler_and_bf16(tmp_path):
+    from a1111_safe_unpickler import check_pt
+
+    path = save_checkpoint(tiny_bundle("sd1"), tmp_path / "m.ckpt", dtype=torch.bfloat16)
+    check_pt(path)  # raises when A1111 would refuse the file
+    state = _tensors(path)
+    assert state["model.diffusion_model.out.2.weight"].dtype == torch.bfloat16
+    assert state["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype == torch.int64

@@ -114,7 +114,12 @@ class TrainingDataset(Dataset):
                 f"training size {spec.width}x{spec.height} must be a multiple of {self.vae_factor} "
                 "(the VAE's downscale factor)"
             )
-        self.template = PromptTemplate.load(spec.template, templates_dir, spec.shuffle_tags, spec.tag_dropout)
+        if spec.prompt:
+            self.template = PromptTemplate.literal(spec.prompt, spec.shuffle_tags, spec.tag_dropout)
+        else:
+            self.template = PromptTemplate.load(
+                spec.template, templates_dir, spec.shuffle_tags, spec.tag_dropout
+            )
         self.scan: FolderScan = scan_image_folder(spec.folder, spec.recursive)
         self.skipped: list[SkippedFile] = list(self.scan.skipped)
         self.images = self._build_images()

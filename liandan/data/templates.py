@@ -8,7 +8,8 @@ and on the command line pointed at the same folder tree.
 Filling follows A1111's `create_text`: pick a line; split the caption on "," (spaces kept); drop each tag
 unless `random() > tag_dropout`; shuffle the tags if asked; join them with ","; replace `[filewords]`, then
 `[name]`. The random numbers come from the generator the caller passes, so the result is reproducible.
-Blank lines of a template are ignored (A1111 would pick them as an empty prompt).
+Blank lines of a template are ignored (A1111 would pick them as an empty prompt). A dataset may instead give
+one literal prompt (DreamBooth's instance and class prompts): a template of that one line, from no file.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def resolve_template(template: str, user_dir: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    path: Path
+    path: Path | None  # None: a literal prompt, not read from a file
     lines: tuple[str, ...]
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
@@ -72,9 +73,15 @@ class PromptTemplate:
             raise DatasetError(f"prompt template {path} has no prompt lines")
         return cls(path, lines, shuffle_tags, tag_dropout)
 
+    @classmethod
+    def literal(cls, prompt: str, shuffle_tags: bool = False, tag_dropout: float = 0.0) -> PromptTemplate:
+        """The template of one prompt given as text ([filewords] and [name] are filled in as in a file)."""
+        return cls(None, (prompt.strip(),), shuffle_tags, tag_dropout)
+
     def record(self) -> dict[str, object]:
-        """Which file and lines a job used (its provenance): a user's file of the same name wins over ours."""
-        return {"file": str(self.path), "lines": list(self.lines)}
+        """Which file and lines a job used (its provenance): a user's file of the same name wins over ours.
+        A literal prompt has the file ""."""
+        return {"file": str(self.path) if self.path else "", "lines": list(self.lines)}
 
     @property
     def uses_filewords(self) -> bool:

@@ -42,7 +42,8 @@ from liandan.models.hypernetwork_modules import (
     parse_dropout_structure,
     parse_layer_structure,
 )
-from liandan.train.diffusion_loss import batch_added_conditioning, diffusion_loss, freeze_for_training
+from liandan.train.cond_cache import CondCache, fixed_prompts
+from liandan.train.diffusion_loss import batch_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.optimizer_sidecar import OptimizerSidecar
 from liandan.train.training_job import MethodContext, render_preview, run_training_job
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from liandan.train.loop import TrainResult
 
 LOSS_CSV = "hypernetwork_loss.csv"
-MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
 
 
 def model_attention_widths(bundle: ModelBundle) -> list[int]:
@@ -114,7 +114,7 @@ class HypernetworkMethod:
         self,
         context: MethodContext,
         hypernetwork: Hypernetwork,
-        fixed_prompts: bool = False,
+        fixed_prompts: set[str] | None = None,
         existing_file: Path | None = None,
     ) -> None:
         from liandan.models.attention_hooks import install_kv_transforms
@@ -132,42 +132,19 @@ class HypernetworkMethod:
         self.hypernetwork = hypernetwork.to(self.device)
         self.hypernetwork.requires_grad_(True)
         self.hypernetwork.train()  # dropout on; strength is 1 while training, as in A1111
-        self.encoder = PromptEncoder(self.bundle, clip_skip=self.job.clip_skip)
-        self.conds: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._cond = CondCache(PromptEncoder(self.bundle, clip_skip=self.job.clip_skip), self.device)
         self.handle = install_kv_transforms(self.bundle.unet, [self.hypernetwork])
         if fixed_prompts:
-            self._precompute_conds()
+            self._precompute_conds(fixed_prompts)
 
     # --- conditioning ----------------------------------------------------------------------------------
 
-    def _precompute_conds(self) -> None:
+    def _precompute_conds(self, prompts: set[str]) -> None:
         """Prompts that never vary: encode each once, then the text encoders may leave the GPU."""
-        dataset = self.context.dataset
-        for prompt in sorted({dataset.prompt(i, 0) for i in range(len(dataset.images))}):
-            self._cond([prompt])
+        self._cond.precompute(prompts)
         if self.job.train.move_unused_to_cpu:
             for encoder in self.bundle.text_encoders:
                 encoder.to("cpu")
-
-    def _cond(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Conditioning of a batch from the per-prompt cache; prompts of different chunk counts (over 75
-        tokens) are encoded together so they are padded alike, as A1111 does."""
-        with torch.no_grad():
-            for prompt in prompts:
-                if prompt not in self.conds:
-                    cond = self.encoder.encode([prompt])
-                    if len(self.conds) < MAX_CACHED_CONDS:
-                        self.conds[prompt] = (cond.context.to(self.device), _to(cond.pooled, self.device))
-                    else:
-                        return _pair(self.encoder.encode(prompts), self.device)
-            lengths = {self.conds[p][0].shape[1] for p in prompts}
-            if len(lengths) > 1:
-                return _pair(self.encoder.encode(prompts), self.device)
-            context = torch.cat([self.conds[p][0] for p in prompts])
-            pooled = self.conds[prompts[0]][1]
-            if pooled is not None:
-                pooled = torch.cat([self.conds[p][1] for p in prompts])  # type: ignore[misc]
-            return context, pooled
 
     # --- TrainingMethod ----------------------------------------------------------------------------------
 
@@ -178,20 +155,8 @@ class HypernetworkMethod:
         return [self.hypernetwork]
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        from liandan.models.conditioning import Conditioning
-
         context, pooled = self._cond(list(batch["prompts"]))
-        extra = batch_added_conditioning(self.bundle, batch, Conditioning(context, pooled))
-        return diffusion_loss(
-            self.bundle,
-            batch["latents"],
-            context,
-            added_cond_kwargs=extra,
-            loss_weight=batch["loss_weight"],
-            noise=batch.get("noise"),
-            timesteps=batch.get("timesteps"),
-            train=self.job.train,
-        )
+        return batch_loss(self.bundle, batch, context, pooled, train=self.job.train)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.hypernetwork.state_dict().items()}
@@ -254,19 +219,6 @@ class HypernetworkMethod:
         self.handle.remove()
 
 
-def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)
-
-
-def _pair(cond: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return cond.context.to(device), _to(cond.pooled, device)
-
-
-def prompts_are_fixed(job: HypernetworkJob, template_lines: int) -> bool:
-    """True when every image always gets the same prompt: its conds can be computed once."""
-    return not job.data.shuffle_tags and job.data.tag_dropout == 0 and template_lines == 1
-
-
 def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     """Load the existing hypernetwork (train further) or create one, then wrap it for the loop."""
     from liandan.train.checkpointing import find_state
@@ -283,8 +235,7 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     else:
         hypernetwork = build_hypernetwork(job, widths)
         existing = None
-    # only the first dataset's template is known here: several datasets encode their prompts as they come
-    fixed = not job.extra_data and prompts_are_fixed(job, len(context.dataset.template.lines))
+    fixed = fixed_prompts(context.dataset)
     return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
 
 

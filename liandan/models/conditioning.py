@@ -184,7 +184,10 @@ class PromptEncoder:
         bundle: ModelBundle,
         clip_skip: int = 1,
         comma_padding_backtrack: int = DEFAULT_COMMA_PADDING_BACKTRACK,
+        forward: Sequence[torch.nn.Module] | None = None,
     ) -> None:
+        """`forward`: the modules to call instead of the bundle's text encoders (their wrappers for several
+        processes, whose forward is where gradient sync hooks in); everything else is read from the bundle."""
         layers = bundle.text_encoders[0].config.num_hidden_layers
         if not 1 <= clip_skip <= layers:
             raise ConfigError(f"clip_skip is {clip_skip}: expected 1 to {layers} for this model")
@@ -193,6 +196,7 @@ class PromptEncoder:
                 f"comma_padding_backtrack is {comma_padding_backtrack}: expected 0 to {CHUNK_LENGTH}"
             )
         self.bundle = bundle
+        self.forward = list(forward) if forward is not None else bundle.text_encoders
         self.clip_skip = clip_skip
         self.comma_padding_backtrack = comma_padding_backtrack
         # SDXL's two tokenizers share one vocabulary: one tokenization keeps both encoders' chunks aligned
@@ -341,7 +345,7 @@ class PromptEncoder:
         ]
         hook = encoder.get_input_embeddings().register_forward_hook(_splice_hook(splices))
         try:
-            out = encoder(input_ids=input_ids, output_hidden_states=True)
+            out = self.forward[encoder_index](input_ids=input_ids, output_hidden_states=True)
         finally:
             hook.remove()
 

@@ -1,4 +1,4 @@
-"""Load a ModelBundle from a diffusers folder (model_index.json with unet/, vae/, text_encoder(_2)/, ...)."""
+"""A ModelBundle from and to a diffusers folder (model_index.json, unet/, vae/, text_encoder(_2)/, ...)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,54 @@ def load_diffusers_folder(
         source=path,
         info={"diffusers_folder": str(path)},
     )
+
+
+PIPELINES = {"sdxl": "StableDiffusionXLPipeline"}
+
+
+def save_diffusers_folder(bundle: ModelBundle, path: Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write `bundle` as a diffusers model folder (model_index.json, unet/, vae/, text_encoder(_2)/,
+    tokenizer(_2)/, scheduler/), floating weights in `dtype` if given. Built in a temporary folder beside
+    `path` and renamed into place, so no half-written model is ever seen there; an existing `path` is
+    refused."""
+    import secrets
+    import shutil
+
+    import diffusers
+
+    if path.exists():
+        raise CheckpointError(f"{path} already exists; a diffusers folder is written to a new path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    index: dict[str, object] = {
+        "_class_name": PIPELINES.get(bundle.family, "StableDiffusionPipeline"),
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", type(bundle.unet).__name__],
+        "vae": ["diffusers", type(bundle.vae).__name__],
+        "scheduler": ["diffusers", type(bundle.noise_scheduler).__name__],
+    }
+    if bundle.family != "sdxl":
+        index |= {"safety_checker": [None, None], "feature_extractor": [None, None]}
+        index["requires_safety_checker"] = False
+    try:
+        for name, module in (("unet", bundle.unet), ("vae", bundle.vae)):
+            _cast(module, dtype).save_pretrained(tmp / name)
+        bundle.noise_scheduler.save_pretrained(tmp / "scheduler")
+        for i, (encoder, tokenizer) in enumerate(zip(bundle.text_encoders, bundle.tokenizers)):
+            suffix = "" if i == 0 else "_2"
+            _cast(encoder, dtype).save_pretrained(tmp / f"text_encoder{suffix}")
+            tokenizer.save_pretrained(tmp / f"tokenizer{suffix}")
+            index[f"text_encoder{suffix}"] = ["transformers", type(encoder).__name__]
+            index[f"tokenizer{suffix}"] = ["transformers", type(tokenizer).__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """The module itself, or (another dtype asked for) a CPU copy in that dtype: the bundle is not changed."""
+    import copy
+
+    return module if dtype is None else copy.deepcopy(module).to("cpu", dtype)

@@ -18,7 +18,7 @@ from liandan.errors import CheckpointError
 from liandan.formats.a1111_pickle import load_error_summary, torch_load_weights_only
 from liandan.models.bundle import Family, ModelBundle
 from liandan.models.detect import EXPECTED, detect_family
-from liandan.models.ldm_layout import TEXT_PREFIXES, key_plan, to_module_tensors
+from liandan.models.ldm_layout import TEXT_PREFIXES, VAE_PREFIX, key_plan, to_module_tensors
 from liandan.models.ldm_yaml import configs_from_yaml, read_yaml
 from liandan.models.model_spec import ModelSpec, assemble_bundle, assign_tensor, build_modules, standard_spec
 
@@ -247,3 +247,33 @@ def bundle_short_hash(bundle: ModelBundle) -> str | None:
     if bundle.short_hash is None and bundle.source is not None and bundle.source.is_file():
         bundle.short_hash = checkpoint_short_hash(bundle.source)
     return bundle.short_hash
+
+
+class _PrefixedSource:
+    """A VAE file's keys as they sit in a checkpoint: A1111's VAE files drop the `first_stage_model.`."""
+
+    def __init__(self, source: TensorSource, prefix: str) -> None:
+        self._source, self._prefix = source, prefix
+        self.shapes = {prefix + key: shape for key, shape in source.shapes.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._source.get(key.removeprefix(self._prefix))
+
+
+def load_vae_file(bundle: ModelBundle, path: Path) -> None:
+    """Replace the bundle's VAE weights by those of a VAE file (A1111's models/VAE: .safetensors, .pt or
+    .ckpt, with or without the `first_stage_model.` prefix); CheckpointError for a file of other shapes."""
+    from liandan.models.model_spec import spec_of_bundle
+
+    vae = bundle.vae
+    device, dtype = vae.device, vae.dtype
+    with open_checkpoint(path) as source:
+        prefixed = any(key.startswith(VAE_PREFIX) for key in source.shapes)
+        keys: TensorSource = source if prefixed else _PrefixedSource(source, VAE_PREFIX)
+        modules = {"unet": bundle.unet, "vae": vae}
+        modules.update({f"text_encoder_{i}": te for i, te in enumerate(bundle.text_encoders)})
+        plan = [m for m in key_plan(spec_of_bundle(bundle), modules) if m.component == "vae"]
+        for key_map in plan:
+            _fill(path, keys, vae, key_map, str(device), dtype)
+    bundle.info["vae"] = str(path)
+    bundle.info["vae_hash"] = checkpoint_short_hash(path)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from liandan.atomic_files import atomic_path, write_text_atomic
 from liandan.errors import CheckpointError
+from liandan.formats.a1111_pickle import save_pt_a1111
 from liandan.models.bundle import ModelBundle
 from liandan.models.ldm_layout import TEXT_PREFIXES, key_plan, to_ldm_tensor
 from liandan.models.ldm_yaml import yaml_text
@@ -96,8 +97,8 @@ def _regenerated_extras(bundle: ModelBundle, spec: ModelSpec) -> dict[str, torch
     return extras
 
 
-def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torch.Tensor]:
-    """The bundle's weights under LDM keys (CPU, contiguous; floating tensors in fp16 with `half`)."""
+def ldm_state_dict(bundle: ModelBundle, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The bundle's weights under LDM keys (CPU, contiguous; floating tensors cast to `dtype` if given)."""
 
     spec = spec_of_bundle(bundle)
     modules = {"unet": bundle.unet, "vae": bundle.vae}
@@ -111,8 +112,8 @@ def ldm_state_dict(bundle: ModelBundle, *, half: bool = False) -> dict[str, torc
     state.update(extras)
     for key, tensor in state.items():
         tensor = tensor.to("cpu")
-        if half and tensor.is_floating_point():
-            tensor = tensor.half()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
         state[key] = tensor.contiguous()
     return state
 
@@ -134,24 +135,27 @@ def sort_safetensors_metadata(path: Path) -> None:
 
 
 def save_checkpoint(
-    bundle: ModelBundle, path: Path, *, half: bool = False, metadata: dict[str, str] | None = None
+    bundle: ModelBundle,
+    path: Path,
+    *,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write `bundle` to `path` (.safetensors, or .ckpt as {"state_dict": ...}); a .yaml beside it when the
-    architecture is not a released one. Returns `path`."""
-    import torch
-
+    """Write `bundle` to `path` (.safetensors, or .ckpt as {"state_dict": ...} that A1111's safe unpickler
+    loads; a .ckpt has no metadata) with floating weights in `dtype` (None: as they are); a .yaml beside it
+    when the architecture is not a released one. Returns `path`."""
     path = Path(path)
     if path.suffix not in (".safetensors", ".ckpt"):
         raise CheckpointError(f"{path}: a checkpoint is saved as .safetensors or .ckpt, not {path.suffix!r}")
-    state = ldm_state_dict(bundle, half=half)
-    with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    state = ldm_state_dict(bundle, dtype=dtype)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
 
+        with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
             sort_safetensors_metadata(tmp)
-        else:
-            torch.save({"state_dict": state}, tmp)
+    else:
+        save_pt_a1111({"state_dict": state}, path)
     spec = spec_of_bundle(bundle)
     yaml_path = path.with_suffix(".yaml")
     if not is_released_architecture(spec):

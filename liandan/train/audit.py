@@ -38,6 +38,7 @@ class TrainingAudit:
         }
         self.lr_scales = {g.name: g.lr_scale for g in groups}
         self.pending = True
+        self.active = self.groups
         self.before: dict[str, list[torch.Tensor]] = {}
         self._gradient_max: dict[int, torch.Tensor] = {}  # by id(tensor), from `observe`
         self._samples: dict[int, torch.Tensor] = {}
@@ -54,13 +55,18 @@ class TrainingAudit:
 
     def before_step(self, step: int, observed: bool = False) -> None:
         """Between backward and the optimizer step (`observed`: after a fused backward's steps, with what
-        `observe` saw): every group has a non-zero gradient; sample weights."""
+        `observe` saw): every group has a non-zero gradient; sample weights. A group the method has frozen
+        since (DreamBooth's text encoder after its stop step, when a run resumes past it) is not expected to
+        train now."""
+        self.active = {
+            name: params for name, params in self.groups.items() if any(p.requires_grad for p in params)
+        }
         if not observed:
-            for params in self.groups.values():
+            for params in self.active.values():
                 for p in params:
                     if p.grad is not None:
                         self.observe(p, p.grad)
-        for name, params in self.groups.items():
+        for name, params in self.active.items():
             flags = [self._gradient_max[id(p)] for p in params if id(p) in self._gradient_max]
             if not any(bool(flag > 0) for flag in flags):
                 raise TrainingStopped(
@@ -71,12 +77,12 @@ class TrainingAudit:
         # a tensor without a gradient did not step: its weights now are its weights before
         self.before = {
             name: [self._samples[id(p)] if id(p) in self._samples else _sample(p) for p in params]
-            for name, params in self.groups.items()
+            for name, params in self.active.items()
         }
         self._gradient_max, self._samples = {}, {}
 
     def after_step(self, step: int, learn_rate: float) -> None:
-        for name, params in self.groups.items():
+        for name, params in self.active.items():
             if learn_rate * self.lr_scales[name] == 0:
                 continue  # a group the job runs at rate 0 is not expected to move
             if all(torch.equal(old, _sample(p)) for old, p in zip(self.before[name], params)):

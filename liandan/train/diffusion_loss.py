@@ -89,7 +89,7 @@ def diffusion_loss(
     added = None
     if added_cond_kwargs is not None:
         added = {k: v.to(unet.device, dtype) for k, v in added_cond_kwargs.items()}
-    prediction = (predict or _unet_prediction(unet))(
+    prediction = (predict or unet_prediction(unet))(
         noisy.to(dtype), timesteps, context.to(unet.device, dtype), added
     )
 
@@ -122,7 +122,34 @@ def min_snr_weights(
     return torch.where(snr > 0, clipped / snr.clamp_min(1e-12), torch.ones_like(snr))
 
 
-def _unet_prediction(unet: torch.nn.Module) -> Predict:
+def batch_loss(
+    bundle: ModelBundle,
+    batch: Mapping[str, Any],
+    context: torch.Tensor,
+    pooled: torch.Tensor | None,
+    predict: Predict | None = None,
+    train: TrainSpec | None = None,
+) -> torch.Tensor:
+    """`diffusion_loss` of a dataset batch conditioned on (context, pooled): its latents, its loss weight,
+    SDXL's added conditioning from its size ids, and the fixed noise and timesteps a validation batch has."""
+    from liandan.models.conditioning import Conditioning
+
+    return diffusion_loss(
+        bundle,
+        batch["latents"],
+        context,
+        added_cond_kwargs=batch_added_conditioning(bundle, batch, Conditioning(context, pooled)),
+        loss_weight=batch["loss_weight"],
+        predict=predict,
+        noise=batch.get("noise"),
+        timesteps=batch.get("timesteps"),
+        train=train,
+    )
+
+
+def unet_prediction(unet: torch.nn.Module) -> Predict:
+    """The plain prediction of `unet` (the bundle's, or its wrapper for several processes)."""
+
     def predict(
         noisy: torch.Tensor,
         timesteps: torch.Tensor,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from liandan.models.bundle import ModelBundle
     from liandan.models.conditioning import EmbeddingVectors
     from liandan.progress import Control, ProgressEvent, Reporter
+    from liandan.train.class_images import ClassImageSettings
     from liandan.train.loop import TrainResult
     from liandan.train.method import TrainingMethod
     from liandan.train.validation import Validation
@@ -50,6 +51,9 @@ class MethodContext:
     device: torch.device
     is_main: bool = True  # the process that writes files (rank 0)
     reporter: Reporter | None = None
+    # the prompt and seed of the run's previews and self-test (a method may render the base model's first)
+    preview_prompt: str = ""
+    preview_seed: int = 0
 
     def say(self, text: str) -> None:
         """A message for the user (job status, console), e.g. what happened to a file the job replaced."""
@@ -95,12 +99,23 @@ def build_training_data(
     bundle: ModelBundle,
     host: Host,
     model_id: str | None,
+    generated: set[Path] | None = None,
+    make_generated: Callable[[], object] | None = None,
 ) -> TrainingDataset | DatasetMix:
-    """The job's dataset, or its datasets (`data` and `extra_data`) trained together."""
+    """The job's dataset, or its datasets (`data` and `extra_data`) trained together. Folders in
+    `generated` (class images) are read after `make_generated()` fills them, and after every other folder
+    was read, so an unusable instance folder stops the job before any image is made."""
     from liandan.data.dataset import DatasetMix
 
-    parts = [build_dataset(d, train, name=name, bundle=bundle, host=host, model_id=model_id) for d in data]
-    return parts[0] if len(parts) == 1 else DatasetMix(parts, seed=train.seed)
+    def build(spec: DataSpec) -> TrainingDataset:
+        return build_dataset(spec, train, name=name, bundle=bundle, host=host, model_id=model_id)
+
+    later = generated or set()
+    parts: list[TrainingDataset | None] = [None if d.folder in later else build(d) for d in data]
+    if make_generated is not None:
+        make_generated()
+    built = [part if part is not None else build(spec) for part, spec in zip(parts, data)]
+    return built[0] if len(built) == 1 else DatasetMix(built, seed=train.seed)
 
 
 def build_validation(
@@ -123,6 +138,41 @@ def build_validation(
     count = int(bundle.noise_scheduler.config.num_train_timesteps)
     timesteps = tuple(int((k + 0.5) * count / spec.timesteps) for k in range(spec.timesteps))
     return Validation(dataset, spec.every, timesteps, seed=train.seed)
+
+
+def job_data_specs(job: JobSpec) -> list[DataSpec]:
+    """The datasets a job trains: its concepts' instance and class images (a job with concepts), or its
+    `data`; then its `extra_data`."""
+    from liandan.data.concepts import concept_data_specs
+    from liandan.jobs import ConceptJobSpec
+
+    shared: DataSpec = job.data  # type: ignore[attr-defined]
+    extra: list[DataSpec] = list(job.extra_data)  # type: ignore[attr-defined]
+    if isinstance(job, ConceptJobSpec) and job.concepts:
+        return [*concept_data_specs(job.concepts, shared, job.prior_loss_weight), *extra]
+    return [shared, *extra]
+
+
+def generated_folders(job: JobSpec) -> set[Path]:
+    """The class folders the job fills with generated images before training (they may not exist yet)."""
+    from liandan.jobs import ConceptJobSpec
+
+    if not isinstance(job, ConceptJobSpec):
+        return set()
+    return {c.class_folder for c in job.concepts if c.has_class_images and c.num_class_images}
+
+
+def class_image_settings(job: JobSpec, name: str) -> ClassImageSettings:
+    """Class images are made at the dataset's size with the preview's sampler, a training batch at a time."""
+    from liandan.train.class_images import ClassImageSettings
+
+    data: DataSpec = job.data  # type: ignore[attr-defined]
+    train: TrainSpec = job.train  # type: ignore[attr-defined]
+    preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
+    return ClassImageSettings(
+        width=data.width, height=data.height, sampler=preview.sampler, batch_size=train.batch_size,
+        seed=train.seed, clip_skip=job.clip_skip, name=name,
+    )  # fmt: skip
 
 
 def cap_accumulation(spec: TrainSpec, batches_per_epoch: int, processes: int) -> TrainSpec:
@@ -182,14 +232,18 @@ def run_training_job(
     name: str,
     loss_csv_name: str,
     make_method: Callable[[MethodContext], TrainingMethod],
+    prepare_model: Callable[[ModelBundle], None] | None = None,
 ) -> TrainResult:
     """The whole job. The job spec must carry `train`, `data` and `preview` sections; the folder its
-    artifact goes to is its kind's in the registry."""
+    artifact goes to is its kind's in the registry. `prepare_model` changes the model before anything uses
+    it (DreamBooth's separate VAE); a VAE it loads records its hash in `bundle.info["vae_hash"]`, which keys
+    the latent cache with the checkpoint's."""
     from liandan import registry
-    from liandan.jobs import job_to_dict
+    from liandan.jobs import ConceptJobSpec, job_to_dict
     from liandan.models.loading import bundle_short_hash
     from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
+    from liandan.train.class_images import fill_class_folders
     from liandan.train.loop import make_accelerator, release_memory, train
 
     artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
@@ -202,11 +256,11 @@ def run_training_job(
     reporter = Reporter(record, reporter)
 
     train_spec: TrainSpec = job.train  # type: ignore[attr-defined]
-    data_specs: list[DataSpec] = [job.data, *job.extra_data]  # type: ignore[attr-defined]
+    data_specs = job_data_specs(job)
     validation_spec: ValidationSpec | None = job.validation  # type: ignore[attr-defined]
     preview: PreviewSpec = job.preview  # type: ignore[attr-defined]
     for spec in [*data_specs, *([validation_spec] if validation_spec else [])]:
-        if not spec.folder.is_dir():
+        if not spec.folder.is_dir() and spec.folder not in generated_folders(job):
             raise DatasetError(f"dataset folder {spec.folder} does not exist or is not a folder")
 
     checkpoint = host.resolve_checkpoint(job.model)
@@ -224,12 +278,33 @@ def run_training_job(
         checkpoint = dataclasses.replace(
             checkpoint, short_hash=bundle_short_hash(bundle) or checkpoint.short_hash, family=bundle.family
         )
-        where = {"name": name, "bundle": bundle, "host": host, "model_id": checkpoint.short_hash}
-        dataset = build_training_data(data_specs, train_spec, **where)
+        if prepare_model is not None:
+            prepare_model(bundle)
+        model_id = checkpoint.short_hash
+        if model_id and "vae_hash" in bundle.info:
+            model_id = f"{model_id}+vae{bundle.info['vae_hash']}"
+        where = {"name": name, "bundle": bundle, "host": host, "model_id": model_id}
+        concepts = job.concepts if isinstance(job, ConceptJobSpec) else ()
+
+        def make_class_images() -> int:
+            settings = class_image_settings(job, name)
+            return fill_class_folders(
+                bundle, concepts, settings, device=device, reporter=reporter, control=control, job=name
+            )
+
+        dataset = build_training_data(
+            data_specs,
+            train_spec,
+            **where,
+            generated=generated_folders(job),
+            make_generated=make_class_images,
+        )
         validation = build_validation(validation_spec, train_spec, **where) if validation_spec else None
         templates = [part.template.record() for part in dataset.parts]
         for template in templates:
             message = f"prompt template {template['file']} ({len(template['lines'])} lines)"
+            if not template["file"]:
+                message = f"prompt {template['lines'][0]!r}"
             reporter(ProgressEvent("message", job=name, message=message))
         if dataset.skipped:
             reporter(ProgressEvent("message", job=name, message=dataset.report(), extra={"level": "warning"}))
@@ -253,12 +328,13 @@ def run_training_job(
         if train_spec.move_unused_to_cpu and not needs_vae:
             bundle.vae.to("cpu")  # back to the GPU only for previews (the method's business)
         release_memory()  # the VAE's activations and the decoded images are garbage now
+        prompt, seed = preview_prompt_and_seed(preview, dataset)
         context = MethodContext(
-            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter
-        )
+            job, host, checkpoint, bundle, dataset, run_dir, device, accelerator.is_main_process, reporter,
+            preview_prompt=prompt, preview_seed=seed,
+        )  # fmt: skip
         method = make_method(context)
         cleanup.callback(method.close)
-        prompt, seed = preview_prompt_and_seed(preview, dataset)
         result = train(
             method,
             dataset,

@@ -27,7 +27,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     (
         "Dataset",
         (
-            ("data.folder", "data.template", "log_dir"),
+            ("data.folder", "data.template", "data.prompt", "log_dir"),
             (
                 "data.width",
                 "data.height",
@@ -66,6 +66,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
 LABELS: dict[str, str] = {
     "data.folder": "Dataset directory",
     "data.template": "Prompt template",
+    "data.prompt": "Prompt instead of the template ([filewords]: the caption)",
     "log_dir": "Log directory (empty: the default)",
     "data.width": "Width",
     "data.height": "Height",
@@ -191,16 +192,21 @@ def with_more_data(job: Any, extra_text: str, validation_text: str) -> Any:
 class TrainingTab:
     """One method's tab. `create_controls(f)` adds the Create section's own controls (the name among them)
     to form `f`; `own_train_controls(f)` those of its Train section beyond the shared ones; `create(host,
-    job)` writes a new artifact and returns its path; `names(ctx)` lists the artifacts there are to train."""
+    job)` writes a new artifact and returns its path (None: the method has nothing to create before training,
+    and the section holds its settings without a Create button); `names(ctx)` lists the artifacts there are
+    to train."""
 
     prefix: str
     spec: type[JobSpec]
     noun: str  # "embedding", "hypernetwork": button and message text
     create_controls: Callable[[SpecForm[Any]], None]
-    create: Callable[[Host, Any], Path]
+    create: Callable[[Host, Any], Path] | None
     names: Callable[[UIContext], list[str]]
     own_train_controls: Callable[[SpecForm[Any]], None] = lambda f: None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # the form's values by field path as the spec reads them, for controls of the tab's own making (text
+    # that stands for a list of sections, such as LoRA's concepts); may raise ConfigError
+    parse_form: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values
 
 
 @dataclass
@@ -222,10 +228,11 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     prefix, noun = tab.prefix, tab.noun
     model = model_dropdown(ctx, prefix)
     create_form = SpecForm(tab.spec, prefix)
-    with gr.Accordion(f"Create {noun}", open=True):
+    with gr.Accordion(f"Create {noun}" if tab.create else noun.capitalize(), open=True):
         tab.create_controls(create_form)
-        create = gr.Button(f"Create {noun}", elem_id=f"{prefix}_create")
-        create_message = gr.HTML("", elem_id=f"{prefix}_create_message")
+        if tab.create is not None:
+            create = gr.Button(f"Create {noun}", elem_id=f"{prefix}_create")
+            create_message = gr.HTML("", elem_id=f"{prefix}_create_message")
     train_form = SpecForm(tab.spec, prefix)
     with gr.Accordion("Train", open=True):
         with gr.Row():
@@ -250,7 +257,7 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     def on_create(model_title: str, *values: Any) -> tuple[str, Any]:
         try:
             job = create_form.to_spec({"model": job_model(model_title), **dict(zip(create_paths, values))})
-            path = tab.create(ctx.host, job)
+            path = tab.create(ctx.host, job)  # type: ignore[misc]
         except LiandanError as e:
             return _error(e), gr.update()
         message = f'<p class="liandan-message">Created {noun} {html.escape(str(path))}.</p>'
@@ -261,7 +268,7 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         form = dict(zip(create_paths + train_paths, values))
         form.update(model=job_model(model_title), name=name or form.get("name", ""))
         more = [form.pop(path) for path in MORE_DATA]
-        return with_more_data(train_form.to_spec(form), *more)
+        return with_more_data(train_form.to_spec(tab.parse_form(form)), *more)
 
     def on_train(model_title: str, name: str, *values: Any) -> str:
         try:
@@ -285,7 +292,8 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
 
     create_inputs = [create_form.controls[p] for p in create_paths]
     train_inputs = [train_form.controls[p] for p in train_paths]
-    create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
+    if tab.create is not None:
+        create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
     start.click(on_train, [model, trained, *create_inputs, *train_inputs], train_message, queue=False)
     plan.click(on_plan, [model, trained, *create_inputs, *train_inputs], plan_message)
     refresh.click(lambda: gr.update(choices=tab.names(ctx)), None, trained, queue=False)
