@@ -39,6 +39,7 @@ from liandan.formats.embedding import (
 )
 from liandan.formats.hypernetwork import load_hypernetwork, save_hypernetwork
 from liandan.formats.identify import identify
+from liandan.formats.lora import read_lora
 from liandan.jobs import job_from_dict, load_job_file
 from liandan.models.hypernetwork_modules import Hypernetwork
 
@@ -261,6 +262,10 @@ def job_file(name: str, text: str | bytes) -> Callable[[Path], str | None]:
 TI = {"kind": "textual_inversion", "name": "ok"}
 HN = {"kind": "hypernetwork", "name": "ok"}
 SD3_KEYS = {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (8, 4)}
+LORA_KEYS = {
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (320, 4),
+}
 INPAINT_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}
 
 
@@ -501,6 +506,27 @@ def _cases() -> list[Case]:
             artifact(lambda f: _save_torch(torch.full((1, 768), float("nan")), f / "a.pt"), load_aesthetic),
             "error",
             "a.pt",
+        ),
+        Case(
+            "checkpoint given as a LoRA",
+            "artifacts",
+            artifact(_safetensors_checkpoint(INPAINT_KEYS), read_lora),
+            "error",
+            "no LoRA",
+        ),
+        Case(
+            "LoRA as .pt",
+            "artifacts",
+            artifact(lambda f: save_embedding_pt(_embedding(), f / "l.pt"), read_lora),
+            "error",
+            "safetensors",
+        ),
+        Case(
+            "truncated LoRA",
+            "artifacts",
+            artifact(_truncated(_safetensors_checkpoint(LORA_KEYS)), read_lora),
+            "error",
+            "not a readable LoRA",
         ),
         Case(
             "PNG without an embedding",

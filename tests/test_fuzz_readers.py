@@ -1,6 +1,6 @@
-"""Fuzzed readers: every file reader (embeddings, hypernetworks, aesthetic embeddings, job files, captions),
-given a valid file with bytes cut, overwritten or inserted, either reads it or raises our own clear error
-(a `LiandanError`); any other exception is a bug.
+"""Fuzzed readers: every file reader (embeddings, hypernetworks, LoRAs, aesthetic embeddings, job files,
+captions), given a valid file with bytes cut, overwritten or inserted, either reads it or raises our own
+clear error (a `LiandanError`); any other exception is a bug.
 
 Each reader starts from a real file our writers made (the formats A1111 writes), so the mutations reach
 deep into the format (zip directory, pickle stream, safetensors header, PNG chunks, TOML) instead of being
@@ -34,6 +34,7 @@ from liandan.formats.embedding import (
 )
 from liandan.formats.hypernetwork import load_hypernetwork, save_hypernetwork
 from liandan.formats.identify import identify
+from liandan.formats.lora import LoraFile, read_lora, write_lora
 from liandan.jobs import load_job_file
 from liandan.models.hypernetwork_modules import Hypernetwork
 
@@ -76,6 +77,17 @@ def _aesthetic() -> AestheticEmbedding:
     return AestheticEmbedding({"": feature}, family="sd1", clip_model="tiny", image_count=4)
 
 
+def _lora_file(folder: Path) -> Path:
+    torch.manual_seed(0)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {
+        f"{name}.lora_down.weight": torch.randn(4, 32),
+        f"{name}.lora_up.weight": torch.randn(32, 4),
+        f"{name}.alpha": torch.tensor(4.0),
+    }
+    return write_lora(folder / "fuzz-lora.safetensors", LoraFile(tensors, {"ss_base_model_version": "sd_v1"}))
+
+
 SEEDS: dict[str, Callable[[Path], Path]] = {
     "embedding.pt": lambda d: save_embedding_pt(_embedding(), d / "fuzz.pt"),
     "embedding.safetensors": lambda d: save_embedding_safetensors(_embedding(), d / "fuzz.safetensors"),
@@ -86,6 +98,7 @@ SEEDS: dict[str, Callable[[Path], Path]] = {
     "hypernetwork.pt": _hypernetwork_file,
     "aesthetic.pt": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.pt"),
     "aesthetic.safetensors": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.safetensors"),
+    "lora.safetensors": _lora_file,
 }
 READERS: dict[str, Callable[[Path], Any]] = {
     "embedding.pt": load_embedding,
@@ -95,6 +108,7 @@ READERS: dict[str, Callable[[Path], Any]] = {
     "hypernetwork.pt": load_hypernetwork,
     "aesthetic.pt": load_aesthetic,
     "aesthetic.safetensors": load_aesthetic,
+    "lora.safetensors": lambda p: (read_lora(p).family, read_lora(p).network_type()),
 }
 
 

@@ -21,6 +21,7 @@ import torch
 
 from liandan.formats.embedding import load_embedding
 from liandan.formats.hypernetwork import load_hypernetwork
+from liandan.formats.lora import read_lora
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -38,6 +39,8 @@ EXAMPLES = {
         ["models/hypernetworks/tiny_hn.pt"],
         lambda p: dict(load_hypernetwork(p).state_dict()),
     ),
+    "lora_tiny.toml": (["models/Lora/tiny_lora.safetensors"], lambda p: read_lora(p).tensors),
+    "locon_tiny.toml": (["models/Lora/tiny_locon.safetensors"], lambda p: read_lora(p).tensors),
     "apt_tiny.toml": (
         ["embeddings/tiny_apt.pt", "embeddings/tiny_apt-neg.pt"],
         lambda p: load_embedding(p).vectors,
