@@ -24,10 +24,7 @@ class TabDef:
 
 
 # methods not built yet: their tabs say so (each goes once its method is in the registry)
-PLANNED: tuple[TabDef, ...] = (
-    TabDef("dreambooth", "DreamBooth / LoRA", "liandan.ui.dreambooth_tab"),
-    TabDef("aesthetic", "Aesthetic", "liandan.ui.aesthetic_tab"),
-)
+PLANNED: tuple[TabDef, ...] = (TabDef("aesthetic", "Aesthetic", "liandan.ui.aesthetic_tab"),)
 
 
 def tab_list() -> list[TabDef]:
