@@ -16,7 +16,7 @@ import gradio as gr
 
 from liandan.errors import ConfigError, LiandanError
 from liandan.jobs import ConceptSpec, DreamBoothJob, job_to_dict
-from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown
+from liandan.ui.components import UIContext, job_model, job_panel, model_dropdown, model_dropdown_choices
 from liandan.ui.sections import MORE_DATA, training_sections, with_more_data
 from liandan.ui.spec_form import SpecForm
 
@@ -173,7 +173,10 @@ def _convert_section(ctx: UIContext) -> None:
 
 
 def build(ctx: UIContext) -> None:
-    model = model_dropdown(ctx, PREFIX)
+    with gr.Row():
+        model = model_dropdown(ctx, PREFIX)
+        # a trained checkpoint joins the list (inside A1111 its own top-left dropdown lists it)
+        refresh = gr.Button("Refresh", elem_id=f"{PREFIX}_refresh", scale=0, min_width=120)
     form = SpecForm(DreamBoothJob, PREFIX)
     _own_controls(form)
     training_sections(form, ctx, LABELS)
@@ -210,6 +213,10 @@ def build(ctx: UIContext) -> None:
         write_text_atomic(path, json.dumps(job_to_dict(job), indent=2) + "\n")
         return _message(f"Wrote {path}; run it with: python -m liandan train {path}")
 
+    def on_refresh() -> Any:
+        return gr.update(choices=model_dropdown_choices(ctx))
+
+    refresh.click(on_refresh, None, model, queue=False)
     inputs = [model, *(form.controls[p] for p in paths)]
     start.click(on_train, inputs, message, queue=False)
     export.click(on_export, inputs, message, queue=False)
