@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, measure, step_benchmark_args
+from bench.harness import BenchRow, append_result, measure, step_benchmark_args, training_step
 from bench.ti_speed import build_bundle
 
 PROMPT = "a photo of sks dog"
@@ -66,14 +66,11 @@ def liandan_step(
         bundle.unet.enable_gradient_checkpointing()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = method.loss(batch_dict)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            return method.loss(batch_dict)
 
-    return step
+    return training_step(loss, optimizer)
 
 
 def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
@@ -89,19 +86,16 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     ids = tokenizer([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
     ids = ids.to(device)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
             context = text_encoder(ids)[0]
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
-        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
 
-    return step
+    return training_step(loss, optimizer)
 
 
 def main(argv: list[str] | None = None) -> None:
