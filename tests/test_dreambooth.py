@@ -296,6 +296,8 @@ def test_an_existing_checkpoint_is_kept_unless_overwrite(root: Path) -> None:
     with pytest.raises(ConfigError, match="already exists; choose another name or tick overwrite"):
         run(job, host)
     assert (host.folders.checkpoints / "db.safetensors").read_bytes() == b"mine"
+    with pytest.raises(ConfigError, match="is the model it trains from"):
+        run(job.replace(name="liandan-tiny-sd1", overwrite=True), host)
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(root: Path, monkeypatch) -> None:
