@@ -1,7 +1,7 @@
 """DreamBooth step time: liandan's method against a plain diffusers DreamBooth loop at identical settings.
 
     python -m bench.dreambooth_speed --smoke            # tiny SD1 at 64 px, one repeat: proves it runs
-    python -m bench.dreambooth_speed --model tiny --size 64 128 --record
+    OMP_NUM_THREADS=1 python -m bench.dreambooth_speed --model tiny --size 64 128 --record  # a busy machine
     python -m bench.dreambooth_speed --model sd15 --size 64 --repeats 3 --record   # random SD1.5 size
     python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu_dreambooth.py
 
@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         ratio = times["liandan"] / times["diffusers-loop"]
         print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
         if args.record:
-            settings = f"sd1 {model} {size}px bs{args.batch} fp32 {device.type} AdamW, text encoder frozen"
+            threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+            settings = (
+                f"sd1 {model} {size}px bs{args.batch} fp32 {device.type}{threads} AdamW, text encoder frozen"
+            )
             result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
                            f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
             options = f"--model {model} --size {size} --batch {args.batch}"
