@@ -516,6 +516,12 @@ class ConceptJobSpec(JobSpec):
     concepts: tuple[ConceptSpec, ...] = ()  # [[concepts]] in TOML
     prior_loss_weight: float = bounded(1.0, 0.01, 100.0)
 
+    def written_folders(self) -> list[Path]:
+        """The folders the job writes into beyond the host's: its log folder and the class folders it fills
+        (a REST job may write only inside the host's folders)."""
+        logs = [self.log_dir] if self.log_dir is not None else []
+        return logs + [c.class_folder for c in self.concepts if c.has_class_images and c.num_class_images]
+
     def validate(self) -> None:
         data: DataSpec = self.data  # type: ignore[attr-defined]
         if self.concepts and data.folder != Path():

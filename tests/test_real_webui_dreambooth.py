@@ -4,8 +4,6 @@ model is the one it had before, drawing the same image as before."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from real_webui import Session
@@ -13,10 +11,9 @@ from real_webui import Session
 pytestmark = [pytest.mark.real_webui, pytest.mark.slow]
 
 
-def test_the_checkpoint_is_listed_at_once_and_the_webui_model_is_restored(
-    session: Session, tmp_path: Path
-) -> None:
+def test_the_checkpoint_is_listed_at_once_and_the_webui_model_is_restored(session: Session) -> None:
     webui = session.webui
+    class_folder = webui.root / "outputs" / "liandan-rest-dreambooth-class"  # REST writes in the WebUI
     model_before = webui.get("/sdapi/v1/options")["sd_model_checkpoint"]
     before = webui.txt2img("a photo", seed=3)
     job = {
@@ -26,7 +23,7 @@ def test_the_checkpoint_is_listed_at_once_and_the_webui_model_is_restored(
             {
                 "instance_folder": str(session.data),
                 "instance_prompt": "sks photo, [filewords]",
-                "class_folder": str(tmp_path / "class"),
+                "class_folder": str(class_folder),
                 "class_prompt": "a photo",
                 "num_class_images": 1,
                 "class_steps": 1,
@@ -50,4 +47,4 @@ def test_the_checkpoint_is_listed_at_once_and_the_webui_model_is_restored(
     np.testing.assert_array_equal(webui.txt2img("a photo", seed=3), before)
     trained = webui.txt2img("a photo", seed=3, override_settings={"sd_model_checkpoint": "rw_dreambooth"})
     assert np.abs(trained - before).max() > 0
-    assert len(list((tmp_path / "class").glob("*.png"))) == 1
+    assert len(list(class_folder.glob("*.png"))) == 1
