@@ -45,16 +45,19 @@ def test_every_setting_has_a_control_and_the_placeholder_is_gone(tmp_path: Path)
 
 
 def test_table_rows_become_concepts_and_a_bad_number_names_its_cell() -> None:
+    untouched = ["", "", "", "", 0, "", 7.0, 20, 1, 1.0]  # the table's first row as it starts
     job = dreambooth_tab.job_from_form(
-        {"name": "dog", "concepts": [ROW, [""] * 10], "prior_loss_weight": 0.5}
+        {"name": "dog", "concepts": [ROW, untouched], "prior_loss_weight": 0.5}
     )
-    (concept,) = job.concepts  # the blank row is skipped
+    (concept,) = job.concepts  # a row without folders or prompts is skipped
     assert (concept.instance_folder, concept.class_folder) == (Path("/me"), Path("/dogs"))
     assert (concept.num_class_images, concept.class_cfg_scale, concept.class_steps) == (10, 5.0, 30)
     assert (concept.repeats, concept.loss_weight, job.prior_loss_weight) == (2, 0.5, 0.5)
     assert dreambooth_tab.concept_rows(job.concepts) == [
         ["/me", "sks dog", "/dogs", "a dog", 10, "", 5.0, 30, 2, 0.5]
     ]
+    plain = dreambooth_tab.job_from_form({"name": "ft", "concepts": [untouched], "data.folder": "/pictures"})
+    assert plain.concepts == () and plain.data.folder == Path("/pictures")
     with pytest.raises(ConfigError, match=r"concept row 1: num_class_images = 'ten' is not a number"):
         dreambooth_tab.job_from_form({"name": "dog", "concepts": [["/me", "x", "", "", "ten"]]})
 

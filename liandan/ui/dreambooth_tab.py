@@ -51,8 +51,9 @@ def concept_rows(concepts: tuple[ConceptSpec, ...]) -> list[list[Any]]:
 
 
 def concepts_from_rows(rows: Any) -> list[dict[str, Any]]:
-    """Table rows as concept dicts; blank rows are skipped, blank cells keep the default, numbers typed as
-    text become numbers (a bad one is a ConfigError naming its row and column)."""
+    """Table rows as concept dicts; rows without any folder or prompt are skipped (the table's first row
+    starts with its default numbers), blank cells keep the default, numbers typed as text become numbers (a
+    bad one is a ConfigError naming its row and column)."""
     if hasattr(rows, "values") and hasattr(rows, "columns"):  # gradio may hand over a pandas DataFrame
         rows = rows.values.tolist()
     concepts = []
@@ -60,7 +61,7 @@ def concepts_from_rows(rows: Any) -> list[dict[str, Any]]:
         cells = {
             name: value for name, value in zip(CONCEPT_FIELDS, row) if str(value).strip() not in ("", "nan")
         }
-        if not cells:
+        if all(_HINTS[name] in (int, float) for name in cells):
             continue
         for name, value in cells.items():
             hint = _HINTS[name]
