@@ -50,6 +50,7 @@ def make_job(root: Path, **changes) -> DreamBoothJob:
     train.update(changes.pop("train", {}))
     preview = {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False}
     preview.update(changes.pop("preview", {}))
+    data = {"width": 64, "height": 64, **changes.pop("data", {})}
     # named: a fresh data dir's first checkpoint is the tiny SD1, but after a run it is "db"
     fields = {
         "name": "db",
@@ -58,7 +59,7 @@ def make_job(root: Path, **changes) -> DreamBoothJob:
         "concepts": (ConceptSpec(**concept),),
     }
     fields.update(changes)
-    return DreamBoothJob(train=TrainSpec(**train), data=DataSpec(width=64, height=64),
+    return DreamBoothJob(train=TrainSpec(**train), data=DataSpec(**data),
                          preview=PreviewSpec(**preview), **fields)  # fmt: skip
 
 
@@ -249,6 +250,15 @@ def test_sd2_v_prediction_and_sdxl_with_both_text_encoders(root: Path) -> None:
     for prefix in ("conditioner.embedders.0.", "conditioner.embedders.1.", "model.diffusion_model."):
         keys = [k for k in base if k.startswith(prefix) and base[k].is_floating_point()]
         assert any(not torch.equal(base[k], trained[k].to(base[k].dtype)) for k in keys), prefix
+
+
+def test_without_concepts_it_fine_tunes_on_the_data_folder(root: Path) -> None:
+    data = {"folder": root / "me", "template": "liandan_subject_filewords.txt"}
+    job = make_job(root, concepts=(), data=data, train={"max_steps": 1})
+    result, events = run(job, StandaloneHost(root / "data"))
+    assert result.step == 1 and any("prompt template" in e.message for e in events)
+    metadata = read_metadata(StandaloneHost(root / "data").folders.checkpoints / "db.safetensors")
+    assert metadata["liandan.trained"] == "unet" and "modelspec.trigger_phrase" not in metadata
 
 
 # --- bad input ------------------------------------------------------------------------------------------
