@@ -48,7 +48,7 @@ class ClassImageSettings:
 
 
 def existing_class_images(concept: ConceptSpec) -> int:
-    if not concept.class_folder.is_dir():
+    if not concept.has_class_images or not concept.class_folder.is_dir():
         return 0
     return len(scan_image_folder(concept.class_folder).images)
 
