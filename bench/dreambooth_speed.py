@@ -61,6 +61,9 @@ def liandan_step(
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
     batch_dict = {"latents": cached, "prompts": [PROMPT] * batch, "loss_weight": None}
+    if bundle.is_sdxl:  # the size ids the dataset records per image: uncropped, at the training size
+        sizes = torch.tensor([[size, size]] * batch)
+        batch_dict |= {"original_size": sizes, "crop_top_left": torch.zeros_like(sizes), "target_size": sizes}
     bundle.unet.train()
     if gradient_checkpointing:
         bundle.unet.enable_gradient_checkpointing()
