@@ -83,7 +83,10 @@ def job_from_form(values: dict[str, Any]) -> DreamBoothJob:
     return SpecForm(DreamBoothJob, PREFIX).to_spec(values)
 
 
-def _own_controls(f: SpecForm[Any]) -> None:
+def concepts_controls(f: SpecForm[Any]) -> None:
+    """The concepts table of a concept job's form (`concepts`, `prior_loss_weight`; values through
+    `concepts_from_rows`), with Import/Export of a concepts_list file; ids start with the form's prefix."""
+    prefix = f.prefix
     with gr.Accordion("Concepts (one per row; a class folder turns prior preservation on)", open=True):
         f.add(
             "concepts",
@@ -102,13 +105,13 @@ def _own_controls(f: SpecForm[Any]) -> None:
         with gr.Row():
             concepts_file = gr.Textbox(
                 "", label="concepts_list JSON file (DreamBooth extension, diffusers scripts)",
-                elem_id=f"{PREFIX}_concepts_file",
+                elem_id=f"{prefix}_concepts_file",
             )  # fmt: skip
-            import_button = gr.Button("Import", elem_id=f"{PREFIX}_import", scale=0, min_width=100)
-            export_button = gr.Button("Export", elem_id=f"{PREFIX}_export", scale=0, min_width=100)
+            import_button = gr.Button("Import", elem_id=f"{prefix}_import", scale=0, min_width=100)
+            export_button = gr.Button("Export", elem_id=f"{prefix}_export", scale=0, min_width=100)
         f.auto("prior_loss_weight", "Prior loss weight (class images' loss, times the concept's)")
     table = f.controls["concepts"]
-    notice = gr.HTML("", elem_id=f"{PREFIX}_concepts_message")
+    notice = gr.HTML("", elem_id=f"{prefix}_concepts_message")
 
     def on_import(path: str) -> tuple[Any, str]:
         from liandan.data.concepts import read_concepts_file
@@ -134,6 +137,8 @@ def _own_controls(f: SpecForm[Any]) -> None:
     import_button.click(on_import, concepts_file, [table, notice], queue=False)
     export_button.click(on_export, [concepts_file, table], notice, queue=False)
 
+
+def _dreambooth_controls(f: SpecForm[Any]) -> None:
     with gr.Accordion("DreamBooth", open=True):
         with gr.Row():
             f.text("name", "Checkpoint name (written to models/Stable-diffusion/<name>.<format>)")
@@ -179,7 +184,8 @@ def build(ctx: UIContext) -> None:
         # a trained checkpoint joins the list (inside A1111 its own top-left dropdown lists it)
         refresh = gr.Button("Refresh", elem_id=f"{PREFIX}_refresh", scale=0, min_width=120)
     form = SpecForm(DreamBoothJob, PREFIX)
-    _own_controls(form)
+    concepts_controls(form)
+    _dreambooth_controls(form)
     training_sections(form, ctx, LABELS)
     with gr.Row():
         start = gr.Button("Train", variant="primary", elem_id=f"{PREFIX}_train")
