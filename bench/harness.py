@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from liandan.atomic_files import write_text_atomic
 
@@ -99,6 +100,17 @@ def measure(fn: Callable[[], object], warmup: int = 2, repeats: int = 10) -> Mea
             "cuda allocated",
         )
     return Measurement(statistics.median(times), tuple(times), peak_rss_bytes(), "cpu peak rss")
+
+
+def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]:
+    """One optimizer step of `loss()`: backward, step, zero the gradients."""
+
+    def step() -> None:
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def machine_description() -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from liandan.dependency_noise import quiet_dependency_noise
 from liandan.errors import ConfigError, LiandanError
 
-COMMAND_MODULES = ("liandan.preprocess.command", "liandan.formats.lora_command")
+COMMAND_MODULES = ("liandan.preprocess.command", "liandan.formats.lora_command", "liandan.models.convert")
 DEMO_JOB = Path(__file__).resolve().parents[1] / "examples" / "demo_ti.toml"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 

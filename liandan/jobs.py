@@ -655,7 +655,8 @@ class ConceptJobSpec(JobSpec):
 
     def written_folders(self) -> list[Path]:
         """Missing class images are generated into the class folders."""
-        return [*super().written_folders(), *(c.class_folder for c in self.concepts if c.has_class_images)]
+        fills = [c.class_folder for c in self.concepts if c.has_class_images and c.num_class_images]
+        return [*super().written_folders(), *fills]
 
     def validate(self) -> None:
         data: DataSpec = self.data  # type: ignore[attr-defined]

@@ -107,6 +107,7 @@ register(
         DreamBoothJob,
         "liandan.methods.dreambooth:run_dreambooth_job",
         "DreamBooth",
+        tab="liandan.ui.dreambooth_tab",
         artifact="checkpoints",
     )
 )

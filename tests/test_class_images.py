@@ -94,3 +94,18 @@ def test_too_little_disk_space_is_refused_before_any_image(bundle, tmp_path: Pat
 def test_filewords_and_name_in_the_class_prompt() -> None:
     concept = _concept(Path("/c"), 1, class_prompt="[filewords], a photo of a [name] dog")
     assert class_prompt(concept, "sks") == "a photo of a sks dog"
+
+
+def test_a_dry_run_job_has_no_class_image_to_make(tmp_path: Path) -> None:
+    from test_concepts import ConceptJob
+
+    from liandan.train.class_images import existing_class_images, without_class_images_to_make
+
+    full = tmp_path / "full"
+    full.mkdir()
+    Image.new("RGB", (64, 64), "red").save(full / "a.png")
+    job = ConceptJob(concepts=(_concept(tmp_path / "empty", 3), _concept(full, 1)))
+    dry = without_class_images_to_make(job)
+    assert [c.has_class_images for c in dry.concepts] == [False, True]
+    assert dry.concepts[1] == job.concepts[1]  # full already: kept
+    assert all(existing_class_images(c) >= c.num_class_images for c in dry.concepts)

@@ -198,7 +198,7 @@ def test_a_concept_job_trains_its_concepts_then_extra_data(tmp_path: Path) -> No
         (tmp_path / "dogs", 0.5, 64),
         (tmp_path, 1.0, 512),
     ]
-    assert generated_folders(job) == {tmp_path / "dogs"}
+    assert generated_folders(job) == {tmp_path / "dogs"} == set(job.written_folders())
     plain = ConceptJob(data=DataSpec(folder=tmp_path / "x"))
     assert [s.folder for s in job_data_specs(plain)] == [tmp_path / "x"]
 

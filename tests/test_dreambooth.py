@@ -50,6 +50,7 @@ def make_job(root: Path, **changes) -> DreamBoothJob:
     train.update(changes.pop("train", {}))
     preview = {"steps": 2, "width": 64, "height": 64, "seed": 1, "self_test": False}
     preview.update(changes.pop("preview", {}))
+    data = {"width": 64, "height": 64, **changes.pop("data", {})}
     # named: a fresh data dir's first checkpoint is the tiny SD1, but after a run it is "db"
     fields = {
         "name": "db",
@@ -58,7 +59,7 @@ def make_job(root: Path, **changes) -> DreamBoothJob:
         "concepts": (ConceptSpec(**concept),),
     }
     fields.update(changes)
-    return DreamBoothJob(train=TrainSpec(**train), data=DataSpec(width=64, height=64),
+    return DreamBoothJob(train=TrainSpec(**train), data=DataSpec(**data),
                          preview=PreviewSpec(**preview), **fields)  # fmt: skip
 
 
@@ -251,6 +252,15 @@ def test_sd2_v_prediction_and_sdxl_with_both_text_encoders(root: Path) -> None:
         assert any(not torch.equal(base[k], trained[k].to(base[k].dtype)) for k in keys), prefix
 
 
+def test_without_concepts_it_fine_tunes_on_the_data_folder(root: Path) -> None:
+    data = {"folder": root / "me", "template": "liandan_subject_filewords.txt"}
+    job = make_job(root, concepts=(), data=data, train={"max_steps": 1})
+    result, events = run(job, StandaloneHost(root / "data"))
+    assert result.step == 1 and any("prompt template" in e.message for e in events)
+    metadata = read_metadata(StandaloneHost(root / "data").folders.checkpoints / "db.safetensors")
+    assert metadata["liandan.trained"] == "unet" and "modelspec.trigger_phrase" not in metadata
+
+
 # --- bad input ------------------------------------------------------------------------------------------
 
 
@@ -296,6 +306,8 @@ def test_an_existing_checkpoint_is_kept_unless_overwrite(root: Path) -> None:
     with pytest.raises(ConfigError, match="already exists; choose another name or tick overwrite"):
         run(job, host)
     assert (host.folders.checkpoints / "db.safetensors").read_bytes() == b"mine"
+    with pytest.raises(ConfigError, match="is the model it trains from"):
+        run(job.replace(name="liandan-tiny-sd1", overwrite=True), host)
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(root: Path, monkeypatch) -> None:

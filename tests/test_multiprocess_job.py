@@ -32,6 +32,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_on_two_processes(job: Path, data: Path, timeout: float = 600) -> None:
+    """`accelerate launch -m liandan train JOB --data-dir DATA` on two CPU processes."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    command = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "liandan", "train", str(job), "--data-dir", str(data),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
 @pytest.mark.slow
 def test_accelerate_launch_runs_a_textual_inversion_job_on_two_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -43,15 +56,7 @@ def test_accelerate_launch_runs_a_textual_inversion_job_on_two_processes(tmp_pat
         f'[data]\nfolder = "{(REPO_ROOT / "examples" / "images").as_posix()}"\nwidth = 64\nheight = 64\n'
         "[preview]\nsteps = 2\nwidth = 64\nheight = 64\nseed = 1\n"
     )
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    command = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "liandan", "train", str(job), "--data-dir", str(data),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    train_on_two_processes(job, data)
 
     final = data / "embeddings" / "twoproc.pt"
     check_pt(final)

@@ -86,3 +86,16 @@ def test_ckpt_loads_with_a1111s_safe_unpickler_and_bf16(tmp_path):
     state = _tensors(path)
     assert state["model.diffusion_model.out.2.weight"].dtype == torch.bfloat16
     assert state["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype == torch.int64
+
+
+def test_the_yaml_the_model_was_loaded_with_goes_beside_the_copy(fixtures_dir, tmp_path):
+    import shutil
+
+    for name in ("tiny-sd1.safetensors", "tiny-sd1.yaml"):
+        shutil.copy(fixtures_dir / "model" / name, tmp_path / name)
+    saved = save_checkpoint(
+        load_bundle(tmp_path / "tiny-sd1.safetensors"), tmp_path / "out" / "copy.safetensors"
+    )
+    assert (
+        saved.with_suffix(".yaml").read_text() == (tmp_path / "tiny-sd1.yaml").read_text()
+    )  # its CLIP folder

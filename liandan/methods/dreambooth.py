@@ -93,8 +93,6 @@ class DreamBoothMethod:
     gradient_sync = "prepare"  # a whole UNet: DDP/FSDP/DeepSpeed through accelerate
 
     def __init__(self, context: MethodContext, output: Path) -> None:
-        from liandan.models.conditioning import PromptEncoder
-
         self.context = context
         self.job: DreamBoothJob = context.job  # type: ignore[assignment]
         self.bundle = bundle = context.bundle
@@ -109,7 +107,7 @@ class DreamBoothMethod:
         bundle.unet.to(memory_format=torch.channels_last)
         for encoder in bundle.text_encoders:  # frozen ones keep their dtype: saved as they were loaded
             encoder.to(device, torch.float32 if self.job.train_text_encoder else None)
-        self.encoder = PromptEncoder(bundle, clip_skip=self.job.clip_skip)
+        self.encoder = self._plain_encoder()
         self.trained_encoders = list(bundle.text_encoders) if self.job.train_text_encoder else []
         self.text_params: list[list[torch.nn.Parameter]] = []
         if self.trained_encoders:
@@ -139,7 +137,7 @@ class DreamBoothMethod:
         for encoder in self.bundle.text_encoders:
             encoder.requires_grad_(False)
             encoder.eval()
-        self.cond_cache = CondCache(self.encoder_plain(), self.device)
+        self.cond_cache = CondCache(self._plain_encoder(), self.device)
         prompts = fixed_prompts(self.context.dataset)
         if prompts is not None:
             self.cond_cache.precompute(prompts)
@@ -147,7 +145,7 @@ class DreamBoothMethod:
                 for encoder in self.bundle.text_encoders:
                     encoder.to("cpu")
 
-    def encoder_plain(self) -> PromptEncoder:
+    def _plain_encoder(self) -> PromptEncoder:
         from liandan.models.conditioning import PromptEncoder
 
         return PromptEncoder(self.bundle, clip_skip=self.job.clip_skip)
@@ -295,18 +293,20 @@ def _checkpoint_keys(path: Path) -> set[str]:
         return set(source.shapes)
 
 
-def make_dreambooth_method(context: MethodContext) -> DreamBoothMethod:
-    """Check where the checkpoint goes, and wrap the model for the loop."""
+def check_output(host: Host, job: DreamBoothJob) -> Path:
+    """Where the checkpoint goes, checked before any model is loaded: not the model it trains from, and not
+    an existing file unless `overwrite` or this job's own run resumes."""
     from liandan.train.checkpointing import find_state
+    from liandan.train.training_job import find_run_dir
 
-    job: DreamBoothJob = context.job  # type: ignore[assignment]
-    output = output_path(context.host, job)
-    if output.resolve() == context.checkpoint.path.resolve():
+    output = output_path(host, job)
+    if output.resolve() == host.resolve_checkpoint(job.model).path.resolve():
         raise ConfigError(f"the DreamBooth output {output} is the model it trains from; choose another name")
-    resuming = job.train.resume and find_state(context.run_dir) is not None
+    run_dir = find_run_dir(job.log_dir or host.folders.logs, job.name, job.train.resume)
+    resuming = job.train.resume and find_state(run_dir) is not None
     if output.exists() and not (job.overwrite or resuming):
         raise ConfigError(f"checkpoint {output} already exists; choose another name or tick overwrite")
-    return DreamBoothMethod(context, output)
+    return output
 
 
 def run_dreambooth_job(job: DreamBoothJob, host: Host, reporter: Reporter, control: Control) -> TrainResult:
@@ -314,10 +314,12 @@ def run_dreambooth_job(job: DreamBoothJob, host: Host, reporter: Reporter, contr
     A separate VAE is loaded before latents are cached and class images made, and is saved in the file."""
     from liandan.models.loading import load_vae_file
 
+    output = check_output(host, job)
     vae = resolve_vae(host, job.vae) if job.vae else None
     prepare = (lambda bundle: load_vae_file(bundle, vae)) if vae else None
     try:
         return run_training_job(job, host, reporter, control, name=job.name, loss_csv_name=LOSS_CSV,
-                                make_method=make_dreambooth_method, prepare_model=prepare)  # fmt: skip
+                                make_method=lambda context: DreamBoothMethod(context, output),
+                                prepare_model=prepare)  # fmt: skip
     except torch.cuda.OutOfMemoryError as e:
         raise TrainingStopped(OUT_OF_MEMORY.format(error=str(e).splitlines()[0])) from e

@@ -142,8 +142,9 @@ def save_checkpoint(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write `bundle` to `path` (.safetensors, or .ckpt as {"state_dict": ...} that A1111's safe unpickler
-    loads; a .ckpt has no metadata) with floating weights in `dtype` (None: as they are); a .yaml beside it
-    when the architecture is not a released one. Returns `path`."""
+    loads; a .ckpt has no metadata) with floating weights in `dtype` (None: as they are); a .yaml beside it:
+    a copy of the one the model was loaded with, else one made when the architecture is not a released
+    one. Returns `path`."""
     path = Path(path)
     if path.suffix not in (".safetensors", ".ckpt"):
         raise CheckpointError(f"{path}: a checkpoint is saved as .safetensors or .ckpt, not {path.suffix!r}")
@@ -158,7 +159,10 @@ def save_checkpoint(
         save_pt_a1111({"state_dict": state}, path)
     spec = spec_of_bundle(bundle)
     yaml_path = path.with_suffix(".yaml")
-    if not is_released_architecture(spec):
+    source_yaml = Path(bundle.info.get("yaml", ""))
+    if source_yaml.is_file():  # the model's own (its CLIP folder, its v-prediction): A1111 needs the same
+        write_text_atomic(yaml_path, source_yaml.read_text(encoding="utf-8"))
+    elif not is_released_architecture(spec):
         texts = [te.config for te in spec.text_encoders]
         write_text_atomic(yaml_path, yaml_text(spec.family, spec.unet, spec.vae, spec.scheduler, texts))
     return path

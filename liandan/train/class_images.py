@@ -27,7 +27,7 @@ from liandan.progress import Control, ProgressEvent, Reporter
 if TYPE_CHECKING:
     import torch
 
-    from liandan.jobs import ConceptSpec
+    from liandan.jobs import ConceptJobSpec, ConceptSpec
     from liandan.models.bundle import ModelBundle
 
 # an upper bound on a generated PNG: 8-bit RGB barely compresses worse than raw, plus the text chunk
@@ -48,7 +48,7 @@ class ClassImageSettings:
 
 
 def existing_class_images(concept: ConceptSpec) -> int:
-    if not concept.class_folder.is_dir():
+    if not concept.has_class_images or not concept.class_folder.is_dir():
         return 0
     return len(scan_image_folder(concept.class_folder).images)
 
@@ -193,3 +193,16 @@ def fill_class_folders(
             module.to(home)
         release_memory()
     return made
+
+
+def without_class_images_to_make(job: ConceptJobSpec) -> ConceptJobSpec:
+    """The job with no class image left to make, for a dry run that must write nothing of the user's (the
+    VRAM planner's): a concept whose class folder is not full trains on its instance images alone. A class
+    batch has an instance batch's shape, so the memory a dry run measures is the same."""
+    concepts = tuple(
+        concept.replace(class_folder=Path(), class_prompt="", num_class_images=0)
+        if concept.num_class_images > existing_class_images(concept)
+        else concept
+        for concept in job.concepts
+    )
+    return job.replace(concepts=concepts)

@@ -286,11 +286,14 @@ def run_training_job(
         where = {"name": name, "bundle": bundle, "host": host, "model_id": model_id}
         concepts = job.concepts if isinstance(job, ConceptJobSpec) else ()
 
-        def make_class_images() -> int:
-            settings = class_image_settings(job, name)
-            return fill_class_folders(
-                bundle, concepts, settings, device=device, reporter=reporter, control=control, job=name
-            )
+        def make_class_images() -> None:
+            """On the main process; the others wait, then read the folders it filled."""
+            if accelerator.is_main_process:
+                settings = class_image_settings(job, name)
+                fill_class_folders(
+                    bundle, concepts, settings, device=device, reporter=reporter, control=control, job=name
+                )
+            accelerator.wait_for_everyone()
 
         dataset = build_training_data(
             data_specs,

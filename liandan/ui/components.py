@@ -74,8 +74,13 @@ CURRENT_MODEL = "(current model)"
 def model_dropdown(ctx: UIContext, prefix: str) -> Any:
     """The model a job trains on. Inside A1111 that is the checkpoint of its top-left dropdown; standalone,
     the current one or any checkpoint of the data dir."""
-    choices = [CURRENT_MODEL] if ctx.in_webui else [CURRENT_MODEL, *ctx.checkpoint_choices()]
-    return gr.Dropdown(choices, value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model")
+    return gr.Dropdown(
+        model_dropdown_choices(ctx), value=CURRENT_MODEL, label="Model", elem_id=f"{prefix}_model"
+    )
+
+
+def model_dropdown_choices(ctx: UIContext) -> list[str]:
+    return [CURRENT_MODEL] if ctx.in_webui else [CURRENT_MODEL, *ctx.checkpoint_choices()]
 
 
 def job_model(title: str | None) -> str:

@@ -1,5 +1,5 @@
 """The tab list, shared by the standalone app and the A1111 entry script: one tab per registry entry that
-has one (`liandan.registry`), then the methods still to come. Each tab is a module with
+has one (`liandan.registry`). Each tab is a module with
 `build(ctx: UIContext)`, called inside the Blocks."""
 
 from __future__ import annotations
@@ -23,13 +23,8 @@ class TabDef:
     module: str
 
 
-# methods not built yet: their tabs say so (each goes once its method is in the registry)
-PLANNED: tuple[TabDef, ...] = (TabDef("dreambooth", "DreamBooth / LoRA", "liandan.ui.dreambooth_tab"),)
-
-
 def tab_list() -> list[TabDef]:
-    methods = [TabDef(m.kind, m.title, m.tab) for m in registry.METHODS.values() if m.tab is not None]
-    return [*methods, *PLANNED]
+    return [TabDef(m.kind, m.title, m.tab) for m in registry.METHODS.values() if m.tab is not None]
 
 
 def build_tabs(ctx: UIContext) -> None:

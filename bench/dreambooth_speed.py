@@ -1,0 +1,130 @@
+"""DreamBooth step time: liandan's method against a plain diffusers DreamBooth loop at identical settings.
+
+    python -m bench.dreambooth_speed --smoke            # tiny SD1 at 64 px, one repeat: proves it runs
+    OMP_NUM_THREADS=1 python -m bench.dreambooth_speed --model tiny --size 64 128 --record  # a busy machine
+    python -m bench.dreambooth_speed --model sd15 --size 64 --repeats 3 --record   # random SD1.5 size
+    python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu_dreambooth.py
+
+Both sides do one optimizer step of the whole UNet (batch of B, one instance prompt, AdamW, fp32, text
+encoder frozen). liandan: the latents come from the latent cache and the conds from the cond cache
+(DreamBoothMethod.loss), the UNet in channels_last. Baseline, as diffusers' examples/dreambooth
+train_dreambooth.py does by default: the VAE encodes the pixels and the text encoder the prompt every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from bench.harness import BenchRow, append_result, measure, step_benchmark_args, training_step
+from bench.ti_speed import build_bundle
+
+PROMPT = "a photo of sks dog"
+LR = 2e-6
+
+
+def liandan_step(
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    optimizer_name: str = "AdamW",
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+) -> Callable[[], None]:
+    """One DreamBooth step as the loop runs it: the method's loss under autocast, backward, the loop's
+    optimizer (`optimizer_name` from train/optimizers.py)."""
+    from liandan.host.base import CheckpointRef
+    from liandan.jobs import ConceptSpec, DataSpec, DreamBoothJob, PreviewSpec, TrainSpec
+    from liandan.methods.dreambooth import DreamBoothMethod
+    from liandan.train.optimizers import build_optimizer
+
+    concept = ConceptSpec(instance_folder=Path("dog"), instance_prompt=PROMPT)
+    train = TrainSpec(move_unused_to_cpu=False, mixed_precision=mixed_precision, optimizer=optimizer_name)
+    job = DreamBoothJob(
+        name="benchdb",
+        concepts=(concept,),
+        train=train,
+        data=DataSpec(width=size, height=size),
+        preview=PreviewSpec(self_test=False),
+    )
+    dataset = SimpleNamespace(parts=[])  # no fixed prompts to precompute: the cache fills on first use
+    context = SimpleNamespace(
+        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
+        dataset=dataset, run_dir=Path(), device=device, say=print,
+    )  # fmt: skip
+    method = DreamBoothMethod(context, Path("benchdb.safetensors"))
+    optimizer = build_optimizer(optimizer_name, method.parameter_groups(), LR, 0.0)
+    latent = size // bundle.vae_scale_factor
+    cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
+    batch_dict = {"latents": cached, "prompts": [PROMPT] * batch, "loss_weight": None}
+    if bundle.is_sdxl:  # the size ids the dataset records per image: uncropped, at the training size
+        sizes = torch.tensor([[size, size]] * batch)
+        batch_dict |= {"original_size": sizes, "crop_top_left": torch.zeros_like(sizes), "target_size": sizes}
+    bundle.unet.train()
+    if gradient_checkpointing:
+        bundle.unet.enable_gradient_checkpointing()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+    def loss() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return method.loss(batch_dict)
+
+    return training_step(loss, optimizer)
+
+
+def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+    import torch.nn.functional as F
+
+    tokenizer, text_encoder = bundle.tokenizers[0], bundle.text_encoders[0]
+    unet, vae, scheduler = bundle.unet, bundle.vae, bundle.noise_scheduler
+    for module in (vae, text_encoder):
+        module.to(device).requires_grad_(False)
+    unet.to(device).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=LR)
+    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    ids = tokenizer([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = ids.to(device)
+
+    def loss() -> torch.Tensor:
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            context = text_encoder(ids)[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        return F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
+
+    return training_step(loss, optimizer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_benchmark_args(argv, __doc__ or "")
+    model, device = args.model, torch.device(args.device)
+    for size in args.sizes:
+        times = {}
+        for label, make in (("liandan", liandan_step), ("diffusers-loop", diffusers_step)):
+            bundle = build_bundle(model)  # a fresh copy: each side trains its UNet
+            result = measure(make(bundle, size, args.batch, device), args.warmup, args.repeats)
+            times[label] = result.median_s
+            print(f"{label:15s} {model} {size}px bs{args.batch}: {result.summary()}")
+            del bundle
+        ratio = times["liandan"] / times["diffusers-loop"]
+        print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
+        if args.record:
+            threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+            settings = (
+                f"sd1 {model} {size}px bs{args.batch} fp32 {device.type}{threads} AdamW, text encoder frozen"
+            )
+            result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
+                           f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
+            options = f"--model {model} --size {size} --batch {args.batch}"
+            command = f"python -m bench.dreambooth_speed {options} --record"
+            append_result(BenchRow("dreambooth-step", settings, result_text), command=command)
+
+
+if __name__ == "__main__":
+    main()
