@@ -13,7 +13,15 @@ from data_helpers import gradient_image, save
 
 from liandan.cli import main
 from liandan.host.standalone import StandaloneHost
-from liandan.jobs import DataSpec, PreviewSpec, TextualInversionJob, TrainSpec, job_to_dict
+from liandan.jobs import (
+    ConceptSpec,
+    DataSpec,
+    LoraJob,
+    PreviewSpec,
+    TextualInversionJob,
+    TrainSpec,
+    job_to_dict,
+)
 from liandan.train import planner
 from liandan.train.planner import NO_GPU, SWITCHES, choose, plan_job
 
@@ -139,6 +147,26 @@ def test_a_dry_run_stops_after_its_steps_and_writes_only_to_its_scratch_folder(
     assert len(reads) == 1  # read at step DRY_RUN_STEPS, which interrupts the job: not 50 steps
     assert _tree(tmp_path) == before  # no artifact, log, cache or state in the user's folders
     assert not list(Path(planner.tempfile.gettempdir()).glob("liandan-plan-*"))
+
+
+@pytest.mark.slow  # a real tiny LoRA job
+def test_a_dry_run_of_a_concept_job_generates_no_class_image(tmp_path: Path, monkeypatch) -> None:
+    host = StandaloneHost(tmp_path / "data")
+    pictures = _pictures(tmp_path / "pictures")
+    classes = tmp_path / "dogs"
+    concept = ConceptSpec(
+        instance_folder=pictures,
+        instance_prompt="a photo of sks dog",
+        class_folder=classes,
+        class_prompt="a photo of a dog",
+        num_class_images=4,
+    )
+    job = LoraJob(name="plan", concepts=(concept,), data=DataSpec(width=64, height=64),
+                  train=TrainSpec(max_steps=50), preview=PreviewSpec(width=64, height=64))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 1234)
+    assert planner.dry_run_peak(job, host) == 1234
+    assert not classes.exists() or not any(classes.iterdir())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures GPU memory: needs a CUDA GPU")

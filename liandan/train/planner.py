@@ -189,7 +189,9 @@ def dry_run_peak(job: Any, host: Host) -> float:
     import torch
 
     from liandan.job_runner import run_job
+    from liandan.jobs import ConceptJobSpec
     from liandan.progress import Control, Reporter
+    from liandan.train.class_images import without_class_images_to_make
     from liandan.train.loop import release_memory
 
     scratch = Path(tempfile.mkdtemp(prefix="liandan-plan-"))
@@ -208,6 +210,8 @@ def dry_run_peak(job: Any, host: Host) -> float:
     dry = job.replace(
         train=train, log_dir=None, validation=None, preview=job.preview.replace(self_test=False)
     )
+    if isinstance(dry, ConceptJobSpec):  # class images would be generated into the user's folders
+        dry = without_class_images_to_make(dry)
     release_memory()
     torch.cuda.reset_peak_memory_stats()
     try:
