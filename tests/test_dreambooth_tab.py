@@ -16,6 +16,7 @@ from liandan.job_runner import JobRunner
 from liandan.jobs import DreamBoothJob, load_job_file
 from liandan.ui import dreambooth_tab
 from liandan.ui.components import UIContext
+from liandan.ui.concepts import concept_rows
 from liandan.ui.spec_form import SpecForm
 from liandan.ui.tabs import tab_list
 
@@ -51,9 +52,7 @@ def test_table_rows_become_concepts_and_a_bad_number_names_its_cell() -> None:
     assert (concept.instance_folder, concept.class_folder) == (Path("/me"), Path("/dogs"))
     assert (concept.num_class_images, concept.class_cfg_scale, concept.class_steps) == (10, 5.0, 30)
     assert (concept.repeats, concept.loss_weight, job.prior_loss_weight) == (2, 0.5, 0.5)
-    assert dreambooth_tab.concept_rows(job.concepts) == [
-        ["/me", "sks dog", "/dogs", "a dog", 10, "", 5.0, 30, 2, 0.5]
-    ]
+    assert concept_rows(job.concepts) == [["/me", "sks dog", "/dogs", "a dog", 10, "", 5.0, 30, 2, 0.5]]
     plain = dreambooth_tab.job_from_form({"name": "ft", "concepts": [untouched], "data.folder": "/pictures"})
     assert plain.concepts == () and plain.data.folder == Path("/pictures")
     with pytest.raises(ConfigError, match=r"concept row 1: num_class_images = 'ten' is not a number"):

@@ -15,6 +15,7 @@ from liandan.job_runner import JobRunner
 from liandan.jobs import LoraJob, NetworkSpec
 from liandan.ui import lora_tab
 from liandan.ui.components import UIContext
+from liandan.ui.concepts import parse_concepts
 from liandan.ui.spec_form import SpecForm
 from liandan.ui.tabs import tab_list
 
@@ -69,18 +70,29 @@ def test_train_through_the_tab(fixtures_dir: Path, tmp_path: Path) -> None:
     runner.close(timeout=5)
 
 
-def test_concepts_from_the_tab_become_the_jobs_concepts(tmp_path: Path) -> None:
-    text = '[{"instance_data_dir": "/pics/me", "instance_prompt": "a photo of sks person"}]'
-    job = lora_tab.job_from_form(
-        lora_tab.parse_form({"name": "me", "concepts": text, "prior_loss_weight": 0.5})
-    )
-    assert [c.instance_prompt for c in job.concepts] == [
-        "a photo of sks person"
-    ] and job.prior_loss_weight == 0.5
+def test_the_concepts_table_is_the_dreambooth_tabs_and_its_rows_become_the_jobs_concepts(tmp_path) -> None:
+    row = [
+        "/pics/me",
+        "a photo of sks person",
+        "/pics/people",
+        "a photo of a person",
+        50,
+        "",
+        7.0,
+        20,
+        1,
+        1.0,
+    ]
+    job = lora_tab.job_from_form(parse_concepts({"name": "me", "concepts": [row], "prior_loss_weight": 0.5}))
+    assert [(c.instance_prompt, c.num_class_images) for c in job.concepts] == [("a photo of sks person", 50)]
+    assert job.prior_loss_weight == 0.5
     host = StandaloneHost(tmp_path / "data")
     runner = JobRunner(host)
     tab = _Tab(UIContext(host=host, runner=runner))
-    assert "instance_data_dirr" in tab.call("train", name="me", concepts='[{"instance_data_dirr": "/x"}]')
+    for part in ("concepts", "concepts_file", "import", "export"):
+        assert f"{lora_tab.PREFIX}_{part}" in tab.by_id
+    bad = tab.call("train", name="me", concepts=[["/pics/me", "a photo", "", "", "many"]])
+    assert "concept row 1: num_class_images = &#x27;many&#x27; is not a number" in bad
     runner.close(timeout=5)
 
 

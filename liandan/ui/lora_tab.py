@@ -15,6 +15,7 @@ import gradio as gr
 from liandan.errors import LiandanError
 from liandan.jobs import LoraJob
 from liandan.ui.components import CURRENT_MODEL, UIContext, job_model
+from liandan.ui.concepts import concepts_controls, parse_concepts
 from liandan.ui.sections import TrainingTab, build_training_tab
 from liandan.ui.spec_form import SpecForm
 
@@ -29,29 +30,6 @@ def job_from_form(values: dict[str, Any]) -> LoraJob:
 def lora_names(ctx: UIContext) -> list[str]:
     folder = ctx.host.folders.lora
     return sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-def parse_form(values: dict[str, Any]) -> dict[str, Any]:
-    """The concepts box holds a concepts_list JSON (DreamBooth's, data/concepts.py); empty: no concepts."""
-    from liandan.data.concepts import concepts_from_json
-
-    text = values.get("concepts", "")
-    if isinstance(text, str):
-        values = {**values, "concepts": concepts_from_json(text) if text.strip() else ()}
-    return values
-
-
-def _concept_controls(f: SpecForm[Any]) -> None:
-    with gr.Accordion("Concepts (DreamBooth-style; instead of the dataset directory)", open=False), gr.Row():
-        example = (
-            '[{"instance_data_dir": "/pictures/me", "instance_prompt": "a photo of sks person", '
-            '"class_data_dir": "/pictures/people", "class_prompt": "a photo of a person", '
-            '"num_class_images": 50}]'
-        )
-        f.add("concepts", gr.Textbox("", label="Concepts (concepts_list JSON; class images for prior "
-                                     "preservation are made when missing)", placeholder=example, lines=3,
-                                     elem_id=f.elem_id("concepts")))  # fmt: skip
-        f.auto("prior_loss_weight", "Prior-preservation loss weight (class images)")
 
 
 def _network_controls(f: SpecForm[Any]) -> None:
@@ -84,9 +62,9 @@ TAB = TrainingTab(
     create_controls=_network_controls,
     create=None,
     names=lora_names,
-    own_train_controls=_concept_controls,
+    own_train_controls=concepts_controls,
     labels={"train.learn_rate": "Learning rate (0.0001, or a schedule 0.0002:500, 0.0001)"},
-    parse_form=parse_form,
+    parse_form=parse_concepts,
 )
 
 

@@ -224,6 +224,29 @@ def _error(e: Exception) -> str:
     return f'<p class="liandan-error">{html.escape(str(e))}</p>'
 
 
+def plan_button(prefix: str) -> Any:
+    """The "Plan memory" button beside a tab's Train button (its result goes in `plan_message_box`)."""
+    return gr.Button("Plan memory", elem_id=f"{prefix}_plan", scale=0, min_width=160)
+
+
+def plan_message_box(prefix: str) -> Any:
+    return gr.HTML("", elem_id=f"{prefix}_plan_message")
+
+
+def plan_message(ctx: UIContext, make_job: Callable[[], Any]) -> str:
+    """The VRAM planner's answer for the tab's job (train/planner.py): dry runs on the GPU (minutes), never
+    beside a training job, which would share the memory."""
+    from liandan.train.planner import plan_job
+
+    if any(not status.is_finished for status in ctx.runner.jobs()):
+        return _error(ConfigError("a job is running: plan memory when it has finished"))
+    try:
+        plan = plan_job(make_job(), ctx.host)
+    except LiandanError as e:
+        return _error(e)
+    return f'<pre class="liandan-message">{html.escape(plan.message)}</pre>'
+
+
 def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
     prefix, noun = tab.prefix, tab.noun
     model = model_dropdown(ctx, prefix)
@@ -247,9 +270,9 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         training_sections(train_form, ctx, tab.labels)
         with gr.Row():
             start = gr.Button(f"Train {noun}", variant="primary", elem_id=f"{prefix}_train")
-            plan = gr.Button("Plan memory", elem_id=f"{prefix}_plan", scale=0, min_width=160)
+            plan = plan_button(prefix)
         train_message = gr.HTML("", elem_id=f"{prefix}_train_message")
-        plan_message = gr.HTML("", elem_id=f"{prefix}_plan_message")
+        plan_box = plan_message_box(prefix)
     job_panel(ctx, tab.spec.kind, prefix)
 
     create_paths, train_paths = list(create_form.controls), list(train_form.controls)
@@ -279,22 +302,13 @@ def build_training_tab(ctx: UIContext, tab: TrainingTab) -> BuiltTab:
         return f'<p class="liandan-message">Started {html.escape(job_id)}.</p>'
 
     def on_plan(model_title: str, name: str, *values: Any) -> str:
-        """Dry runs on the GPU (minutes), not beside a training job, which would share the memory."""
-        from liandan.train.planner import plan_job
-
-        if any(not status.is_finished for status in ctx.runner.jobs()):
-            return _error(ConfigError("a job is running: plan memory when it has finished"))
-        try:
-            plan = plan_job(form_job(model_title, name, values), ctx.host)
-        except LiandanError as e:
-            return _error(e)
-        return f'<pre class="liandan-message">{html.escape(plan.message)}</pre>'
+        return plan_message(ctx, lambda: form_job(model_title, name, values))
 
     create_inputs = [create_form.controls[p] for p in create_paths]
     train_inputs = [train_form.controls[p] for p in train_paths]
     if tab.create is not None:
         create.click(on_create, [model, *create_inputs], [create_message, trained], queue=False)
     start.click(on_train, [model, trained, *create_inputs, *train_inputs], train_message, queue=False)
-    plan.click(on_plan, [model, trained, *create_inputs, *train_inputs], plan_message)
+    plan.click(on_plan, [model, trained, *create_inputs, *train_inputs], plan_box)
     refresh.click(lambda: gr.update(choices=tab.names(ctx)), None, trained, queue=False)
     return BuiltTab(model, create_form, train_form, trained, refresh)
