@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,16 @@ SETTINGS = [
     "preview.self_test=false",
 ]
 
+# the DreamBooth example starts over on each run; here a run must continue its killed predecessor
+EXTRA_SETTINGS = {"dreambooth_tiny.toml": ["train.resume=true", "overwrite=false"]}
+
+
+def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 # example job -> (the files it writes, relative to the data dir; how to read their trained tensors)
 EXAMPLES = {
     "demo_ti.toml": (["embeddings/liandan-demo.pt"], lambda p: load_embedding(p).vectors),
@@ -41,6 +52,7 @@ EXAMPLES = {
     ),
     "lora_tiny.toml": (["models/Lora/tiny_lora.safetensors"], lambda p: read_lora(p).tensors),
     "locon_tiny.toml": (["models/Lora/tiny_locon.safetensors"], lambda p: read_lora(p).tensors),
+    "dreambooth_tiny.toml": (["models/Stable-diffusion/tiny_dreambooth.safetensors"], _checkpoint_tensors),
     "apt_tiny.toml": (
         ["embeddings/tiny_apt.pt", "embeddings/tiny_apt-neg.pt"],
         lambda p: load_embedding(p).vectors,
@@ -49,9 +61,16 @@ EXAMPLES = {
 
 
 def _start(example: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """The example, copied beside its pictures into the data dir's parent (a DreamBooth example makes its
+    class images beside itself, never in the repository)."""
+    job_dir = data_dir.parent / f"{data_dir.name}-job"
+    if not job_dir.exists():
+        shutil.copytree(REPO / "examples" / "images", job_dir / "images")
+        shutil.copy(REPO / "examples" / example, job_dir / example)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "liandan", "train", str(REPO / "examples" / example)]
-    command += ["--data-dir", str(data_dir), *[a for s in SETTINGS for a in ("--set", s)]]
+    settings = [*SETTINGS, *EXTRA_SETTINGS.get(example, [])]
+    command = [sys.executable, "-m", "liandan", "train", str(job_dir / example)]
+    command += ["--data-dir", str(data_dir), *[a for s in settings for a in ("--set", s)]]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
