@@ -141,3 +141,15 @@ def test_real_tiny_default_loads(tmp_path: Path) -> None:
         assert bundle.family == "sd1"
         assert bundle.source is not None and bundle.source.parent == host.folders.checkpoints
     BUNDLE_CACHE.clear()
+
+
+def test_a_checkpoint_fine_tuned_here_does_not_become_the_next_jobs_base(tmp_path: Path) -> None:
+    """ "db" sorts before "liandan-tiny-sd1", but a DreamBooth result is never the default model."""
+    from safetensors.torch import save_file
+
+    host = StandaloneHost(tmp_path / "d")
+    base = host.current_checkpoint()  # the tiny default, written on first use
+    save_file({"x": torch.zeros(1)}, str(host.folders.checkpoints / "db.safetensors"),
+              metadata={"liandan.trained": "unet"})  # fmt: skip
+    assert host.list_checkpoints()[0].title == "db.safetensors"
+    assert host.current_checkpoint() == base

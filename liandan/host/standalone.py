@@ -50,6 +50,16 @@ def standalone_folders(data_dir: Path) -> Folders:
     )
 
 
+def _fine_tuned_here(path: Path) -> bool:
+    """A checkpoint liandan fine-tuned (formats/checkpoint.py writes `liandan.trained` into it)."""
+    from liandan.formats.checkpoint import read_metadata
+
+    try:
+        return "liandan.trained" in read_metadata(path)
+    except CheckpointError:
+        return False
+
+
 def list_checkpoint_files(folder: Path) -> list[CheckpointRef]:
     """Checkpoints below `folder` the way A1111 lists them (recursive, no `.vae.` files), plus diffusers
     folders (a `model_index.json`). Titles are paths relative to the folder; hashes are left to the loader
@@ -117,8 +127,9 @@ class StandaloneHost:
         return list_checkpoint_files(self.folders.checkpoints)
 
     def current_checkpoint(self) -> CheckpointRef | None:
-        """The configured checkpoint, else the first in models/Stable-diffusion, else the tiny default
-        (written there on first use, so a fresh data dir works out of the box)."""
+        """The configured checkpoint, else the first in models/Stable-diffusion that is not a result of
+        ours (a DreamBooth checkpoint saved there must not become the base of the next job), else the tiny
+        default (written there on first use, so a fresh data dir works out of the box)."""
         if self.checkpoint is not None:
             return self._ref(self.checkpoint)
         refs = self.list_checkpoints()
@@ -127,7 +138,8 @@ class StandaloneHost:
 
             write_tiny_models(self.folders.checkpoints)
             refs = self.list_checkpoints()
-        return refs[0] if refs else None
+        bases = [ref for ref in refs if not _fine_tuned_here(ref.path)]
+        return (bases or refs)[0] if refs else None
 
     def resolve_checkpoint(self, model: str | Path | None) -> CheckpointRef:
         """A job's `model` setting: "" for the current one, a path, or a name in models/Stable-diffusion."""
