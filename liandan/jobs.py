@@ -650,6 +650,8 @@ class ConceptJobSpec(JobSpec):
     class images are generated before training; without, the job trains `data` and `extra_data` as any
     other. `prior_loss_weight` scales the class images' loss."""
 
+    method_title: ClassVar[str] = ""  # "DreamBooth", "LoRA": in messages
+    artifact_noun: ClassVar[str] = ""  # what `name` names: "checkpoint", "LoRA"
     concepts: tuple[ConceptSpec, ...] = ()  # [[concepts]] in TOML
     prior_loss_weight: float = bounded(1.0, 0.01, 100.0)
 
@@ -659,7 +661,12 @@ class ConceptJobSpec(JobSpec):
         return [*super().written_folders(), *fills]
 
     def validate(self) -> None:
+        check_name(self.name, self.artifact_noun)  # type: ignore[attr-defined]
         data: DataSpec = self.data  # type: ignore[attr-defined]
+        if not self.concepts and data.folder == Path():
+            raise ConfigError(
+                f"the {self.method_title} job needs at least one concept ([[concepts]]) or a data.folder"
+            )
         if self.concepts and data.folder != Path():
             raise ConfigError(
                 f"give either concepts or data.folder ({data.folder}), not both; a folder trained beside "
@@ -687,6 +694,8 @@ class DreamBoothJob(ConceptJobSpec):
     """
 
     kind: ClassVar[str] = "dreambooth"
+    method_title: ClassVar[str] = "DreamBooth"
+    artifact_noun: ClassVar[str] = "checkpoint"
     name: str = ""
     train_text_encoder: bool = False
     text_encoder_lr_scale: float = bounded(1.0, 0.0, 100.0)
@@ -702,12 +711,6 @@ class DreamBoothJob(ConceptJobSpec):
     extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
     validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
-
-    def validate(self) -> None:
-        super().validate()
-        check_name(self.name, "checkpoint")
-        if not self.concepts and self.data.folder == Path():
-            raise ConfigError("the DreamBooth job needs at least one concept ([[concepts]]) or a data.folder")
 
 
 # --- LoRA / LyCORIS (liandan/methods/lora.py) ------------------------------------------------------------
@@ -761,6 +764,8 @@ class LoraJob(ConceptJobSpec):
     liandan/methods/lora.py."""
 
     kind: ClassVar[str] = "lora"
+    method_title: ClassVar[str] = "LoRA"
+    artifact_noun: ClassVar[str] = "LoRA"
     name: str = ""
     network: NetworkSpec = field(default_factory=NetworkSpec)
     text_encoder_lr_scale: float = bounded(0.0, 0.0, 100.0)
@@ -773,9 +778,3 @@ class LoraJob(ConceptJobSpec):
     extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
     validation: ValidationSpec | None = None
     preview: PreviewSpec = field(default_factory=PreviewSpec)
-
-    def validate(self) -> None:
-        super().validate()
-        check_name(self.name, "LoRA")
-        if not self.concepts and self.data.folder == Path():
-            raise ConfigError("the LoRA job needs at least one concept ([[concepts]]) or a data.folder")

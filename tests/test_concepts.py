@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from data_helpers import gradient_image, save, tiny_vae
@@ -177,6 +178,9 @@ def test_bad_concepts_lists_are_refused(text: str, message: str) -> None:
 class ConceptJob(ConceptJobSpec):
     """The shape of a concept job (DreamBooth, LoRA): concepts beside the usual data sections."""
 
+    method_title: ClassVar[str] = "concept"
+    artifact_noun: ClassVar[str] = "result"
+    name: str = "result"
     data: DataSpec = field(default_factory=DataSpec)
     extra_data: tuple[DataSpec, ...] = ()
 

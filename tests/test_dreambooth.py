@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingStopped
+from liandan.errors import CheckpointError, ConfigError, DatasetError, DiskFullError, TrainingStopped
 from liandan.formats.checkpoint import read_metadata
 from liandan.host.standalone import StandaloneHost
 from liandan.job_runner import run_job
@@ -328,7 +328,9 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(root: Path, monk
     again = make_job(
         root, concept=plain, overwrite=True, train={"max_steps": 2, "resume": False}, log_dir=root / "l2"
     )
-    with pytest.raises(CheckpointError, match=r"No space left on device.*unchanged"):
+    with pytest.raises(
+        DiskFullError, match=r"disk is full: .*db\.safetensors.*the previous file is unchanged"
+    ):
         run(again, host)
     assert path.read_bytes() == before
     assert not [p for p in host.folders.checkpoints.iterdir() if p.name.endswith(".tmp")]
