@@ -81,7 +81,7 @@ def _photo(size: tuple[int, int] = (64, 64), mode: str = "RGB") -> Image.Image:
     return Image.fromarray(pixels, "RGB").convert(mode)
 
 
-def _png_claiming(width: int, height: int) -> bytes:
+def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width×height pixels (a decompression bomb's header)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -283,7 +283,7 @@ def _cases() -> list[Case]:
         Case(
             "decompression bomb",
             image,
-            dataset_file("bomb.png", _png_claiming(60000, 60000)),
+            dataset_file("bomb.png", png_claiming(60000, 60000)),
             "skipped",
             "too large",
         ),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_corpus import png_claiming
 from PIL import Image
 from preprocess_models import make_deepbooru_file
 
@@ -23,17 +22,6 @@ EXPECTED_SKIPS = {
     "text.png": "not an image",
     "bomb.png": "decompression bomb",
 }
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width×height pixels: Pillow refuses it on open, before any decoding."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -51,7 +39,7 @@ def make_corpus(folder: Path) -> None:
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (folder / "zero.png").write_bytes(b"")
     (folder / "text.png").write_text("this is a text file")
-    (folder / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    (folder / "bomb.png").write_bytes(png_claiming(20000, 20000))
     Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(folder / "cmyk.jpg")  # red in CMYK
     Image.fromarray(np.full((16, 16), 30000, dtype=np.uint16)).save(folder / "sixteen.png")  # 16-bit grey
     palette = Image.new("P", (16, 16), 1)
