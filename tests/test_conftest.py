@@ -27,8 +27,9 @@ def _pytest(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
 
 
 def _copy_conftest(folder: Path) -> None:
-    """tests/conftest.py and the plugin it loads (the real-WebUI fixtures, with their browser driver)."""
-    for name in ("conftest.py", "real_webui.py", "browser_driver.py"):
+    """tests/conftest.py, the plugin it loads (the real-WebUI fixtures, with their browser driver) and the
+    helpers its fixtures use."""
+    for name in ("conftest.py", "real_webui.py", "browser_driver.py", "data_helpers.py"):
         shutil.copy(TESTS / name, folder / name)
 
 
