@@ -148,6 +148,49 @@ def test_interrupt_saves_and_the_same_job_resumes(train64: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_a_full_disk_stops_the_job_with_its_state_kept_and_a_rerun_finishes(
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills at the step-4 save: the job stops with the disk-full message, the step-2 embedding and
+    run state stay whole, and once space is free the same job resumes and ends as an uninterrupted run."""
+    import errno
+
+    from liandan import atomic_files
+    from liandan.errors import DiskFullError
+
+    host = StandaloneHost(tmp_path / "data")
+    job = make_job(train64, train={"max_steps": 6, "save_every": 2, "preview_every": 0},
+                   preview={"self_test": False}, save_png_cards=False)  # fmt: skip
+    full = {"on": False}
+    real_temporary = atomic_files._create_temporary
+
+    def filling(target: Path) -> Path:
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_temporary(target)
+
+    def fill_at_four(event) -> None:
+        if event.kind == "step" and event.step == 4:
+            full["on"] = True
+
+    monkeypatch.setattr(atomic_files, "_create_temporary", filling)
+    with pytest.raises(DiskFullError, match="disk is full"):
+        run(job, host, on_event=fill_at_four)
+    (run_dir,) = (tmp_path / "data" / "textual_inversion").glob("*/testti")
+    step_two = load_embedding(run_dir / "embeddings" / "testti-2.pt")
+    assert step_two.step == 2
+
+    full["on"] = False  # space freed
+    resumed, _ = run(job, host)
+    assert (resumed.start_step, resumed.step) == (2, 6)
+    reference_host = StandaloneHost(tmp_path / "reference")
+    run(job, reference_host)
+    final = load_embedding(host.folders.embeddings / "testti.pt").vectors
+    expected = load_embedding(reference_host.folders.embeddings / "testti.pt").vectors
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
 def test_sdxl_trains_a_pair(train64: Path, tmp_path: Path) -> None:
     host = StandaloneHost(tmp_path / "data")
     host.current_checkpoint()  # writes the tiny models
