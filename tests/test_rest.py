@@ -255,3 +255,38 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_submissions_at_the_same_moment_get_their_own_ids_and_run_one_at_a_time(tmp_path) -> None:
+    """Twenty clients post at once: each job gets its own id, the journal stays readable, and the jobs run
+    one after another (never two writing at once)."""
+    import json as json_module
+
+    running, overlaps = [], []
+
+    def one_at_a_time(spec, host, reporter, control) -> None:
+        running.append(1)
+        if len(running) > 1:
+            overlaps.append(len(running))
+        running.pop()
+
+    journal = tmp_path / "queue.json"
+    runner = JobRunner(FakeHost(), run=one_at_a_time, journal=journal)
+    client = client_for(runner)
+    start = threading.Barrier(20)
+    ids: list[str] = []
+
+    def submit() -> None:
+        start.wait()
+        ids.append(client.post(f"{PREFIX}/jobs", json=PREPROCESS).json()["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(set(ids)) == 20
+    for job_id in ids:
+        assert runner.wait(job_id, timeout=30).state == "done"
+    assert overlaps == [] and json_module.loads(journal.read_text())["jobs"] == []
+    runner.close(timeout=10)
