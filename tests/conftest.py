@@ -38,6 +38,7 @@ UI_TESTS = [
     "test_spec_form.py",
     "test_sections.py",
     "test_rest.py",  # FastAPI comes with gradio
+    "test_server_restart.py",
 ]
 collect_ignore_glob = [] if importlib.util.find_spec("gradio") else UI_TESTS
 
