@@ -39,6 +39,7 @@ UI_TESTS = [
     "test_sections.py",
     "test_rest.py",  # FastAPI comes with gradio
     "test_server_restart.py",
+    "test_rest_schema.py",
 ]
 collect_ignore_glob = [] if importlib.util.find_spec("gradio") else UI_TESTS
 
