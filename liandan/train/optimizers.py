@@ -60,6 +60,8 @@ def _quiet_import() -> Iterator[None]:
 
 
 def _torchao_adamw8bit() -> Any:
+    import torch
+
     with _quiet_import():
         try:
             from torchao.optim import AdamW8bit  # torchao >= 0.11
@@ -68,6 +70,11 @@ def _torchao_adamw8bit() -> Any:
                 from torchao.prototype.low_bit_optim import AdamW8bit  # older torchao
             except ImportError:
                 raise ConfigError("optimizer AdamW8bitTorchao needs torchao: `pip install torchao`") from None
+        except (OSError, RuntimeError, AttributeError) as error:  # built for another torch release
+            raise ConfigError(
+                f"torchao does not load with torch {torch.__version__} ({error}); install the torchao "
+                "release made for it (see torchao's compatibility table)"
+            ) from error
     return AdamW8bit
 
 
