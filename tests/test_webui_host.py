@@ -58,7 +58,9 @@ def fake_loader(monkeypatch):
         bundle.to = lambda device: bundle
         return bundle
 
-    monkeypatch.setitem(sys.modules, "liandan.models.loading", SimpleNamespace(load_bundle=load_bundle))
+    import liandan.models.loading
+
+    monkeypatch.setattr(liandan.models.loading, "load_bundle", load_bundle)
     return loads
 
 
@@ -334,7 +336,9 @@ def test_entry_script_tab_is_the_shared_ui(entry_script) -> None:
     ((blocks, title, elem_id),) = script.on_ui_tabs()
     assert (title, elem_id) == ("Liandan", "liandan")
     labels = [c["props"]["label"] for c in blocks.get_config_file()["components"] if c["type"] == "tabitem"]
-    assert labels[:4] == ["Textual Inversion", "Hypernetwork", "APT", "Preprocess & Caption"]
+    assert labels == [m.title for m in registry.METHODS.values() if m.tab is not None]
+    texts = [str(c["props"].get("value", "")) for c in blocks.get_config_file()["components"]]
+    assert not [text for text in texts if "failed to load" in text], "a tab failed to build"
 
 
 def test_entry_script_rest_routes(entry_script, count_job, tmp_path: Path) -> None:
