@@ -1,6 +1,6 @@
-"""Fuzzed readers: every file reader (embeddings, hypernetworks, LoRAs, aesthetic embeddings, job files,
-captions), given a valid file with bytes cut, overwritten or inserted, either reads it or raises our own
-clear error (a `LiandanError`); any other exception is a bug.
+"""Fuzzed readers: every file reader (embeddings, hypernetworks, LoRAs, aesthetic embeddings, checkpoint
+headers and family detection, job files, captions), given a valid file with bytes cut, overwritten or
+inserted, either reads it or raises our own clear error (a `LiandanError`); any other exception is a bug.
 
 Each reader starts from a real file our writers made (the formats A1111 writes), so the mutations reach
 deep into the format (zip directory, pickle stream, safetensors header, PNG chunks, TOML) instead of being
@@ -88,6 +88,33 @@ def _lora_file(folder: Path) -> Path:
     return write_lora(folder / "fuzz-lora.safetensors", LoraFile(tensors, {"ss_base_model_version": "sd_v1"}))
 
 
+def _checkpoint_file(folder: Path, suffix: str) -> Path:
+    """A checkpoint's header and key layout (a few SD1 LDM keys, small tensors): what detection reads."""
+    keys = {
+        "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+        "model.diffusion_model.out.2.weight": (4, 8, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (16, 32),
+        "first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3),
+    }
+    tensors = {key: torch.zeros(shape) for key, shape in keys.items()}
+    path = folder / f"fuzz-model{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path))
+    else:
+        torch.save({"state_dict": tensors}, path)
+    return path
+
+
+def _read_checkpoint(path: Path) -> None:
+    from liandan.models.detect import detect_family
+    from liandan.models.loading import open_checkpoint
+
+    with open_checkpoint(path) as source:
+        detect_family(path, source.shapes)
+
+
 SEEDS: dict[str, Callable[[Path], Path]] = {
     "embedding.pt": lambda d: save_embedding_pt(_embedding(), d / "fuzz.pt"),
     "embedding.safetensors": lambda d: save_embedding_safetensors(_embedding(), d / "fuzz.safetensors"),
@@ -99,6 +126,8 @@ SEEDS: dict[str, Callable[[Path], Path]] = {
     "aesthetic.pt": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.pt"),
     "aesthetic.safetensors": lambda d: save_aesthetic(_aesthetic(), d / "fuzz-aesthetic.safetensors"),
     "lora.safetensors": _lora_file,
+    "checkpoint.safetensors": lambda d: _checkpoint_file(d, ".safetensors"),
+    "checkpoint.ckpt": lambda d: _checkpoint_file(d, ".ckpt"),
 }
 READERS: dict[str, Callable[[Path], Any]] = {
     "embedding.pt": load_embedding,
@@ -109,6 +138,8 @@ READERS: dict[str, Callable[[Path], Any]] = {
     "aesthetic.pt": load_aesthetic,
     "aesthetic.safetensors": load_aesthetic,
     "lora.safetensors": lambda p: (read_lora(p).family, read_lora(p).network_type()),
+    "checkpoint.safetensors": _read_checkpoint,
+    "checkpoint.ckpt": _read_checkpoint,
 }
 
 
