@@ -261,7 +261,10 @@ class JobRunner:
             for j in self._jobs.values()
             if j.state not in FINISHED
         ]
-        write_text_atomic(self._journal, json.dumps({"version": 1, "jobs": pending}, indent=1))
+        try:
+            write_text_atomic(self._journal, json.dumps({"version": 1, "jobs": pending}, indent=1))
+        except (OSError, LiandanError) as e:  # a full disk must not stop the queue, only its memory
+            log.warning("liandan: could not save the job queue to %s: %s", self._journal, e)
 
     def _restore(self, journal: Path) -> None:
         """Queue again the jobs a previous server left unfinished, under their ids."""

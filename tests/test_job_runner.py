@@ -208,14 +208,16 @@ def test_unfinished_jobs_run_again_under_their_ids_after_a_restart(tmp_path: Pat
     assert restarted.submit(FakeJob()) == "fake_job-3"  # new ids continue after the restored ones
     restarted.close(timeout=5)
     stuck.set()
+    stopped.close(timeout=5)  # the stuck worker ends while its folder is still there
 
 
 def test_a_job_that_was_running_at_every_stop_is_not_started_again(tmp_path: Path) -> None:
     journal = tmp_path / "queue.json"
-    gates = []
+    gates, stopped = [], []
     for _ in range(MAX_RESTARTS):
         gates.append(threading.Event())
         runner = JobRunner(FakeHost(), run=_hold_until(gates[-1], []), journal=journal)
+        stopped.append(runner)
         if not runner.jobs():
             runner.submit(FakeJob())
         while runner.jobs()[0].state != "running":
@@ -228,6 +230,8 @@ def test_a_job_that_was_running_at_every_stop_is_not_started_again(tmp_path: Pat
     for gate in gates:
         gate.set()
     last.close(timeout=5)
+    for runner in stopped:  # their workers end while the folder is still there
+        runner.close(timeout=5)
 
 
 def test_an_unreadable_journal_is_kept_aside_and_the_queue_starts_empty(tmp_path: Path) -> None:
@@ -236,4 +240,16 @@ def test_an_unreadable_journal_is_kept_aside_and_the_queue_starts_empty(tmp_path
     runner = JobRunner(FakeHost(), journal=journal)
     assert runner.jobs() == []
     assert (tmp_path / "queue.json.unreadable").read_text() == "{not json"
+    runner.close(timeout=5)
+
+
+def test_a_journal_that_cannot_be_written_does_not_stop_the_queue(tmp_path: Path, caplog) -> None:
+    journal = tmp_path / "gone" / "queue.json"
+    runner = JobRunner(FakeHost(), journal=journal)
+    journal.unlink()
+    journal.parent.rmdir()
+    (tmp_path / "gone").write_text("a file where the folder should be")
+    status = runner.wait(runner.submit(FakeJob()), timeout=10)
+    assert status.state == "done"
+    assert "could not save the job queue" in caplog.text
     runner.close(timeout=5)
