@@ -648,12 +648,17 @@ class ConceptJobSpec(JobSpec):
     """Base of jobs that train concepts (DreamBooth, LoRA). With `concepts`, each concept's instance and
     class images are the datasets (read with the job's `data` options; its folder stays empty) and missing
     class images are generated before training; without, the job trains `data` and `extra_data` as any
-    other. `prior_loss_weight` scales the class images' loss."""
+    other. `prior_loss_weight` scales the class images' loss. The data, validation and preview sections are
+    the same for every concept job; each sets its own `train` defaults."""
 
     method_title: ClassVar[str] = ""  # "DreamBooth", "LoRA": in messages
     artifact_noun: ClassVar[str] = ""  # what `name` names: "checkpoint", "LoRA"
     concepts: tuple[ConceptSpec, ...] = ()  # [[concepts]] in TOML
     prior_loss_weight: float = bounded(1.0, 0.01, 100.0)
+    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
+    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
+    validation: ValidationSpec | None = None
+    preview: PreviewSpec = field(default_factory=PreviewSpec)
 
     def written_folders(self) -> list[Path]:
         """Missing class images are generated into the class folders."""
@@ -662,7 +667,7 @@ class ConceptJobSpec(JobSpec):
 
     def validate(self) -> None:
         check_name(self.name, self.artifact_noun)  # type: ignore[attr-defined]
-        data: DataSpec = self.data  # type: ignore[attr-defined]
+        data = self.data
         if not self.concepts and data.folder == Path():
             raise ConfigError(
                 f"the {self.method_title} job needs at least one concept ([[concepts]]) or a data.folder"
@@ -707,10 +712,6 @@ class DreamBoothJob(ConceptJobSpec):
     train: TrainSpec = field(
         default_factory=lambda: TrainSpec(learn_rate="0.000002", lr_scheduler="constant", max_steps=800)
     )
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
-    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
-    validation: ValidationSpec | None = None
-    preview: PreviewSpec = field(default_factory=PreviewSpec)
 
 
 # --- LoRA / LyCORIS (liandan/methods/lora.py) ------------------------------------------------------------
@@ -774,7 +775,3 @@ class LoraJob(ConceptJobSpec):
     train: TrainSpec = field(
         default_factory=lambda: TrainSpec(learn_rate="0.0001", lr_scheduler="constant", save_every=0)
     )
-    data: DataSpec = field(default_factory=lambda: DataSpec(template="liandan_subject_filewords.txt"))
-    extra_data: tuple[DataSpec, ...] = ()  # more folders trained at once ([[extra_data]] in TOML)
-    validation: ValidationSpec | None = None
-    preview: PreviewSpec = field(default_factory=PreviewSpec)
