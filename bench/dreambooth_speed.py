@@ -1,14 +1,16 @@
 """DreamBooth step time: liandan's method against a plain diffusers DreamBooth loop at identical settings.
 
     python -m bench.dreambooth_speed --smoke            # tiny SD1 at 64 px, one repeat: proves it runs
-    OMP_NUM_THREADS=1 python -m bench.dreambooth_speed --model tiny --size 64 128 --record  # a busy machine
-    python -m bench.dreambooth_speed --model sd15 --size 64 --repeats 3 --record   # random SD1.5 size
+    python -m bench.dreambooth_speed --model tiny --size 64 128 --record
+    python -m bench.dreambooth_speed --model sd15 --size 64 --separate --repeats 3 --record  # SD1.5-sized
     python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu_dreambooth.py
 
 Both sides do one optimizer step of the whole UNet (batch of B, one instance prompt, AdamW, fp32, text
 encoder frozen). liandan: the latents come from the latent cache and the conds from the cond cache
-(DreamBoothMethod.loss), the UNet in channels_last. Baseline, as diffusers' examples/dreambooth
-train_dreambooth.py does by default: the VAE encodes the pixels and the text encoder the prompt every step.
+(DreamBoothMethod.loss), the UNet in channels_last, the loop's optimizer (torch's fused AdamW). Baseline, as
+diffusers' examples/dreambooth train_dreambooth.py does by default: the VAE encodes the pixels and the text
+encoder the prompt every step, torch.optim.AdamW with its defaults. Two SD1.5-sized UNets with their Adam
+state do not fit in 24 GB together: --separate times each side in a process of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, measure, step_benchmark_args, training_step
+from bench.harness import Comparison, run_comparison, step_benchmark_args, training_step
 from bench.ti_speed import build_bundle
 
 PROMPT = "a photo of sks dog"
@@ -101,29 +103,24 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     return training_step(loss, optimizer)
 
 
+def _sides(args, size: int) -> dict:
+    device = torch.device(args.device)  # each side builds its own copy: both train their UNet
+    return {
+        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
+        "diffusers loop": lambda: diffusers_step(build_bundle(args.model), size, args.batch, device),
+    }
+
+
+COMPARISON = Comparison(
+    "dreambooth-step",
+    "bench.dreambooth_speed",
+    _sides,
+    lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, text encoder frozen",
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = step_benchmark_args(argv, __doc__ or "")
-    model, device = args.model, torch.device(args.device)
-    for size in args.sizes:
-        times = {}
-        for label, make in (("liandan", liandan_step), ("diffusers-loop", diffusers_step)):
-            bundle = build_bundle(model)  # a fresh copy: each side trains its UNet
-            result = measure(make(bundle, size, args.batch, device), args.warmup, args.repeats)
-            times[label] = result.median_s
-            print(f"{label:15s} {model} {size}px bs{args.batch}: {result.summary()}")
-            del bundle
-        ratio = times["liandan"] / times["diffusers-loop"]
-        print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
-        if args.record:
-            threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
-            settings = (
-                f"sd1 {model} {size}px bs{args.batch} fp32 {device.type}{threads} AdamW, text encoder frozen"
-            )
-            result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
-                           f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
-            options = f"--model {model} --size {size} --batch {args.batch}"
-            command = f"python -m bench.dreambooth_speed {options} --record"
-            append_result(BenchRow("dreambooth-step", settings, result_text), command=command)
+    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or ""))
 
 
 if __name__ == "__main__":

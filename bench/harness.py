@@ -9,15 +9,24 @@ Timing is the median of `repeats` calls after `warmup` calls (CUDA work is synch
 read). Memory is the peak over the measured calls: on CUDA `torch.cuda.max_memory_allocated` (reset after the
 warm-up); on CPU the process's peak resident set size, which never goes down, so a CPU figure is the peak of
 the whole process so far, not of the callable alone.
+
+Step comparisons (`run_comparison`: liandan's step against a plain loop at identical settings) time the
+sides interleaved in one process — round r calls every side once, in reverse order on odd rounds — so a
+busy machine slows both alike and the ratio holds; each side's memory comes from a process of its own that
+builds only that side (`--side`), as the peak RSS (or CUDA peak) above what the imports left.
+`--separate` also takes the timings from such processes, alternating the sides over `--rounds`, for
+models too large to hold both sides at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +111,38 @@ def measure(fn: Callable[[], object], warmup: int = 2, repeats: int = 10) -> Mea
     return Measurement(statistics.median(times), tuple(times), peak_rss_bytes(), "cpu peak rss")
 
 
+def reset_peak_rss() -> bool:
+    """Make the peak RSS (VmHWM) start again from the current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def current_rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def interleaved(
+    steps: dict[str, Callable[[], object]], warmup: int, repeats: int
+) -> dict[str, tuple[float, ...]]:
+    """Seconds per call of every step, the steps called in turn (see the module doc); warm-up calls first."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for round_index in range(repeats):
+        order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
+        for label in order:
+            _synchronize()
+            start = time.perf_counter()
+            steps[label]()
+            _synchronize()
+            times[label].append(time.perf_counter() - start)
+    return {label: tuple(values) for label, values in times.items()}
+
+
 def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]:
     """One optimizer step of `loss()`: backward, step, zero the gradients."""
 
@@ -169,20 +210,157 @@ def benchmark_args(argv: Sequence[str] | None = None, description: str = "") -> 
     return args
 
 
-def step_benchmark_args(argv: Sequence[str] | None = None, description: str = "") -> argparse.Namespace:
+def step_benchmark_args(
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> argparse.Namespace:
     """benchmark_args plus the training-step scripts' own flags: --model, --size (into `sizes`), --batch,
-    --device; --smoke takes the tiny model at 64 px."""
+    --device, --threads, and run_comparison's --separate, --rounds and --side; `add_arguments` adds a
+    script's own. --smoke takes the tiny model at 64 px. `argv` is kept (as `argv`) for the side processes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
     extra.add_argument("--size", type=int, nargs="+", default=[64, 128])
     extra.add_argument("--batch", type=int, default=1)
     extra.add_argument("--device", default="cpu")
+    extra.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    extra.add_argument("--separate", action="store_true", help="time each side in a process of its own")
+    extra.add_argument("--rounds", type=int, default=3, help="with --separate: processes per side")
+    extra.add_argument("--side", help=argparse.SUPPRESS)  # a side process: build and run only this side
+    add_arguments(extra)
     known, rest = extra.parse_known_args(argv)
     args = benchmark_args(rest, description)
-    args.model = "tiny" if args.smoke else known.model
-    args.sizes = [64] if args.smoke else known.size
-    args.batch, args.device = known.batch, known.device
+    vars(args).update(vars(known))
+    args.argv = argv
+    if args.smoke:
+        args.model, args.size, args.rounds = "tiny", [64], 1
+    args.sizes = args.size
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return args
+
+
+SideFactory = Callable[[], Callable[[], object]]  # builds one side (model, optimizer); returns its step
+SIDE_RESULT = "bench-side-result:"  # the line a side process prints its JSON after
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A step benchmark for `run_comparison`: per size, the sides to build (ours first, the plain loop it is
+    measured against last) and the settings column."""
+
+    benchmark: str
+    module: str  # `python -m` name: the command column and the side processes
+    sides: Callable[[argparse.Namespace, int], dict[str, SideFactory]]
+    settings: Callable[[argparse.Namespace, int], str]
+
+
+@dataclass(frozen=True)
+class SideResult:
+    times_s: tuple[float, ...]
+    peak_bytes: int  # above what the process held after its imports
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+
+def _peak_since_imports(start_rss: int) -> int:
+    if _cuda_in_use():
+        return sys.modules["torch"].cuda.max_memory_allocated()
+    status = Path("/proc/self/status").read_text()
+    peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return peak_kib * 1024 - start_rss
+
+
+def _run_side(factory: SideFactory, args: argparse.Namespace) -> SideResult:
+    """In a side process: build the side, time it (or just warm it up for memory), report the peak."""
+    start_rss = current_rss_bytes()
+    reset_peak_rss()
+    step = factory()
+    times = interleaved({"side": step}, args.warmup, args.repeats)["side"]
+    return SideResult(times, _peak_since_imports(start_rss))
+
+
+def _side_process(comparison: Comparison, args: argparse.Namespace, size: int, label: str) -> SideResult:
+    argv = [a for a in args.argv if a != "--record"]
+    size_at = argv.index("--size") if "--size" in argv else -1
+    if size_at >= 0:  # only this size
+        end = size_at + 1
+        while end < len(argv) and not argv[end].startswith("--"):
+            end += 1
+        argv[size_at:end] = []
+    command = [sys.executable, "-m", comparison.module, *argv, "--size", str(size), "--side", label]
+    if not args.separate:  # memory only: a warm-up and two steps are enough for the peak
+        command += ["--warmup", "1", "--repeats", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(SIDE_RESULT)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"side process {label!r} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    fields = json.loads(lines[-1].removeprefix(SIDE_RESULT))
+    return SideResult(tuple(fields["times_s"]), fields["peak_bytes"])
+
+
+def compare_sides(comparison: Comparison, args: argparse.Namespace, size: int) -> dict[str, SideResult]:
+    """Time and measure every side at one size (see the module doc)."""
+    labels = list(comparison.sides(args, size))
+    if args.separate:
+        runs: dict[str, list[SideResult]] = {label: [] for label in labels}
+        for round_index in range(args.rounds):
+            for label in labels if round_index % 2 == 0 else labels[::-1]:
+                runs[label].append(_side_process(comparison, args, size, label))
+        return {
+            label: SideResult(
+                tuple(t for run in results for t in run.times_s), max(run.peak_bytes for run in results)
+            )
+            for label, results in runs.items()
+        }
+    steps = {label: factory() for label, factory in comparison.sides(args, size).items()}
+    times = interleaved(steps, args.warmup, args.repeats)
+    del steps
+    memory = {label: _side_process(comparison, args, size, label).peak_bytes for label in labels}
+    return {label: SideResult(times[label], memory[label]) for label in labels}
+
+
+def run_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
+    """The whole step benchmark: every size in `args.sizes`, printed; `--record` appends one row per size."""
+    if args.side:  # a side process
+        (size,) = args.sizes
+        result = _run_side(comparison.sides(args, size)[args.side], args)
+        print(SIDE_RESULT + json.dumps({"times_s": result.times_s, "peak_bytes": result.peak_bytes}))
+        return
+    for size in args.sizes:
+        results = compare_sides(comparison, args, size)
+        base = results[list(results)[-1]]
+        parts = []
+        for label, result in results.items():
+            ms, mib = result.median_s * 1000, result.peak_bytes / 2**20
+            spread = f"{min(result.times_s) * 1000:.0f}–{max(result.times_s) * 1000:.0f}"
+            ratios = ""
+            if result is not base:
+                memory_ratio = result.peak_bytes / max(base.peak_bytes, 1)
+                ratios = f" ({result.median_s / base.median_s:.2f}x time, {memory_ratio:.2f}x memory)"
+            times = f"{ms:.1f} ms median ({spread}, n={len(result.times_s)})"
+            print(f"{label:24s} {size}px: {times}, peak +{mib:.0f} MiB{ratios}")
+            parts.append(f"{label} {ms:.0f} ms, +{mib:.0f} MiB{ratios}")
+        if args.record:
+            mode = f"{args.rounds} processes per side" if args.separate else "interleaved"
+            result_text = "; ".join(parts) + f" (median of {len(base.times_s)}, {mode})"
+            threads = torch_threads_note(args)
+            row = BenchRow(comparison.benchmark, comparison.settings(args, size) + threads, result_text)
+            command_argv = [a for a in args.argv if a != "--record"]
+            append_result(row, command=" ".join(["python -m", comparison.module, *command_argv, "--record"]))
+
+
+def torch_threads_note(args: argparse.Namespace) -> str:
+    if args.device != "cpu":
+        return ""
+    import torch
+
+    return f", {torch.get_num_threads()} thread(s)"
 
 
 def _self_test(argv: Sequence[str] | None = None) -> None:

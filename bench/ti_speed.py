@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, measure, step_benchmark_args
+from bench.harness import Comparison, run_comparison, step_benchmark_args
 
 PROMPT = "a painting of a cat, art by benchti"
 LR = 0.005
@@ -45,6 +45,7 @@ def liandan_step(
     from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
     from liandan.methods.textual_inversion import TextualInversion
     from liandan.models.embedding_vectors import new_embedding
+    from liandan.train.optimizers import build_optimizer
 
     job = TextualInversionJob(
         name="benchti",
@@ -57,7 +58,7 @@ def liandan_step(
         dataset=dataset, run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
-    optimizer = torch.optim.AdamW([p for g in method.parameter_groups() for p in g.params], lr=LR)
+    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
     batch_dict = {"latents": cached, "prompts": [PROMPT] * batch}
@@ -119,24 +120,24 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     return step
 
 
+def _sides(args, size: int) -> dict:
+    device = torch.device(args.device)  # each side builds its own copy: the baseline resizes the token table
+    return {
+        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
+        "diffusers loop": lambda: diffusers_step(build_bundle(args.model), size, args.batch, device),
+    }
+
+
+COMPARISON = Comparison(
+    "ti-step",
+    "bench.ti_speed",
+    _sides,
+    lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW",
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = step_benchmark_args(argv, __doc__ or "")
-    sizes, model, device = args.sizes, args.model, torch.device(args.device)
-    for size in sizes:
-        times = {}
-        for label, make in (("liandan", liandan_step), ("diffusers-loop", diffusers_step)):
-            bundle = build_bundle(model)  # a fresh copy: the baseline resizes the token table
-            result = measure(make(bundle, size, args.batch, device), args.warmup, args.repeats)
-            times[label] = result.median_s
-            print(f"{label:15s} {model} {size}px bs{args.batch}: {result.summary()}")
-        ratio = times["liandan"] / times["diffusers-loop"]
-        print(f"ratio liandan / diffusers-loop at {size}px: {ratio:.2f}x")
-        if args.record:
-            settings = f"sd1 {model} {size}px bs{args.batch} fp32 {device.type} AdamW"
-            result_text = (f"liandan {times['liandan'] * 1000:.0f} ms, diffusers loop "
-                           f"{times['diffusers-loop'] * 1000:.0f} ms per step ({ratio:.2f}x)")  # fmt: skip
-            command = f"python -m bench.ti_speed --model {model} --size {size} --batch {args.batch} --record"
-            append_result(BenchRow("ti-step", settings, result_text), command=command)
+    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or ""))
 
 
 if __name__ == "__main__":

@@ -209,3 +209,36 @@ def test_noise_offset_shifts_each_channel_of_the_drawn_noise(sd1) -> None:
     diffusion_loss(sd1, latents, context, noise=fixed, timesteps=timesteps, predict=capture,
                    train=TrainSpec(noise_offset=0.1))  # fmt: skip
     assert torch.allclose(seen["noisy"], sd1.noise_scheduler.add_noise(latents, fixed, timesteps), atol=1e-6)
+
+
+def test_torch_compile_switch_compiles_the_unet_in_place_and_a_later_job_gets_the_eager_one_back() -> None:
+    from liandan.jobs import TrainSpec
+    from liandan.train.diffusion_loss import freeze_for_training
+
+    bundle = tiny_bundle("sd1")
+    names = list(bundle.unet.state_dict())
+    freeze_for_training(bundle, torch.device("cpu"), TrainSpec(torch_compile=True))
+    assert bundle.unet._compiled_call_impl is not None  # compiled on its first call
+    assert list(bundle.unet.state_dict()) == names  # the files it saves keep their keys
+    freeze_for_training(bundle, torch.device("cpu"), TrainSpec())
+    assert bundle.unet._compiled_call_impl is None
+
+
+@pytest.mark.slow
+def test_a_compiled_unet_gives_the_eager_loss_and_gradient(sd1) -> None:
+    """Minutes of compiling on 2 cores: the numbers a compiled training step trains on are the eager ones."""
+    from liandan.train.diffusion_loss import set_unet_compiled
+
+    latents, context = _inputs(sd1)
+    seed = torch.Generator().manual_seed(3)
+    eager = diffusion_loss(sd1, latents, context, generator=seed)
+    (eager_grad,) = torch.autograd.grad(eager, context)
+    set_unet_compiled(sd1.unet, True)
+    try:
+        for _ in range(2):  # the second call runs the cached graph
+            compiled = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(3))
+            (compiled_grad,) = torch.autograd.grad(compiled, context)
+            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
+    finally:
+        set_unet_compiled(sd1.unet, False)

@@ -116,3 +116,32 @@ def test_missing_bitsandbytes_names_the_pip_package(monkeypatch: pytest.MonkeyPa
     weight = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ConfigError, match="pip install bitsandbytes"):
         build_optimizer("Lion8bit", [ParamGroup("w", [weight])], 1.0, 0.0)
+
+
+def _adamw_steps(fused: bool, state: dict | None = None, steps: int = 3) -> tuple[torch.Tensor, dict]:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 32))
+    optimizer = torch.optim.AdamW([weight], lr=0.01, fused=fused)
+    if state is not None:
+        optimizer.load_state_dict(state)
+    for _ in range(steps):
+        (weight**2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return weight.detach(), optimizer.state_dict()
+
+
+def test_adamw_is_the_fused_kernel_where_the_tensors_allow_and_its_state_resumes_either_way() -> None:
+    plain = ParamGroup("p", [torch.nn.Parameter(torch.zeros(4))])
+    assert build_optimizer("AdamW", [plain], 0.01, 0.0).defaults["fused"]
+    mixed = ParamGroup("d", [torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2).double())])
+    assert build_optimizer("AdamW", [mixed], 0.01, 0.0).defaults["fused"]  # float64 is fused too
+    meta = ParamGroup("m", [torch.nn.Parameter(torch.zeros(4, device="meta"))])
+    assert not build_optimizer("AdamW", [meta], 0.01, 0.0).defaults["fused"]
+    # the same steps as the per-tensor loop, and a state saved by one resumes in the other
+    fused_weight, fused_state = _adamw_steps(fused=True)
+    plain_weight, plain_state = _adamw_steps(fused=False)
+    torch.testing.assert_close(fused_weight, plain_weight)
+    resumed_in_plain, _ = _adamw_steps(fused=False, state=fused_state, steps=2)
+    resumed_in_fused, _ = _adamw_steps(fused=True, state=plain_state, steps=2)
+    torch.testing.assert_close(resumed_in_plain, resumed_in_fused)

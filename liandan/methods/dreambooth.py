@@ -30,7 +30,7 @@ from liandan.formats.checkpoint import modelspec_metadata, read_metadata
 from liandan.jobs import DreamBoothJob
 from liandan.models.ldm_layout import TEXT_PREFIXES, UNET_PREFIX
 from liandan.train.cond_cache import CondCache, fixed_prompts
-from liandan.train.diffusion_loss import batch_loss, unet_prediction
+from liandan.train.diffusion_loss import batch_loss, set_unet_compiled, unet_prediction
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.training_job import MethodContext, render_preview, run_training_job
 
@@ -105,6 +105,7 @@ class DreamBoothMethod:
             module.eval()
         bundle.unet.to(device, torch.float32).requires_grad_(True)
         bundle.unet.to(memory_format=torch.channels_last)
+        set_unet_compiled(bundle.unet, self.job.train.torch_compile)
         for encoder in bundle.text_encoders:  # frozen ones keep their dtype: saved as they were loaded
             encoder.to(device, torch.float32 if self.job.train_text_encoder else None)
         self.encoder = self._plain_encoder()

@@ -180,11 +180,24 @@ def set_unet_gradient_checkpointing(unet: torch.nn.Module, enabled: bool) -> Non
             module.training = True
 
 
+def set_unet_compiled(unet: torch.nn.Module, enabled: bool) -> None:
+    """Run the UNet through torch.compile (TrainSpec.torch_compile), in place: the module, its parameters
+    and state_dict names stay the same, so hooks, saving and the host's references are untouched. The
+    first steps (and each new shape or mode, a preview's batch) compile for minutes on a CPU and tens of
+    seconds on a GPU; then a step takes about 0.7x as long on the CPU (bench/RESULTS.md). Off: the eager
+    forward comes back, so a bundle reused by a later job does not keep it."""
+    if enabled:
+        unet.compile()
+    else:
+        unet._compiled_call_impl = None  # what nn.Module.compile() sets; None is the eager call
+
+
 def freeze_for_training(bundle: ModelBundle, device: torch.device, train: TrainSpec) -> None:
     """The model a TI/hypernetwork-style method trains through: no gradients and eval mode (no dropout)
     everywhere; text encoders and UNet on the training device in the mixed-precision dtype; the UNet in
     channels_last, which oneDNN and tensor-core convolutions run faster (about 10% per CPU step at 128 px on
-    an SD1.5-sized UNet); its gradient checkpointing as the job asks. The VAE stays where it is."""
+    an SD1.5-sized UNet); its gradient checkpointing and compilation as the job asks. The VAE stays where it
+    is."""
     dtype = frozen_weight_dtype(train.mixed_precision)
     for module in [*bundle.text_encoders, bundle.unet, bundle.vae]:
         module.requires_grad_(False)
@@ -193,3 +206,4 @@ def freeze_for_training(bundle: ModelBundle, device: torch.device, train: TrainS
         module.to(device, dtype)
     bundle.unet.to(memory_format=torch.channels_last)
     set_unet_gradient_checkpointing(bundle.unet, train.gradient_checkpointing)
+    set_unet_compiled(bundle.unet, train.torch_compile)
