@@ -1,13 +1,14 @@
-"""APT step time against textual inversion at the same settings (model, size, batch, AdamW, fp32).
+"""APT step time against a plain DreamArtist-style loop at the same settings (model, size, batch, AdamW,
+fp32, CFG 3-5), interleaved in one run, with liandan's TI step at twice the batch beside them.
 
     python -m bench.apt_speed --smoke                 # tiny SD1 at 64 px, one repeat: proves it runs
     python -m bench.apt_speed --model tiny --size 64 128 --record
-    python -m bench.apt_speed --model sd15 --size 64 --repeats 3 --record   # random SD1.5-sized weights
+    python -m bench.apt_speed --model sd15 --size 64 128 --repeats 5 --record   # random SD1.5-sized weights
 
-Both sides do one optimizer step on cached latents with one prompt holding the embedding's name. APT also
-encodes its negative prompt (in the same text-encoder batch) and runs the UNet on twice the batch in one call,
-so the issue's budget is one more UNet batch element per sample: an APT step at batch B should cost about a
-TI step at batch 2B, no more. Both ratios are printed and recorded.
+liandan's APT step: cached latents; the positive and negative prompts in one text-encoder batch; the UNet on
+twice the batch in one call. Its budget is one more UNet batch element per sample: about a TI step at batch
+2B, no more. The plain loop (bench.ti_speed.diffusers_step with a negative token): the diffusers textual-
+inversion example with DreamArtist's negative embedding and guided prediction, the VAE encoding every step.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, measure, step_benchmark_args
-from bench.ti_speed import LR, PROMPT, build_bundle, liandan_step
+from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.ti_speed import LR, PROMPT, build_bundle, diffusers_step, liandan_step
 
 
 class _Prompts:
@@ -37,6 +38,7 @@ def apt_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[]
     from liandan.host.base import CheckpointRef
     from liandan.jobs import AptJob, DataSpec
     from liandan.methods.apt import Apt, new_pair
+    from liandan.train.optimizers import build_optimizer
 
     job = AptJob(name="benchti", cfg_scale="3-5", data=DataSpec(width=size, height=size))
     context = SimpleNamespace(
@@ -44,7 +46,7 @@ def apt_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[]
         dataset=_Prompts(), run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = Apt(context, *new_pair(bundle, job), (Path("x.pt"), Path("x-neg.pt")))
-    optimizer = torch.optim.AdamW([p for g in method.parameter_groups() for p in g.params], lr=LR)
+    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
         "latents": torch.randn(batch, 4, latent, latent, device=device),
@@ -60,29 +62,27 @@ def apt_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[]
     return step
 
 
+def _sides(args, size: int) -> dict:
+    device, batch = torch.device(args.device), args.batch
+    return {
+        f"liandan apt bs{batch}": lambda: apt_step(build_bundle(args.model), size, batch, device),
+        f"liandan ti bs{2 * batch}": lambda: liandan_step(build_bundle(args.model), size, 2 * batch, device),
+        f"plain apt loop bs{batch}": lambda: diffusers_step(
+            build_bundle(args.model), size, batch, device, negative="benchti-neg"
+        ),
+    }
+
+
+COMPARISON = Comparison(
+    "apt-step",
+    "bench.apt_speed",
+    _sides,
+    lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, cfg 3-5",
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = step_benchmark_args(argv, __doc__ or "")
-    sizes, model, batch, device = args.sizes, args.model, args.batch, torch.device(args.device)
-    bundle = build_bundle(model)
-    for size in sizes:
-        runs = {
-            f"apt bs{batch}": apt_step(bundle, size, batch, device),
-            f"ti bs{batch}": liandan_step(bundle, size, batch, device),
-            f"ti bs{2 * batch}": liandan_step(bundle, size, 2 * batch, device),
-        }
-        times = {}
-        for label, step in runs.items():
-            result = measure(step, args.warmup, args.repeats)
-            times[label] = result.median_s
-            print(f"{label:10s} {model} {size}px: {result.summary()}")
-        apt, ti, ti2 = times.values()
-        print(f"apt / ti at {size}px: {apt / ti:.2f}x; apt / ti at twice the batch: {apt / ti2:.2f}x")
-        if args.record:
-            settings = f"sd1 {model} {size}px bs{batch} fp32 {device.type} AdamW, cfg 3-5"
-            result_text = (f"APT {apt * 1000:.0f} ms, TI {ti * 1000:.0f} ms ({apt / ti:.2f}x), TI at "
-                           f"bs{2 * batch} {ti2 * 1000:.0f} ms ({apt / ti2:.2f}x) per step")  # fmt: skip
-            command = f"python -m bench.apt_speed --model {model} --size {size} --batch {batch} --record"
-            append_result(BenchRow("apt-step", settings, result_text), command=command)
+    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or ""))
 
 
 if __name__ == "__main__":

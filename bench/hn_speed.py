@@ -1,112 +1,160 @@
-"""Hypernetwork training step time: the method's real step (K/V hooks on a frozen UNet, the shared denoising
-loss, backward through the UNet into the hypernetwork, AdamW) on cached latents and cached conds, as the
-method trains after its first epoch.
+"""Hypernetwork step time against a plain loop at identical settings (SD1, structure "1, 2, 1", AdamW, fp32),
+interleaved in one run.
 
-    python -m bench.hn_speed --smoke                      # tiny SD1 at 64 px, seconds (CI)
-    python -m bench.hn_speed --model sd1 --size 128       # SD1.5-sized UNet (random weights) on the CPU
-    python -m bench.hn_speed --model sd1 --size 512 --device cuda --batch 16 --dtype bf16 --record
+    python -m bench.hn_speed --smoke                          # tiny SD1 at 64 px, one repeat (CI)
+    python -m bench.hn_speed --model tiny --size 64 128 --record
+    python -m bench.hn_speed --model sd15 --size 64 128 --repeats 5 --record   # random SD1.5-sized weights
 
-Images/s = batch / median step time. File size and parameter count per layer structure:
-bench/hypernetwork_sizes.py.
+liandan: the hypernetwork job's step (HypernetworkMethod.loss: K/V transforms installed on the frozen UNet's
+attention, the cond cached, cached latents, the loop's optimizer). The plain loop, as A1111's trainer and a
+diffusers loop would write it: the VAE encodes the pixels and the text encoder the prompt every step, and an
+attention processor runs the same hypernetwork modules on each attention layer's K/V input before SDPA.
+File size and parameter count per layer structure: bench/hypernetwork_sizes.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import types
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from bench.harness import BenchRow, append_result, measure
-from liandan.jobs import HypernetworkJob
-from liandan.methods.hypernetwork import build_hypernetwork, model_attention_widths
-from liandan.models.attention_hooks import install_kv_transforms
-from liandan.train.diffusion_loss import diffusion_loss
+from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.ti_speed import PROMPT, build_bundle
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LR = 5e-6
+LAYER_STRUCTURE = "1, 2, 1"
 
 
-def _bundle(model: str, device: torch.device, dtype: torch.dtype) -> types.SimpleNamespace:
-    """The parts of a bundle the step uses: UNet (frozen) and noise scheduler; tiny or SD1.5-sized."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def _hypernetwork(bundle):
+    from liandan.jobs import HypernetworkJob
+    from liandan.methods.hypernetwork import build_hypernetwork, model_attention_widths
 
-    from liandan.models.model_spec import standard_spec
-    from liandan.models.tiny import tiny_bundle, tiny_spec
-
-    if model == "tiny":
-        bundle = tiny_bundle("sd1")
-        unet, scheduler_config = bundle.unet, tiny_spec("sd1").scheduler
-    else:
-        spec = standard_spec("sd1")
-        unet, scheduler_config = UNet2DConditionModel(**spec.unet), spec.scheduler
-    unet.requires_grad_(False).eval().to(device, dtype)
-    scheduler = DDPMScheduler(**scheduler_config)
-    return types.SimpleNamespace(unet=unet, noise_scheduler=scheduler, prediction_type="epsilon")
-
-
-def make_step(
-    model: str, size: int, batch: int, device: str, dtype: str, layer_structure: str, compile_unet: bool
-) -> tuple[Callable[[], None], int]:
-    """One optimizer step as a callable, and the hypernetwork's parameter count."""
     torch.manual_seed(0)
-    dev = torch.device(device)
-    bundle = _bundle(model, dev, DTYPES[dtype])
-    widths = model_attention_widths(bundle)
-    job = HypernetworkJob(name="bench", layer_structure=layer_structure)
-    hypernetwork = build_hypernetwork(job, widths).to(dev).train()
-    install_kv_transforms(bundle.unet, [hypernetwork])
-    if compile_unet:
-        bundle.unet = torch.compile(bundle.unet)
-    optimizer = torch.optim.AdamW(hypernetwork.parameters(), lr=5e-6)
-    context_width = bundle.unet.config.cross_attention_dim
-    latents = torch.randn(batch, 4, size // 8, size // 8, device=dev)
-    context = torch.randn(batch, 77, context_width, device=dev)
+    job = HypernetworkJob(name="benchhn", layer_structure=LAYER_STRUCTURE)
+    return job, build_hypernetwork(job, model_attention_widths(bundle))
+
+
+def liandan_step(
+    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+) -> Callable[[], None]:
+    """The job's step; `mixed_precision` as TrainSpec has it (the loop's autocast around the loss)."""
+    from liandan.host.base import CheckpointRef
+    from liandan.jobs import DataSpec, TrainSpec
+    from liandan.methods.hypernetwork import HypernetworkMethod
+    from liandan.train.optimizers import build_optimizer
+
+    job, hypernetwork = _hypernetwork(bundle)
+    job = job.replace(
+        train=TrainSpec(mixed_precision=mixed_precision), data=DataSpec(width=size, height=size)
+    )
+    context = SimpleNamespace(
+        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
+        dataset=None, run_dir=Path(), device=device, say=print,
+    )  # fmt: skip
+    method = HypernetworkMethod(context, hypernetwork)
+    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
+    latent = size // bundle.vae_scale_factor
+    batch_dict = {
+        "latents": torch.randn(batch, 4, latent, latent, device=device),
+        "prompts": [PROMPT] * batch,
+        "loss_weight": None,
+    }
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
-            loss = diffusion_loss(bundle, latents, context)  # type: ignore[arg-type]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = method.loss(batch_dict)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step, sum(p.numel() for p in hypernetwork.parameters())
+    return step
+
+
+class PlainHypernetworkAttention:
+    """A diffusers attention processor that runs the hypernetwork's K and V modules on the layer's K/V input
+    (the context, or the hidden states in self-attention), then plain SDPA."""
+
+    def __init__(self, k_module: torch.nn.Module, v_module: torch.nn.Module) -> None:
+        self.k_module, self.v_module = k_module, v_module
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        import torch.nn.functional as F
+
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query = attn.to_q(hidden_states)
+        key, value = attn.to_k(self.k_module(context)), attn.to_v(self.v_module(context))
+        batch, heads = hidden_states.shape[0], attn.heads
+        query, key, value = (
+            x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value)
+        )
+        out = (
+            F.scaled_dot_product_attention(query, key, value)
+            .transpose(1, 2)
+            .reshape(batch, -1, query.shape[-1] * heads)
+        )
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def plain_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+    import torch.nn.functional as F
+
+    from liandan.models.attention_hooks import attention_layers, kv_input_width
+
+    _, hypernetwork = _hypernetwork(bundle)
+    text_encoder, unet, vae, scheduler = (
+        bundle.text_encoders[0],
+        bundle.unet,
+        bundle.vae,
+        bundle.noise_scheduler,
+    )
+    for module in (unet, vae, text_encoder):
+        module.to(device).requires_grad_(False).eval()
+    hypernetwork.to(device).train()
+    for attn in attention_layers(unet).values():
+        pair = hypernetwork.pair(kv_input_width(attn))  # the modules with their residual: x + f(x)
+        if pair is not None:
+            attn.set_processor(PlainHypernetworkAttention(*pair))
+    optimizer = torch.optim.AdamW(hypernetwork.parameters(), lr=LR)
+    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    ids = bundle.tokenizers[0]([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt")
+    ids = ids.input_ids.to(device)
+
+    def step() -> None:
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            context = text_encoder(ids)[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _sides(args, size: int) -> dict:
+    device = torch.device(args.device)  # each side builds its own copy: both set attention processors
+    return {
+        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
+        "plain loop": lambda: plain_step(build_bundle(args.model), size, args.batch, device),
+    }
+
+
+COMPARISON = Comparison(
+    "hn-step",
+    "bench.hn_speed",
+    _sides,
+    lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, structure {LAYER_STRUCTURE!r}",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny model, 64 px, one measured step")
-    parser.add_argument("--model", choices=("tiny", "sd1"), default="tiny")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet weights and autocast")
-    parser.add_argument("--layer-structure", default="1, 2, 1")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
-    args = parser.parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(1 if args.smoke else torch.get_num_threads())
-    if args.smoke:
-        args.model, args.size, args.batch, args.repeats = "tiny", 64, 1, 1
-    step, params = make_step(
-        args.model, args.size, args.batch, args.device, args.dtype, args.layer_structure, args.compile
-    )
-    result = measure(step, warmup=1 if args.smoke else 3, repeats=args.repeats)
-    images_per_s = args.batch / result.median_s
-    settings = (
-        f"{args.model} {args.size}px bs{args.batch} {args.dtype} {args.device}"
-        f"{' compiled' if args.compile else ''}, structure {args.layer_structure!r}, {params:,} params"
-    )
-    summary = f"{result.summary()}; {images_per_s:.2f} images/s"
-    print(f"hypernetwork step: {settings}: {summary}")
-    if args.record and not args.smoke:
-        command = "python -m bench.hn_speed " + " ".join(argv if argv is not None else sys.argv[1:])
-        append_result(BenchRow("hn-step", settings, summary), command=command)
+    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or ""))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,12 @@ class _Prompts:
         return PROMPT
 
 
-def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+def diffusers_step(
+    bundle, size: int, batch: int, device: torch.device, negative: str | None = None, cfg: float = 4.0
+) -> Callable[[], None]:
+    """The diffusers example's step. With `negative` (APT's baseline, as DreamArtist trains): a second new
+    token for the negative embedding, its prompt encoded with the positive one, the UNet run on both and the
+    prediction `negative + cfg * (positive - negative)`."""
     import copy
 
     import torch.nn.functional as F
@@ -88,8 +93,8 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     tokenizer = copy.deepcopy(bundle.tokenizers[0])
     text_encoder, unet, vae = bundle.text_encoders[0], bundle.unet, bundle.vae
     scheduler = bundle.noise_scheduler
-    tokenizer.add_tokens(["benchti"])
-    token_id = tokenizer.convert_tokens_to_ids("benchti")
+    names = ["benchti", *([negative] if negative else [])]
+    tokenizer.add_tokens(names)
     text_encoder.resize_token_embeddings(len(tokenizer))
     for module in (unet, vae, text_encoder):
         module.to(device).requires_grad_(False)
@@ -99,10 +104,10 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     original = table.weight.detach().clone()
     optimizer = torch.optim.AdamW([table.weight], lr=LR)
     pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
-    ids = tokenizer([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    ids = ids.to(device)
+    prompts = [PROMPT] * batch + ([negative] * batch if negative else [])
+    ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
     keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
-    keep[token_id] = False
+    keep[tokenizer.convert_tokens_to_ids(names)] = False
 
     def step() -> None:
         latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
@@ -110,7 +115,12 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         context = text_encoder(ids)[0]
-        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
+        if negative:
+            positive, negative_prediction = unet(torch.cat([noisy] * 2), t.repeat(2), context).sample.chunk(2)
+            prediction = negative_prediction + cfg * (positive - negative_prediction)
+        else:
+            prediction = unet(noisy, t, context).sample
+        loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
