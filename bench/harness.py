@@ -154,8 +154,13 @@ def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]
     return step
 
 
+BENCH_LIBRARIES = ("torch", "diffusers", "peft", "lycoris")  # the versions a step time depends on
+
+
 def machine_description() -> str:
-    """CPU model and core count, plus the GPU when CUDA is in use."""
+    """CPU model and core count, plus the GPU when CUDA is in use, and the versions that set the speed."""
+    from liandan.versions import library_versions
+
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -166,7 +171,12 @@ def machine_description() -> str:
     description = f"{cpu}, {os.cpu_count()} cores"
     if _cuda_in_use():
         description += f", {sys.modules['torch'].cuda.get_device_name()}"
-    return description
+    versions = library_versions()
+    return (
+        description
+        + "; "
+        + ", ".join(f"{name} {versions[name]}" for name in BENCH_LIBRARIES if name in versions)
+    )
 
 
 def _cell(text: str) -> str:
