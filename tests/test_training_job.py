@@ -214,3 +214,33 @@ def test_a_job_trains_on_several_datasets_and_scores_a_held_out_set(tmp_path: Pa
     saved = json.loads(state.read_text())
     assert saved["extra_data"][0]["folder"] == str(tmp_path / "class")
     assert saved["validation"]["folder"] == str(tmp_path / "val")
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(0, 1), (3, 3)])
+def test_a_cpu_job_trains_the_small_model_on_one_thread_or_the_count_asked_and_gives_the_threads_back(
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requested: int, expected: int
+) -> None:
+    """Two threads are slower than one on a tiny model's short ops; the WebUI generates in the same process
+    afterwards, with its own thread count."""
+    import torch
+
+    from liandan.jobs import TrainSpec
+    from liandan.train import loop
+    from liandan.train.loop import TrainResult
+
+    seen, events = {}, []
+
+    def fake_train(method, dataset, spec, **kwargs):
+        seen["threads"] = torch.get_num_threads()
+        return TrainResult(0, 0, "max_steps", "done")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    before = torch.get_num_threads()
+    job = TextualInversionJob(
+        name="cat", data=DataSpec(folder=train64, width=64, height=64), train=TrainSpec(cpu_threads=requested)
+    )
+    run_training_job(job, StandaloneHost(tmp_path / "data"), Reporter(events.append), Control(), name="cat",
+                     loss_csv_name="x.csv", make_method=_recording([]))  # fmt: skip
+    assert seen["threads"] == expected
+    assert torch.get_num_threads() == before
+    assert any(f"with {expected} thread(s)" in (event.message or "") for event in events)

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from liandan.train.validation import Validation
 
 log = logging.getLogger(__name__)
+# below this many UNet weights a CPU step runs faster on one thread: its ops are too short for the threads'
+# hand-offs to pay (bench/RESULTS.md, cpu-threads rows)
+SMALL_UNET_PARAMETERS = 100_000_000
 
 
 @dataclass
@@ -223,6 +226,30 @@ def render_preview(
         bundle.vae.to(home)
 
 
+def cpu_thread_count(spec: TrainSpec, bundle: ModelBundle, device: torch.device) -> int | None:
+    """The intra-op threads a run on the CPU trains with: `spec.cpu_threads`, else one for a small UNet and
+    torch's own count for the others; None off the CPU (the host's threads only feed the GPU)."""
+    if device.type != "cpu":
+        return None
+    if spec.cpu_threads:
+        return spec.cpu_threads
+    small = sum(p.numel() for p in bundle.unet.parameters()) < SMALL_UNET_PARAMETERS
+    return 1 if small else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """torch's threads set to `count` for the block (None: unchanged), then back: in the WebUI the same
+    process generates images afterwards."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_training_job(
     job: JobSpec,
     host: Host,
@@ -280,6 +307,12 @@ def run_training_job(
         )
         if prepare_model is not None:
             prepare_model(bundle)
+        threads = cpu_thread_count(train_spec, bundle, device)
+        cleanup.enter_context(cpu_threads(threads))
+        if threads is not None:
+            reporter(
+                ProgressEvent("message", job=name, message=f"training on the CPU with {threads} thread(s)")
+            )
         model_id = checkpoint.short_hash
         if model_id and "vae_hash" in bundle.info:
             model_id = f"{model_id}+vae{bundle.info['vae_hash']}"

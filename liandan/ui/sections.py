@@ -50,7 +50,8 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
             ("train.save_every", "train.preview_every", "train.log_every", "train.early_stop_epochs"),
             ("train.seed", "train.nan_policy", "train.gradient_checkpointing", "train.move_unused_to_cpu"),
             ("train.noise_offset", "train.min_snr_gamma", "train.ema_decay", "train.ema_update_every"),
-            ("train.fused_backward", "train.torch_compile", "train.resume", "train.resume_with_changes"),
+            ("train.fused_backward", "train.torch_compile", "train.cpu_threads"),
+            ("train.resume", "train.resume_with_changes"),
         ),
     ),
     (
@@ -109,6 +110,7 @@ LABELS: dict[str, str] = {
     "train.ema_update_every": "EMA update every N steps",
     "train.fused_backward": "Fused backward (step in backward: less memory; no accumulation)",
     "train.torch_compile": "torch.compile the UNet (slow start; pays on long GPU runs)",
+    "train.cpu_threads": "CPU threads (0: automatic)",
     "train.resume": "Resume this job's last saved state",
     "train.resume_with_changes": "Resume even if settings changed",
     "preview.prompt": "Preview prompt (empty: from the template)",
