@@ -13,7 +13,8 @@ the whole process so far, not of the callable alone.
 Step comparisons (`run_comparison`: liandan's step against a plain loop at identical settings) time the
 sides interleaved in one process — round r calls every side once, in reverse order on odd rounds — so a
 busy machine slows both alike and the ratio holds; each side's memory comes from a process of its own that
-builds only that side (`--side`), as the peak RSS (or CUDA peak) above what the imports left.
+builds only that side (`--side`): the peak RSS above what it held before building the side (the libraries
+that side imports count; on a tiny model they are most of it), or the CUDA peak.
 `--separate` also takes the timings from such processes, alternating the sides over `--rounds`, for
 models too large to hold both sides at once.
 """
@@ -271,14 +272,14 @@ class Comparison:
 @dataclass(frozen=True)
 class SideResult:
     times_s: tuple[float, ...]
-    peak_bytes: int  # above what the process held after its imports
+    peak_bytes: int  # above what the process held before building the side (what that imported included)
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.times_s)
 
 
-def _peak_since_imports(start_rss: int) -> int:
+def _peak_since(start_rss: int) -> int:
     if _cuda_in_use():
         return sys.modules["torch"].cuda.max_memory_allocated()
     status = Path("/proc/self/status").read_text()
@@ -292,7 +293,7 @@ def _run_side(factory: SideFactory, args: argparse.Namespace) -> SideResult:
     reset_peak_rss()
     step = factory()
     times = interleaved({"side": step}, args.warmup, args.repeats)["side"]
-    return SideResult(times, _peak_since_imports(start_rss))
+    return SideResult(times, _peak_since(start_rss))
 
 
 def _side_process(comparison: Comparison, args: argparse.Namespace, size: int, label: str) -> SideResult:
