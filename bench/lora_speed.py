@@ -5,6 +5,7 @@ types; AdamW, fp32), interleaved in one run.
     python -m bench.lora_speed --smoke                 # tiny SD1 at 64 px, one repeat: proves it runs
     python -m bench.lora_speed --model tiny --size 64 128 --network lora locon loha lokr dora --record
     python -m bench.lora_speed --model sd15 --size 64 128 --repeats 5 --record   # random SD1.5-sized weights
+    python -m bench.lora_speed --model tiny --size 64 --compile --record   # also ours with torch_compile
 
 Ours: the LoRA job's step (lycoris modules on the UNet, the cond cached as the job does with frozen text
 encoders, cached latents, the loop's optimizer). Theirs: the diffusers example's step (peft's adapter of the
@@ -16,6 +17,8 @@ torch.optim.AdamW with its defaults).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -42,20 +45,32 @@ def liandan_step(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     network_type: str = "lora",
+    torch_compile: bool = False,
 ) -> Callable[[], None]:
-    """The job's step; a `dtype` below fp32 is the frozen model's, under autocast (mixed precision)."""
-    from liandan.models.conditioning import PromptEncoder
-    from liandan.train.cond_cache import CondCache
-    from liandan.train.diffusion_loss import batch_loss
-    from liandan.train.method import ParamGroup
+    """The job's step (LoraMethod.loss under the loop's autocast, the loop's optimizer); a `dtype` below
+    fp32 is the job's mixed precision (the frozen model in it)."""
+    from liandan.host.base import CheckpointRef
+    from liandan.jobs import DataSpec, LoraJob, NetworkSpec, PreviewSpec, TrainSpec
+    from liandan.methods.lora import LoraMethod
     from liandan.train.optimizers import build_optimizer
 
-    bundle.to(device, dtype)
-    network = _network(bundle, network_type).to(device)
-    network.apply()
-    conds = CondCache(PromptEncoder(bundle, clip_skip=1), device)
-    group = ParamGroup("unet", network.component_parameters("unet"))
-    optimizer = build_optimizer("AdamW", [group], LR, 0.0)
+    mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    job = LoraJob(
+        name="benchlora",
+        network=NetworkSpec(type=network_type, rank=RANK, alpha=ALPHA),
+        train=TrainSpec(
+            mixed_precision=mixed_precision, move_unused_to_cpu=False, torch_compile=torch_compile
+        ),
+        data=DataSpec(folder=Path("images"), width=size, height=size),  # never read: the bench's own batch
+        preview=PreviewSpec(self_test=False),
+    )
+    dataset = SimpleNamespace(parts=[])  # no fixed prompts to precompute: the cache fills on first use
+    context = SimpleNamespace(
+        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
+        dataset=dataset, run_dir=Path(), device=device, say=lambda message: None,
+    )  # fmt: skip
+    method = LoraMethod(context)
+    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
         "latents": torch.randn(batch, 4, latent, latent, device=device),
@@ -69,8 +84,7 @@ def liandan_step(
 
     def step() -> None:
         with autocast:
-            context, pooled = conds(batch_dict["prompts"])
-            loss = batch_loss(bundle, batch_dict, context, pooled)
+            loss = method.loss(batch_dict)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -141,6 +155,10 @@ def _sides(args, size: int) -> dict:
         sides[f"liandan {network}"] = lambda n=network: liandan_step(
             build_bundle(args.model), size, args.batch, device, network_type=n
         )
+        if args.compile:
+            sides[f"liandan {network} compiled"] = lambda n=network: liandan_step(
+                build_bundle(args.model), size, args.batch, device, network_type=n, torch_compile=True
+            )
         sides[f"peft {network}"] = lambda n=network: peft_step(
             build_bundle(args.model), size, args.batch, device, n
         )
@@ -157,6 +175,7 @@ COMPARISON = Comparison("lora-step", "bench.lora_speed", _sides, _settings)
 def main(argv: list[str] | None = None) -> None:
     def add_arguments(parser) -> None:
         parser.add_argument("--network", nargs="+", choices=NETWORKS, default=["lora"])
+        parser.add_argument("--compile", action="store_true", help="also time ours with train.torch_compile")
 
     args = step_benchmark_args(argv, __doc__ or "", add_arguments)
     if args.side:  # a side process: its label names the network
