@@ -291,7 +291,7 @@ def print_table(results: Sequence[PairResult], steps: tuple[int, int]) -> None:
         print(f"{r.method:6s} {r.threads:7d} {r.cpu:5.2f} {webui:>18s} {ours:>18s} {r.ratio:5.2f}x")
 
 
-def record(result: PairResult, steps: tuple[int, int], repeats: int) -> None:
+def record(result: PairResult, steps: tuple[int, int], repeats: int, warmup: int) -> None:
     settings = (
         f"real WebUI 1.10.1, sd1 tiny 64px bs1 fp32 cpu, {result.threads} thread(s) "
         f"(cpu {result.cpu:.2f}), AdamW, steps {steps[0]}/{steps[1]}, {repeats} repeats"
@@ -302,7 +302,7 @@ def record(result: PairResult, steps: tuple[int, int], repeats: int) -> None:
     )
     command = (
         f"python -m bench.webui_trainers --threads {result.threads} --steps {steps[0]} {steps[1]} "
-        f"--repeats {repeats} --record"
+        f"--repeats {repeats} --warmup {warmup} --record"
     )
     append_result(BenchRow(f"webui-{result.method}-step", settings, text), command=command)
 
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print_table(results, steps)
     if args.record:
         for result in results:
-            record(result, steps, args.repeats)
+            record(result, steps, args.repeats, args.warmup)
 
 
 if __name__ == "__main__":
