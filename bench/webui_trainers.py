@@ -282,12 +282,15 @@ def smoke(work: Path) -> None:
     boot_and_measure(work, 1, once)
 
 
+def _ms(median_s: float, spread: tuple[float, float]) -> str:
+    return f"{median_s * 1000:.1f} ({spread[0] * 1000:.0f}-{spread[1] * 1000:.0f})"
+
+
 def print_table(results: Sequence[PairResult], steps: tuple[int, int]) -> None:
     print(f"\nper-step time, median over repeats, from {steps[0]}- and {steps[1]}-step runs")
     print(f"{'method':6s} {'threads':>7s} {'cpu':>5s} {'WebUI ms':>18s} {'liandan ms':>18s} {'ratio':>6s}")
     for r in results:
-        webui = f"{r.webui_s * 1000:.1f} ({r.webui_spread[0] * 1000:.0f}-{r.webui_spread[1] * 1000:.0f})"
-        ours = f"{r.liandan_s * 1000:.1f} ({r.liandan_spread[0] * 1000:.0f}-{r.liandan_spread[1] * 1000:.0f})"
+        webui, ours = _ms(r.webui_s, r.webui_spread), _ms(r.liandan_s, r.liandan_spread)
         print(f"{r.method:6s} {r.threads:7d} {r.cpu:5.2f} {webui:>18s} {ours:>18s} {r.ratio:5.2f}x")
 
 
@@ -297,8 +300,9 @@ def record(result: PairResult, steps: tuple[int, int], repeats: int, warmup: int
         f"(cpu {result.cpu:.2f}), AdamW, steps {steps[0]}/{steps[1]}, {repeats} repeats"
     )
     text = (
-        f"WebUI {result.method.upper()} {result.webui_s * 1000:.1f} ms, liandan "
-        f"{result.liandan_s * 1000:.1f} ms per step ({result.ratio:.2f}x; target >= 2.5x)"
+        f"WebUI {result.method.upper()} {_ms(result.webui_s, result.webui_spread)} ms, liandan "
+        f"{_ms(result.liandan_s, result.liandan_spread)} ms per step, median (min-max) "
+        f"({result.ratio:.2f}x; target >= 2.5x)"
     )
     command = (
         f"python -m bench.webui_trainers --threads {result.threads} --steps {steps[0]} {steps[1]} "
