@@ -205,3 +205,43 @@ def test_sdxl_context_and_self_attention_widths(sdxl):
     assert (_run(unet, inputs) - reference).abs().max() > 1e-4
     handle.remove()
     assert torch.equal(_run(unet, inputs), reference)
+
+
+def _output_and_grads(unet, inputs, transform) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    out = unet(**inputs).sample
+    grads = torch.autograd.grad(out.square().mean(), transform.parameters())
+    return out.detach(), list(grads)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_context_kv_is_computed_once_per_forward_with_the_same_result_and_gradients(sd1, checkpointing):
+    unet, inputs = sd1.unet, _unet_inputs(sd1)
+    context_width = unet.config.cross_attention_dim
+    transform = MLPTransform(_widths(unet), strength=1.0)
+    calls = []
+    k_fn = transform.pairs[context_width][0]
+    counter = k_fn.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    handle = install_kv_transforms(unet, [transform])
+    cross = [p for p in handle.layer_paths if unet.get_submodule(p).is_cross_attention]
+    assert len(cross) > 1  # several cross-attention layers share one computation
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        unet.train()
+    try:
+        shared_out, shared_grads = _output_and_grads(unet, inputs, transform)
+        # 77 context tokens: once for the whole forward, not once per cross-attention layer
+        assert calls.count(77) == 1  # and the checkpointed blocks' recompute reuses it
+        for path in cross:  # each layer computing its own, as without the sharing
+            unet.get_submodule(path).processor.shared = None
+        calls.clear()
+        own_out, own_grads = _output_and_grads(unet, inputs, transform)
+        # the hook's unused one, then in every layer, and again in each block the backward recomputes
+        assert calls.count(77) == 1 + len(cross) * (2 if checkpointing else 1)
+    finally:
+        unet.disable_gradient_checkpointing()
+        unet.eval()
+        counter.remove()
+        handle.remove()
+    torch.testing.assert_close(shared_out, own_out)
+    for shared, own in zip(shared_grads, own_grads, strict=True):
+        torch.testing.assert_close(shared, own)

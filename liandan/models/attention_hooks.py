@@ -5,6 +5,13 @@ hidden states of self-attention), the inputs of `to_k` and `to_v` become `x + f(
 transform applied to the output of the previous one; Q is untouched. This is a diffusers attention
 processor installed per layer (keyed by module path) and removed exactly by `KVTransformHandle.remove()`.
 
+The text context is the same tensor in every cross-attention layer, so its K/V inputs are the same in
+every cross-attention layer with the same transforms: they are computed once per UNet forward, by a forward
+pre-hook on the UNet (A1111 recomputes them in each layer). The hook runs outside every block, so gradient
+checkpointing (non-reentrant, as diffusers does it) sees the same work in its recompute as in the forward;
+the last forward's values are kept until the next one, for that recompute. A processor whose context is not
+the tensor the UNet was given (a model that projects it first) computes its own.
+
 The processor computes attention itself with torch's scaled_dot_product_attention, following diffusers'
 `AttnProcessor2_0` step by step, so the result does not depend on the diffusers version and, with strength
 0, is bit-identical to the stock processor. It holds the transforms' modules without registering them in
@@ -55,23 +62,55 @@ def _add_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, str
     return x + delta.to(x.dtype) * strength
 
 
-class KVTransformProcessor(nn.Module):
-    """Attention with transformed K/V inputs; everything else as diffusers' AttnProcessor2_0 computes it."""
+def _transform_kv(stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    key_input = value_input = context
+    for stage in stages:
+        strength = float(stage.transform.strength)
+        if strength == 0.0:
+            continue
+        key_input = _add_scaled(stage.k_fn, key_input, strength)
+        value_input = _add_scaled(stage.v_fn, value_input, strength)
+    return key_input, value_input
 
-    def __init__(self, stages: Sequence[_Stage]) -> None:
+
+class _ContextKV:
+    """The K/V inputs of the UNet's text context for each group of cross-attention stages (by width), computed
+    by a forward pre-hook on the UNet; see the module docstring."""
+
+    def __init__(self, groups: dict[tuple[_Stage, ...], int]) -> None:
+        self.groups = groups  # stages -> their K/V input width
+        self.context: torch.Tensor | None = None
+        self.kv: dict[tuple[_Stage, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def before_forward(self, _unet: nn.Module, args: tuple, kwargs: dict) -> None:
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        self.context, self.kv = context, {}
+        if isinstance(context, torch.Tensor):
+            self.kv = {
+                stages: _transform_kv(stages, context)
+                for stages, width in self.groups.items()
+                if context.shape[-1] == width
+            }
+
+    def lookup(self, stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shared = self.kv.get(stages) if context is self.context else None
+        return shared if shared is not None else _transform_kv(stages, context)
+
+
+class KVTransformProcessor(nn.Module):
+    """Attention with transformed K/V inputs; everything else as diffusers' AttnProcessor2_0 computes it.
+    A cross-attention processor takes its context's K/V inputs from `shared` when they are there."""
+
+    def __init__(self, stages: Sequence[_Stage], shared: _ContextKV | None = None) -> None:
         super().__init__()
         # a plain tuple: the modules stay out of the UNet's parameters and state_dict
         self.stages: tuple[_Stage, ...] = tuple(stages)
+        self.shared = shared
 
     def transform_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key_input = value_input = context
-        for stage in self.stages:
-            strength = float(stage.transform.strength)
-            if strength == 0.0:
-                continue
-            key_input = _add_scaled(stage.k_fn, key_input, strength)
-            value_input = _add_scaled(stage.v_fn, value_input, strength)
-        return key_input, value_input
+        if self.shared is not None:
+            return self.shared.lookup(self.stages, context)
+        return _transform_kv(self.stages, context)
 
     def __call__(  # diffusers calls processors directly, with the Attention module first
         self,
@@ -157,9 +196,16 @@ def kv_input_width(attn: nn.Module) -> int:
 class KVTransformHandle:
     """Undo for `install_kv_transforms`: puts the original processor objects back."""
 
-    def __init__(self, unet: nn.Module, installed: dict[str, tuple[object, KVTransformProcessor]]) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        installed: dict[str, tuple[object, KVTransformProcessor]],
+        context_kv: _ContextKV,
+    ) -> None:
         self._unet = unet
         self._installed = installed  # module path -> (original processor, ours)
+        self._context_kv = context_kv
+        self._pre_hook = unet.register_forward_pre_hook(context_kv.before_forward, with_kwargs=True)
 
     @property
     def layer_paths(self) -> list[str]:
@@ -176,6 +222,8 @@ class KVTransformHandle:
         for name, (original, _ours) in self._installed.items():
             layers[name].set_processor(original)
         self._installed = {}
+        self._pre_hook.remove()
+        self._context_kv.context, self._context_kv.kv = None, {}
 
 
 def install_kv_transforms(
@@ -186,6 +234,7 @@ def install_kv_transforms(
         if not isinstance(transform, KVTransform):
             raise TypeError(f"{transform!r} is not a KVTransform (needs `strength` and `kv_modules(width)`)")
     installed: dict[str, tuple[object, KVTransformProcessor]] = {}
+    context_kv = _ContextKV({})
     for name, attn in attention_layers(unet).items():
         width = kv_input_width(attn)
         stages = []
@@ -195,7 +244,10 @@ def install_kv_transforms(
                 stages.append(_Stage(transform, *functions))
         if not stages:
             continue  # layers nothing applies to keep their own processor
-        processor = KVTransformProcessor(stages)
+        cross = bool(getattr(attn, "is_cross_attention", False))
+        if cross:
+            context_kv.groups[tuple(stages)] = width
+        processor = KVTransformProcessor(stages, context_kv if cross else None)
         installed[name] = (attn.processor, processor)
         attn.set_processor(processor)
-    return KVTransformHandle(unet, installed)
+    return KVTransformHandle(unet, installed, context_kv)
