@@ -152,7 +152,7 @@ def liandan_ti(webui: WebUI, data: Path, name: str, steps: int) -> float:
         "name": name,
         "init_text": "a photo",
         "vectors": 1,
-        "train": {"max_steps": steps, "save_every": 0, "preview_every": 0, "learn_rate": LR_TI},
+        "train": {"max_steps": steps, "save_every": 0, "preview_every": 0, "learn_rate": LR_TI, **THREADS},
         **_liandan_common(data),
     }
     return _timed_liandan(webui, spec)
@@ -171,6 +171,7 @@ def liandan_hn(webui: WebUI, data: Path, name: str, steps: int) -> float:
             "preview_every": 0,
             "learn_rate": LR_HN,
             "weight_decay": 0.01,
+            **THREADS,
         },
         **_liandan_common(data),
     }
@@ -192,6 +193,9 @@ def _timed_liandan(webui: WebUI, spec: dict[str, Any]) -> float:
 
 
 Trainer = Callable[[WebUI, Path, str, int], float]
+# liandan's jobs at the WebUI process's thread count (boot_and_measure sets it): a CPU job would otherwise
+# choose its own (one, for the tiny UNet), and the sides must run at the same count
+THREADS: dict[str, int] = {}
 PAIRS: dict[str, tuple[Trainer, Trainer]] = {"ti": (a1111_ti, liandan_ti), "hn": (a1111_hn, liandan_hn)}
 
 
@@ -266,6 +270,7 @@ def boot_and_measure(work: Path, threads: int, run: Callable[[Runs], list[PairRe
     root = make_root(work / "webui")
     data = make_data(work / "data")
     env = {"PYTHONPATH": str(shim), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    THREADS["cpu_threads"] = threads
     with running_webui(root, venv, env=env, log_name=f"console-{threads}.log") as webui:
         # A1111 writes its settings .txt into a log folder it only creates when it saves or previews
         webui.post("/sdapi/v1/options", {"save_training_settings_to_txt": False})

@@ -245,3 +245,26 @@ def test_the_context_kv_is_computed_once_per_forward_with_the_same_result_and_gr
     torch.testing.assert_close(shared_out, own_out)
     for shared, own in zip(shared_grads, own_grads, strict=True):
         torch.testing.assert_close(shared, own)
+
+
+def test_a_transform_drawing_dropout_gives_each_cross_attention_layer_its_own_mask(sd1) -> None:
+    unet, inputs = sd1.unet, _unet_inputs(sd1)
+    context_width = unet.config.cross_attention_dim
+    transform = MLPTransform(_widths(unet), strength=1.0)
+    k_fn = transform.pairs[context_width][0]
+    k_fn.insert(1, nn.Dropout(0.3))  # an A1111 hypernetwork with a dropout structure, in training mode
+    calls = []
+    counter = k_fn.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    handle = install_kv_transforms(unet, [transform])
+    cross = [p for p in handle.layer_paths if unet.get_submodule(p).is_cross_attention]
+    try:
+        with torch.no_grad():
+            unet(**inputs)
+            assert calls.count(77) == len(cross)  # one draw per layer, none shared
+            k_fn.eval()
+            calls.clear()
+            unet(**inputs)
+            assert calls.count(77) == 1  # no dropout drawn: shared again
+    finally:
+        counter.remove()
+        handle.remove()

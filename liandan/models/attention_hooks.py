@@ -10,7 +10,8 @@ every cross-attention layer with the same transforms: they are computed once per
 pre-hook on the UNet (A1111 recomputes them in each layer). The hook runs outside every block, so gradient
 checkpointing (non-reentrant, as diffusers does it) sees the same work in its recompute as in the forward;
 the last forward's values are kept until the next one, for that recompute. A processor whose context is not
-the tensor the UNet was given (a model that projects it first) computes its own.
+the tensor the UNet was given (a model that projects it first) computes its own, and so does every layer of
+a transform that draws dropout while training: each layer gets its own mask, as in A1111.
 
 The processor computes attention itself with torch's scaled_dot_product_attention, following diffusers'
 `AttnProcessor2_0` step by step, so the result does not depend on the diffusers version and, with strength
@@ -73,6 +74,11 @@ def _transform_kv(stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[to
     return key_input, value_input
 
 
+def _draws_dropout(stages: tuple[_Stage, ...]) -> bool:
+    functions = [fn for stage in stages for fn in (stage.k_fn, stage.v_fn) if isinstance(fn, nn.Module)]
+    return any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for fn in functions for m in fn.modules())
+
+
 class _ContextKV:
     """The K/V inputs of the UNet's text context for each group of cross-attention stages (by width), computed
     by a forward pre-hook on the UNet; see the module docstring."""
@@ -89,7 +95,7 @@ class _ContextKV:
             self.kv = {
                 stages: _transform_kv(stages, context)
                 for stages, width in self.groups.items()
-                if context.shape[-1] == width
+                if context.shape[-1] == width and not _draws_dropout(stages)
             }
 
     def lookup(self, stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
