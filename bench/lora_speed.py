@@ -25,9 +25,15 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def liandan_step(
-    bundle, size: int, batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    network_type: str = "lora",
 ) -> Callable[[], None]:
-    """The job's step; a `dtype` below fp32 is the frozen model's, under autocast (mixed precision)."""
+    """The job's step; a `dtype` below fp32 is the frozen model's, under autocast (mixed precision);
+    `network_type` is NetworkSpec.type (lora, locon, loha, lokr, dora)."""
     from liandan.jobs import NetworkSpec
     from liandan.models.conditioning import PromptEncoder
     from liandan.models.lora_injection import LoraNetwork
@@ -35,7 +41,9 @@ def liandan_step(
     from liandan.train.diffusion_loss import batch_loss
 
     bundle.to(device, dtype)
-    network = LoraNetwork(bundle, NetworkSpec(rank=RANK, alpha=ALPHA), text_encoders=False).to(device)
+    network = LoraNetwork(
+        bundle, NetworkSpec(type=network_type, rank=RANK, alpha=ALPHA), text_encoders=False
+    ).to(device)
     network.apply()
     conds = CondCache(PromptEncoder(bundle, clip_skip=1), device)
     optimizer = torch.optim.AdamW(network.component_parameters("unet"), lr=LR)
