@@ -18,7 +18,10 @@ cache saves (the VAE encoding the batch, the text encoders encoding its prompts)
 Cases run in order, most important first; one that fails (out of memory, a compile error) prints its error
 and the run goes on. Once the next case's estimated cost would pass `--budget` seconds, the rest are listed as
 "not run (time budget)". Peak memory is torch.cuda.max_memory_allocated over the measured steps (reset after
-the warm-up); GB are 10^9 bytes, as the targets say.
+the warm-up); GB are 10^9 bytes, as the targets say. `--smoke` (CI) runs every case once on the tiny
+models, without targets; there torch.compile uses the "eager" backend (Dynamo's tracing, no code generation,
+seconds instead of minutes on a CPU), and the hypernetwork's compiled case, whose compile is hn_speed's own
+inductor one, runs uncompiled.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ if size == "tiny":  # tiny shapes also need the .yaml the saver writes
 spec = standard_spec(family)
 text_encoders, unet, vae = build_modules(spec, empty=True)
 modules = {"unet": unet, "vae": vae, **{f"text_encoder_{i}": te for i, te in enumerate(text_encoders)}}
-generator, dtype = torch.Generator().manual_seed(0), getattr(torch, dtype_name)
+dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype_name]
+generator = torch.Generator().manual_seed(0)
 state = {}
 for key_map in key_plan(spec, modules):
     module = modules[key_map.component]
@@ -120,12 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     size = "tiny" if args.smoke else "full"
-    dtype = {"fp32": "float32", "fp16": "float16"}[args.dtype]
     folder = args.dir or Path(tempfile.mkdtemp(prefix="liandan-bench-"))
     try:
         for family in args.family:
             started = time.perf_counter()
-            row = measure_family(family, size, dtype, folder)
+            row = measure_family(family, size, args.dtype, folder)
             print(f"| {row.benchmark} | {row.settings} | {row.result} |")
             wall, peak = time.perf_counter() - started, peak_rss_bytes() / 2**20
             print(f"(wall {wall:.0f} s, bench process peak {peak:.0f} MiB)")

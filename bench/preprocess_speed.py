@@ -20,7 +20,7 @@ from PIL import Image
 from bench.harness import BenchRow, append_result, measure
 from liandan.preprocess.autosize_crop import AutosizeSettings, autosize_crop
 from liandan.preprocess.focal_crop import FocalSettings, focal_crop
-from liandan.preprocess.image_ops import resize
+from liandan.preprocess.image_ops import flipped_copies, resize
 from liandan.preprocess.split import split_oversized
 from liandan.preprocess.tag_format import TagFormat
 
@@ -35,6 +35,7 @@ def _images(count: int) -> list[Image.Image]:
 def image_op_benchmarks(images: list[Image.Image]) -> dict[str, object]:
     return {
         "resize crop 512": lambda: [resize(im, 512, 512, "crop") for im in images],
+        "flip both": lambda: [flipped_copies(im, "both") for im in images],
         "focal crop 512": lambda: [focal_crop(im, FocalSettings(512, 512)) for im in images],
         "auto-sized crop": lambda: [autosize_crop(im, AutosizeSettings()) for im in images],
         "split 256": lambda: [split_oversized(im, 256, 256, 0.2) for im in images],
