@@ -208,7 +208,7 @@ def random_bundle(family: str, device: torch.device, smoke: bool):
     return assemble_bundle(spec, text_encoders, unet, vae, name=f"{family}-random")
 
 
-def method_step(case: Case, bundle, size: int, batch: int, device: torch.device, smoke: bool):
+def method_step(case: Case, bundle, size: int, batch: int, device: torch.device):
     """The per-method benchmark's step for `case`, with the switches the step builders take."""
     switches = case.switches
     if case.method == "ti":
@@ -216,9 +216,15 @@ def method_step(case: Case, bundle, size: int, batch: int, device: torch.device,
     if case.method == "apt":
         return apt_speed.apt_step(bundle, size, batch, device, mixed_precision="bf16")
     if case.method == "dreambooth":
-        optimizer = "AdamW" if smoke and device.type == "cpu" else switches.optimizer  # 8-bit is CUDA's
         return dreambooth_speed.liandan_step(
-            bundle, size, batch, device, optimizer, "bf16", switches.checkpointing, switches.fused_backward
+            bundle,
+            size,
+            batch,
+            device,
+            optimizer_name=switches.optimizer,
+            mixed_precision="bf16",
+            gradient_checkpointing=switches.checkpointing,
+            fused_backward=switches.fused_backward,
         )
     return lora_speed.liandan_step(bundle, size, batch, device, torch.bfloat16, network_type=case.method)
 
@@ -255,7 +261,7 @@ def build_case(case: Case, device: torch.device, smoke: bool) -> Callable[[], No
     bundle = random_bundle(case.family, device, smoke)
     if not switches.sdpa:
         bundle.unet.set_attn_processor(AttnProcessor())
-    train_step = method_step(case, bundle, size, batch, device, smoke)
+    train_step = method_step(case, bundle, size, batch, device)
     if switches.checkpointing and case.method != "dreambooth":  # DreamBooth's step takes it itself
         set_unet_gradient_checkpointing(bundle.unet, True)
     if switches.compile:
