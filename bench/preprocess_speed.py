@@ -42,6 +42,9 @@ def image_op_benchmarks(images: list[Image.Image]) -> dict[str, object]:
     }
 
 
+CAPTIONERS = ("deepbooru", "blip", "wd14")
+
+
 def captioner_benchmarks(images: list[Image.Image], work: Path, real: bool, device: str) -> dict[str, object]:
     import torch
 
@@ -89,8 +92,9 @@ def main() -> None:
         for name, fn in benchmarks.items():
             result = measure(fn, warmup=0 if args.smoke else 1, repeats=repeats)
             rate = len(images) / result.median_s
-            size = "real-size" if args.real and name in ("deepbooru", "blip") else "tiny"
-            settings = f"{name}, {size}, {args.device}, batch {len(images)}, 768x512 inputs"
+            model = "real-size" if args.real and name in ("deepbooru", "blip") else "tiny"
+            kind = f"{model} model, " if name in CAPTIONERS else ""
+            settings = f"{name}, {kind}{args.device}, batch {len(images)}, 768x512 inputs"
             print(f"{settings}: {rate:.2f} images/s")
             if args.record and not args.smoke:
                 row = BenchRow("preprocess-speed", settings, f"{rate:.2f} images/s; {result.summary()}")
