@@ -283,6 +283,16 @@ def build_case(case: Case, device: torch.device, smoke: bool) -> Callable[[], No
     return step
 
 
+def _close_fused_optimizers() -> None:
+    """A fused backward's gradient hooks (kept by torch in C++, where gc does not look) and its optimizer
+    hold each other and the UNet alive; the loop closes it after a job, a benchmark step has no end."""
+    from liandan.train.fused_backward import FusedOptimizer
+
+    for obj in gc.get_objects():
+        if isinstance(obj, FusedOptimizer):
+            obj.close()
+
+
 def run_case(case: Case, device: torch.device, smoke: bool, warmup: int, repeats: int) -> Result:
     size, batch = case_shape(case, smoke)
     try:
@@ -293,6 +303,7 @@ def run_case(case: Case, device: torch.device, smoke: bool, warmup: int, repeats
         return Result(case, size, batch, note=f"error: {type(error).__name__}: {first_line}")
     finally:
         step = None  # free the model before the next case
+        _close_fused_optimizers()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

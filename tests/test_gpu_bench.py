@@ -3,9 +3,11 @@ time budget lists what it did not run, and the targets are judged as the issue s
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import gpu
 
@@ -21,6 +23,22 @@ def test_smoke_runs_the_fused_8bit_dreambooth_case(tmp_path: Path) -> None:
     [row] = _rows(out)
     assert row[:5] == ["dreambooth", "sd1", "64", "1", "AdamW8bit, ckpt, fused"]
     assert float(row[5]) > 0 and row[8] == ""  # a rate, no error, no target judged on the tiny model
+
+
+def _live_tensor_bytes() -> int:
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def test_a_finished_case_leaves_none_of_its_model_alive() -> None:
+    case = gpu.Case("dreambooth", "sd1", 1, gpu.Switches(fused_backward=True))  # hooks tie UNet and optimizer
+    before = _live_tensor_bytes()
+    result = gpu.run_case(case, torch.device("cpu"), smoke=True, warmup=0, repeats=1)
+    assert result.note == ""
+    assert _live_tensor_bytes() - before < 2**20  # the tiny UNet alone is tens of MiB
 
 
 def test_a_failing_case_is_reported_and_the_run_goes_on(
