@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and not args.smoke:
         raise SystemExit("bench.gpu needs a CUDA GPU (use --smoke to run every case on the CPU)")
     device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:  # the tiny models' ops are too short for a second thread to pay
+        torch.set_num_threads(1)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
