@@ -34,13 +34,20 @@ class _Prompts:
         return PROMPT
 
 
-def apt_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+def apt_step(
+    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+) -> Callable[[], None]:
     from liandan.host.base import CheckpointRef
-    from liandan.jobs import AptJob, DataSpec
+    from liandan.jobs import AptJob, DataSpec, TrainSpec
     from liandan.methods.apt import Apt, new_pair
     from liandan.train.optimizers import build_optimizer
 
-    job = AptJob(name="benchti", cfg_scale="3-5", data=DataSpec(width=size, height=size))
+    job = AptJob(
+        name="benchti",
+        cfg_scale="3-5",
+        train=TrainSpec(mixed_precision=mixed_precision),
+        data=DataSpec(width=size, height=size),
+    )
     context = SimpleNamespace(
         job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
         dataset=_Prompts(), run_dir=Path(), device=device, say=print,

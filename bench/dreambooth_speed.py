@@ -36,16 +36,24 @@ def liandan_step(
     optimizer_name: str = "AdamW",
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
+    fused_backward: bool = False,
 ) -> Callable[[], None]:
     """One DreamBooth step as the loop runs it: the method's loss under autocast, backward, the loop's
-    optimizer (`optimizer_name` from train/optimizers.py)."""
+    optimizer (`optimizer_name` from train/optimizers.py, or per tensor inside backward when
+    `fused_backward`)."""
     from liandan.host.base import CheckpointRef
     from liandan.jobs import ConceptSpec, DataSpec, DreamBoothJob, PreviewSpec, TrainSpec
     from liandan.methods.dreambooth import DreamBoothMethod
+    from liandan.train.fused_backward import FusedOptimizer
     from liandan.train.optimizers import build_optimizer
 
     concept = ConceptSpec(instance_folder=Path("dog"), instance_prompt=PROMPT)
-    train = TrainSpec(move_unused_to_cpu=False, mixed_precision=mixed_precision, optimizer=optimizer_name)
+    train = TrainSpec(
+        move_unused_to_cpu=False,
+        mixed_precision=mixed_precision,
+        optimizer=optimizer_name,
+        fused_backward=fused_backward,
+    )
     job = DreamBoothJob(
         name="benchdb",
         concepts=(concept,),
@@ -59,7 +67,12 @@ def liandan_step(
         dataset=dataset, run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = DreamBoothMethod(context, Path("benchdb.safetensors"))
-    optimizer = build_optimizer(optimizer_name, method.parameter_groups(), LR, 0.0)
+    if fused_backward:
+        optimizer = FusedOptimizer(optimizer_name, method.parameter_groups(), 0.0, print)
+        for group in optimizer.param_groups:
+            group["lr"] = LR  # the loop's lr schedule sets it each step
+    else:
+        optimizer = build_optimizer(optimizer_name, method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
     batch_dict = {"latents": cached, "prompts": [PROMPT] * batch, "loss_weight": None}

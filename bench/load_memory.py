@@ -1,17 +1,21 @@
-"""Peak memory of loading a single-file checkpoint: it must stay near one copy of the weights.
+"""Load time and peak memory of a single-file checkpoint: it must stay near one copy of the weights.
 
-    python -m bench.load_memory            # random SD1.5-sized fp32 checkpoint (~4.3 GB, kept in --dir)
-    python -m bench.load_memory --smoke    # the tiny SD1 model (seconds)
-    python -m bench.load_memory --record   # append the row to bench/RESULTS.md
+    python -m bench.load_memory                          # random SD1.5- and SDXL-sized fp32 checkpoints
+    python -m bench.load_memory --family sdxl --dtype fp16 --dir /tmp/ckpt   # SDXL-sized fp16 (~6.9 GB), kept
+    python -m bench.load_memory --smoke                  # the tiny SD1 and SDXL models (seconds)
+    python -m bench.load_memory --record                 # append one row per family to bench/RESULTS.md
 
 Writing and loading each run in a fresh process (Linux): the loader's figure is its peak RSS (reset by
-/proc/self/clear_refs after the imports) minus the RSS it had then. Prints a markdown row.
+/proc/self/clear_refs after the imports) minus the RSS it had then. Prints a markdown row per family. The
+checkpoints are written to --dir (kept) or a temporary folder (deleted afterwards); SD1.5 fp32 is ~4.3 GB,
+SDXL fp32 ~13.9 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,28 +24,32 @@ from pathlib import Path
 
 from bench.harness import BenchRow, append_result, peak_rss_bytes
 
+FAMILY_NAMES = {"sd1": "SD1", "sdxl": "SDXL"}
+
 _WRITE = """
 import sys, torch
 from safetensors.torch import save_file
+from liandan.models.ldm_layout import key_plan, to_ldm_tensor
 from liandan.models.model_spec import build_modules, standard_spec
-from liandan.models.ldm_layout import key_plan
 from liandan.models.saving import save_checkpoint
 from liandan.models.tiny import tiny_bundle
 
-if sys.argv[2] == "tiny":  # tiny shapes also need the .yaml the saver writes
-    save_checkpoint(tiny_bundle("sd1"), sys.argv[1])
+path, family, size, dtype_name = sys.argv[1:5]
+if size == "tiny":  # tiny shapes also need the .yaml the saver writes
+    save_checkpoint(tiny_bundle(family), path)
     raise SystemExit
-spec = standard_spec("sd1")
+spec = standard_spec(family)
 text_encoders, unet, vae = build_modules(spec, empty=True)
-modules = {"unet": unet, "vae": vae, "text_encoder_0": text_encoders[0]}
+modules = {"unet": unet, "vae": vae, **{f"text_encoder_{i}": te for i, te in enumerate(text_encoders)}}
+dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype_name]
 generator = torch.Generator().manual_seed(0)
 state = {}
 for key_map in key_plan(spec, modules):
-    shape = tuple(modules[key_map.component].get_parameter(key_map.names[0]).shape)
-    if key_map.transform == "conv1x1":
-        shape = (*shape, 1, 1)
-    state[key_map.ldm_key] = torch.randn(shape, generator=generator) * 0.02
-save_file(state, sys.argv[1])
+    module = modules[key_map.component]
+    parts = [torch.randn(module.get_parameter(name).shape, generator=generator).mul_(0.02).to(dtype)
+             for name in key_map.names]
+    state[key_map.ldm_key] = to_ldm_tensor(key_map, parts)
+save_file(state, path)
 """
 
 _LOAD = """
@@ -82,38 +90,51 @@ def _run(code: str, *args: str) -> str:
     return result.stdout
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--smoke", action="store_true", help="the tiny SD1 model instead of an SD1.5-sized one"
-    )
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument("--dir", type=Path, default=None, help="where the test checkpoint is written (kept)")
-    args = parser.parse_args(argv)
-    size = "tiny" if args.smoke else "full"
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="liandan-bench-"))
-    path = folder / f"random-sd1-{size}.safetensors"
+def measure_family(family: str, size: str, dtype: str, folder: Path) -> BenchRow:
+    """Write (unless it is there) and load one random checkpoint of `family`; the row to print/record."""
+    path = folder / f"random-{family}-{size}-{dtype}.safetensors"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        _run(_WRITE, str(path), size)
-    started = time.perf_counter()
+        _run(_WRITE, str(path), family, size, dtype)
     numbers = json.loads(_run(_LOAD, str(path)).strip().splitlines()[-1])
     file_mib = path.stat().st_size / 2**20
     growth_mib = (numbers["peak"] - numbers["base"]) / 2**20
-    row = BenchRow(
+    dtype_text = "" if size == "tiny" else f" {dtype}"
+    return BenchRow(
         "load-memory",
-        f"SD1 {size} random fp32 safetensors, {file_mib:.0f} MiB file",
+        f"{FAMILY_NAMES[family]} {size} random{dtype_text} safetensors, {file_mib:.0f} MiB file",
         f"load {numbers['seconds']:.1f} s, RSS +{(numbers['loaded_peak'] - numbers['base']) / 2**20:.0f} MiB "
         f"(mapped lazily); after touching every weight peak RSS +{growth_mib:.0f} MiB over imports "
         f"({growth_mib / file_mib:.2f}x the file; weights {numbers['weights'] / 2**20:.0f} MiB, "
         f"held {(numbers['end'] - numbers['base']) / 2**20:.0f} MiB)",
     )
-    print(f"| {row.benchmark} | {row.settings} | {row.result} |")
-    print(
-        f"(wall {time.perf_counter() - started:.0f} s, bench process peak {peak_rss_bytes() / 2**20:.0f} MiB)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the tiny models instead of the released sizes")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--family", choices=tuple(FAMILY_NAMES), nargs="+", default=list(FAMILY_NAMES))
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="of the written file")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the test checkpoints are written (kept)"
     )
-    if args.record and not args.smoke:
-        append_result(row, "python -m bench.load_memory")
+    args = parser.parse_args(argv)
+    size = "tiny" if args.smoke else "full"
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="liandan-bench-"))
+    try:
+        for family in args.family:
+            started = time.perf_counter()
+            row = measure_family(family, size, args.dtype, folder)
+            print(f"| {row.benchmark} | {row.settings} | {row.result} |")
+            wall, peak = time.perf_counter() - started, peak_rss_bytes() / 2**20
+            print(f"(wall {wall:.0f} s, bench process peak {peak:.0f} MiB)")
+            if args.record and not args.smoke:
+                command = f"python -m bench.load_memory --family {family} --dtype {args.dtype}"
+                append_result(row, command)
+    finally:
+        if args.dir is None:  # gigabytes in /tmp
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

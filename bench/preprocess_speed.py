@@ -20,7 +20,7 @@ from PIL import Image
 from bench.harness import BenchRow, append_result, measure
 from liandan.preprocess.autosize_crop import AutosizeSettings, autosize_crop
 from liandan.preprocess.focal_crop import FocalSettings, focal_crop
-from liandan.preprocess.image_ops import resize
+from liandan.preprocess.image_ops import flipped_copies, resize
 from liandan.preprocess.split import split_oversized
 from liandan.preprocess.tag_format import TagFormat
 
@@ -35,10 +35,14 @@ def _images(count: int) -> list[Image.Image]:
 def image_op_benchmarks(images: list[Image.Image]) -> dict[str, object]:
     return {
         "resize crop 512": lambda: [resize(im, 512, 512, "crop") for im in images],
+        "flip both": lambda: [flipped_copies(im, "both") for im in images],
         "focal crop 512": lambda: [focal_crop(im, FocalSettings(512, 512)) for im in images],
         "auto-sized crop": lambda: [autosize_crop(im, AutosizeSettings()) for im in images],
         "split 256": lambda: [split_oversized(im, 256, 256, 0.2) for im in images],
     }
+
+
+CAPTIONERS = ("deepbooru", "blip", "wd14")
 
 
 def captioner_benchmarks(images: list[Image.Image], work: Path, real: bool, device: str) -> dict[str, object]:
@@ -88,8 +92,9 @@ def main() -> None:
         for name, fn in benchmarks.items():
             result = measure(fn, warmup=0 if args.smoke else 1, repeats=repeats)
             rate = len(images) / result.median_s
-            size = "real-size" if args.real and name in ("deepbooru", "blip") else "tiny"
-            settings = f"{name}, {size}, {args.device}, batch {len(images)}, 768x512 inputs"
+            model = "real-size" if args.real and name in ("deepbooru", "blip") else "tiny"
+            kind = f"{model} model, " if name in CAPTIONERS else ""
+            settings = f"{name}, {kind}{args.device}, batch {len(images)}, 768x512 inputs"
             print(f"{settings}: {rate:.2f} images/s")
             if args.record and not args.smoke:
                 row = BenchRow("preprocess-speed", settings, f"{rate:.2f} images/s; {result.summary()}")
