@@ -3,7 +3,7 @@
     python -m bench.dreambooth_speed --smoke            # tiny SD1 at 64 px, one repeat: proves it runs
     python -m bench.dreambooth_speed --model tiny --size 64 128 --record
     python -m bench.dreambooth_speed --model sd15 --size 64 --separate --repeats 3 --record  # SD1.5-sized
-    python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu_dreambooth.py
+    python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu.py
 
 Both sides do one optimizer step of the whole UNet (batch of B, one instance prompt, AdamW, fp32, text
 encoder frozen). liandan: the latents come from the latent cache and the conds from the cond cache

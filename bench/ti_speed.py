@@ -3,7 +3,7 @@
     python -m bench.ti_speed --smoke                 # tiny SD1 at 64 px, one repeat: proves it runs
     python -m bench.ti_speed --model tiny --size 64 128 --record
     python -m bench.ti_speed --model sd15 --size 64 128 --repeats 3 --record   # random SD1.5-sized weights
-    python -m bench.ti_speed --device cuda --model sd15 --size 512 --batch 8    # (see bench/gpu_ti.py)
+    python -m bench.ti_speed --device cuda --model sd15 --size 512 --batch 8    # (see bench/gpu.py)
 
 Both sides do one optimizer step (batch of B, one prompt with the embedding's name, AdamW). liandan: the
 cached latents, frozen modules in eval mode, the vectors as the only parameters (TextualInversion.loss).
