@@ -1,5 +1,5 @@
-"""One thread against all of them, per CPU training step: where threads pay, which sets training_job.py's
-SMALL_UNET_PARAMETERS (below it a CPU job trains on one thread).
+"""One thread against all of them, per CPU training step: whether threads pay, which decides the default of
+TrainSpec.cpu_threads (train/training_job.py: torch's own count, since they pay even on the tiny model).
 
     python -m bench.cpu_threads --smoke            # the tiny model, one repeat (CI)
     python -m bench.cpu_threads --model tiny sd15 --record

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and not args.smoke:
         raise SystemExit("bench.gpu needs a CUDA GPU (use --smoke to run every case on the CPU)")
     device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:  # the tiny models' ops are too short for a second thread to pay
+    if not cuda:  # CI's smoke shares its 2 cores with other work: one thread is not oversubscribed
         torch.set_num_threads(1)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -216,12 +216,12 @@ def test_a_job_trains_on_several_datasets_and_scores_a_held_out_set(tmp_path: Pa
     assert saved["validation"]["folder"] == str(tmp_path / "val")
 
 
-@pytest.mark.parametrize(("requested", "expected"), [(0, 1), (3, 3)])
-def test_a_cpu_job_trains_the_small_model_on_one_thread_or_the_count_asked_and_gives_the_threads_back(
-    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requested: int, expected: int
+@pytest.mark.parametrize("requested", [0, 3])
+def test_a_cpu_job_trains_on_the_threads_asked_and_gives_them_back(
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requested: int
 ) -> None:
-    """Two threads are slower than one on a tiny model's short ops; the WebUI generates in the same process
-    afterwards, with its own thread count."""
+    """One thread is what a busy machine needs; the WebUI generates in the same process afterwards, with
+    its own thread count."""
     import torch
 
     from liandan.jobs import TrainSpec
@@ -236,6 +236,7 @@ def test_a_cpu_job_trains_the_small_model_on_one_thread_or_the_count_asked_and_g
 
     monkeypatch.setattr(loop, "train", fake_train)
     before = torch.get_num_threads()
+    expected = requested or before
     job = TextualInversionJob(
         name="cat", data=DataSpec(folder=train64, width=64, height=64), train=TrainSpec(cpu_threads=requested)
     )

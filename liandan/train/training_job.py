@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from liandan.train.validation import Validation
 
 log = logging.getLogger(__name__)
-# below this many UNet weights a CPU step runs faster on one thread: its ops are too short for the threads'
-# hand-offs to pay (bench/RESULTS.md, cpu-threads rows)
-SMALL_UNET_PARAMETERS = 100_000_000
 
 
 @dataclass
@@ -226,15 +223,14 @@ def render_preview(
         bundle.vae.to(home)
 
 
-def cpu_thread_count(spec: TrainSpec, bundle: ModelBundle, device: torch.device) -> int | None:
-    """The intra-op threads a run on the CPU trains with: `spec.cpu_threads`, else one for a small UNet and
-    torch's own count for the others; None off the CPU (the host's threads only feed the GPU)."""
+def cpu_thread_count(spec: TrainSpec, device: torch.device) -> int | None:
+    """The intra-op threads a run on the CPU trains with: `spec.cpu_threads`, else torch's own count, which
+    on a quiet machine is the fastest even for the tiny model (bench/RESULTS.md, cpu-threads rows); on a
+    machine busy with other work, one thread avoids the threads' wait for each other (a tenfold slowdown
+    measured on 2 cores). None off the CPU: the host's threads only feed the GPU."""
     if device.type != "cpu":
         return None
-    if spec.cpu_threads:
-        return spec.cpu_threads
-    small = sum(p.numel() for p in bundle.unet.parameters()) < SMALL_UNET_PARAMETERS
-    return 1 if small else torch.get_num_threads()
+    return spec.cpu_threads or torch.get_num_threads()
 
 
 @contextlib.contextmanager
@@ -307,7 +303,7 @@ def run_training_job(
         )
         if prepare_model is not None:
             prepare_model(bundle)
-        threads = cpu_thread_count(train_spec, bundle, device)
+        threads = cpu_thread_count(train_spec, device)
         cleanup.enter_context(cpu_threads(threads))
         if threads is not None:
             reporter(

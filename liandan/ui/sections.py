@@ -110,7 +110,7 @@ LABELS: dict[str, str] = {
     "train.ema_update_every": "EMA update every N steps",
     "train.fused_backward": "Fused backward (step in backward: less memory; no accumulation)",
     "train.torch_compile": "torch.compile the UNet (slow start; pays on long GPU runs)",
-    "train.cpu_threads": "CPU threads (0: automatic)",
+    "train.cpu_threads": "CPU threads (0: all; 1 on a busy machine)",
     "train.resume": "Resume this job's last saved state",
     "train.resume_with_changes": "Resume even if settings changed",
     "preview.prompt": "Preview prompt (empty: from the template)",
