@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.harness import Comparison, method_step, run_comparison, step_benchmark_args
 from bench.ti_speed import LR, PROMPT, build_bundle, diffusers_step, liandan_step
 
 
@@ -40,7 +40,6 @@ def apt_step(
     from liandan.host.base import CheckpointRef
     from liandan.jobs import AptJob, DataSpec, TrainSpec
     from liandan.methods.apt import Apt, new_pair
-    from liandan.train.optimizers import build_optimizer
 
     job = AptJob(
         name="benchti",
@@ -53,20 +52,12 @@ def apt_step(
         dataset=_Prompts(), run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = Apt(context, *new_pair(bundle, job), (Path("x.pt"), Path("x-neg.pt")))
-    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
         "latents": torch.randn(batch, 4, latent, latent, device=device),
         "prompts": [PROMPT] * batch,
     }
-
-    def step() -> None:
-        loss = method.loss(batch_dict)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return method_step(method, batch_dict, LR, device, mixed_precision)
 
 
 def _sides(args, size: int) -> dict:

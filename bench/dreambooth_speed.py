@@ -21,7 +21,8 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, run_comparison, step_benchmark_args, training_step
+from bench.harness import Comparison, fresh_sides, run_comparison, step_benchmark_args, training_step
+from bench.plain_loop import example_script_loss
 from bench.ti_speed import build_bundle
 
 PROMPT = "a photo of sks dog"
@@ -92,42 +93,15 @@ def liandan_step(
 
 
 def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
-    import torch.nn.functional as F
-
-    tokenizer, text_encoder = bundle.tokenizers[0], bundle.text_encoders[0]
-    unet, vae, scheduler = bundle.unet, bundle.vae, bundle.noise_scheduler
-    for module in (vae, text_encoder):
-        module.to(device).requires_grad_(False)
-    unet.to(device).train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=LR)
-    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
-    ids = tokenizer([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    ids = ids.to(device)
-
-    def loss() -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            context = text_encoder(ids)[0]
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        return F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
-
-    return training_step(loss, optimizer)
-
-
-def _sides(args, size: int) -> dict:
-    device = torch.device(args.device)  # each side builds its own copy: both train their UNet
-    return {
-        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
-        "diffusers loop": lambda: diffusers_step(build_bundle(args.model), size, args.batch, device),
-    }
+    bundle.unet.to(device).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(bundle.unet.parameters(), lr=LR)
+    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
 
 
 COMPARISON = Comparison(
     "dreambooth-step",
     "bench.dreambooth_speed",
-    _sides,
+    fresh_sides({"liandan": liandan_step, "diffusers loop": diffusers_step}, build_bundle),
     lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, text encoder frozen",
 )
 

@@ -155,6 +155,25 @@ def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]
     return step
 
 
+def method_step(
+    method: Any, batch: dict[str, Any], learn_rate: float, device: Any, mixed_precision: str = "no"
+) -> Callable[[], None]:
+    """One step of a liandan TrainingMethod as the loop takes it: the method's loss on `batch` under the
+    mixed-precision autocast, backward, the loop's optimizer (train/optimizers.py's AdamW, fused)."""
+    import torch
+
+    from liandan.train.optimizers import build_optimizer
+
+    optimizer = build_optimizer("AdamW", method.parameter_groups(), learn_rate, 0.0)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+    def loss() -> Any:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return method.loss(batch)
+
+    return training_step(loss, optimizer)
+
+
 BENCH_LIBRARIES = ("torch", "diffusers", "peft", "lycoris")  # the versions a step time depends on
 
 
@@ -267,6 +286,27 @@ class Comparison:
     module: str  # `python -m` name: the command column and the side processes
     sides: Callable[[argparse.Namespace, int], dict[str, SideFactory]]
     settings: Callable[[argparse.Namespace, int], str]
+
+
+StepBuilder = Callable[..., Callable[[], object]]  # (bundle, size, batch, device) -> step
+
+
+def fresh_sides(
+    builders: dict[str, StepBuilder], build_model: Callable[[str], Any]
+) -> Callable[[argparse.Namespace, int], dict[str, SideFactory]]:
+    """Comparison.sides where each side builds its step on a fresh copy of `args.model` (every side changes
+    the model it trains: hooks, adapters, its own weights)."""
+
+    def sides(args: argparse.Namespace, size: int) -> dict[str, SideFactory]:
+        import torch
+
+        device = torch.device(args.device)
+        return {
+            label: lambda build=build: build(build_model(args.model), size, args.batch, device)
+            for label, build in builders.items()
+        }
+
+    return sides
 
 
 @dataclass(frozen=True)

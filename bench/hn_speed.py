@@ -20,7 +20,15 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.harness import (
+    Comparison,
+    fresh_sides,
+    method_step,
+    run_comparison,
+    step_benchmark_args,
+    training_step,
+)
+from bench.plain_loop import example_script_loss
 from bench.ti_speed import PROMPT, build_bundle
 
 LR = 5e-6
@@ -43,7 +51,6 @@ def liandan_step(
     from liandan.host.base import CheckpointRef
     from liandan.jobs import DataSpec, TrainSpec
     from liandan.methods.hypernetwork import HypernetworkMethod
-    from liandan.train.optimizers import build_optimizer
 
     job, hypernetwork = _hypernetwork(bundle)
     job = job.replace(
@@ -54,23 +61,13 @@ def liandan_step(
         dataset=None, run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = HypernetworkMethod(context, hypernetwork)
-    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
         "latents": torch.randn(batch, 4, latent, latent, device=device),
         "prompts": [PROMPT] * batch,
         "loss_weight": None,
     }
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = method.loss(batch_dict)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return method_step(method, batch_dict, LR, device, mixed_precision)
 
 
 class PlainHypernetworkAttention:
@@ -99,56 +96,23 @@ class PlainHypernetworkAttention:
 
 
 def plain_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
-    import torch.nn.functional as F
-
     from liandan.models.attention_hooks import attention_layers, kv_input_width
 
     _, hypernetwork = _hypernetwork(bundle)
-    text_encoder, unet, vae, scheduler = (
-        bundle.text_encoders[0],
-        bundle.unet,
-        bundle.vae,
-        bundle.noise_scheduler,
-    )
-    for module in (unet, vae, text_encoder):
-        module.to(device).requires_grad_(False).eval()
+    bundle.unet.to(device).requires_grad_(False).eval()
     hypernetwork.to(device).train()
-    for attn in attention_layers(unet).values():
+    for attn in attention_layers(bundle.unet).values():
         pair = hypernetwork.pair(kv_input_width(attn))  # the modules with their residual: x + f(x)
         if pair is not None:
             attn.set_processor(PlainHypernetworkAttention(*pair))
     optimizer = torch.optim.AdamW(hypernetwork.parameters(), lr=LR)
-    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
-    ids = bundle.tokenizers[0]([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt")
-    ids = ids.input_ids.to(device)
-
-    def step() -> None:
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            context = text_encoder(ids)[0]
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def _sides(args, size: int) -> dict:
-    device = torch.device(args.device)  # each side builds its own copy: both set attention processors
-    return {
-        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
-        "plain loop": lambda: plain_step(build_bundle(args.model), size, args.batch, device),
-    }
+    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
 
 
 COMPARISON = Comparison(
     "hn-step",
     "bench.hn_speed",
-    _sides,
+    fresh_sides({"liandan": liandan_step, "plain loop": plain_step}, build_bundle),
     lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, structure {LAYER_STRUCTURE!r}",
 )
 

@@ -22,7 +22,8 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.harness import Comparison, method_step, run_comparison, step_benchmark_args, training_step
+from bench.plain_loop import example_script_loss
 from bench.ti_speed import PROMPT, build_bundle
 
 LR = 1e-4
@@ -52,7 +53,6 @@ def liandan_step(
     from liandan.host.base import CheckpointRef
     from liandan.jobs import DataSpec, LoraJob, NetworkSpec, PreviewSpec, TrainSpec
     from liandan.methods.lora import LoraMethod
-    from liandan.train.optimizers import build_optimizer
 
     mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     job = LoraJob(
@@ -70,7 +70,6 @@ def liandan_step(
         dataset=dataset, run_dir=Path(), device=device, say=lambda message: None,
     )  # fmt: skip
     method = LoraMethod(context)
-    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
         "latents": torch.randn(batch, 4, latent, latent, device=device),
@@ -80,16 +79,7 @@ def liandan_step(
     if bundle.is_sdxl:  # SDXL's size conditioning, as the dataset records it per image
         sizes = torch.tensor([[size, size]] * batch, device=device)
         batch_dict.update(original_size=sizes, crop_top_left=torch.zeros_like(sizes), target_size=sizes)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def step() -> None:
-        with autocast:
-            loss = method.loss(batch_dict)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return method_step(method, batch_dict, LR, device, mixed_precision)
 
 
 def peft_config(bundle, network_type: str):
@@ -111,17 +101,9 @@ def peft_config(bundle, network_type: str):
 
 
 def peft_step(bundle, size: int, batch: int, device: torch.device, network_type: str) -> Callable[[], None]:
-    import torch.nn.functional as F
     from peft import inject_adapter_in_model
 
-    text_encoder, unet, vae, scheduler = (
-        bundle.text_encoders[0],
-        bundle.unet,
-        bundle.vae,
-        bundle.noise_scheduler,
-    )
-    for module in (unet, vae, text_encoder):
-        module.to(device).requires_grad_(False)
+    unet = bundle.unet.requires_grad_(False)
     inject_adapter_in_model(peft_config(bundle, network_type), unet)
     params = [
         p for name, p in unet.named_parameters() if any(part in name for part in ("lora_", "hada_", "lokr_"))
@@ -129,23 +111,7 @@ def peft_step(bundle, size: int, batch: int, device: torch.device, network_type:
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=LR)
-    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
-    ids = bundle.tokenizers[0]([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt")
-    ids = ids.input_ids.to(device)
-
-    def step() -> None:
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            context = text_encoder(ids)[0]
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        loss = F.mse_loss(unet(noisy, t, context).sample.float(), noise.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
 
 
 def _sides(args, size: int) -> dict:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, run_comparison, step_benchmark_args
+from bench.harness import Comparison, fresh_sides, method_step, run_comparison, step_benchmark_args
 
 PROMPT = "a painting of a cat, art by benchti"
 LR = 0.005
@@ -45,7 +45,6 @@ def liandan_step(
     from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
     from liandan.methods.textual_inversion import TextualInversion
     from liandan.models.embedding_vectors import new_embedding
-    from liandan.train.optimizers import build_optimizer
 
     job = TextualInversionJob(
         name="benchti",
@@ -58,18 +57,10 @@ def liandan_step(
         dataset=dataset, run_dir=Path(), device=device, say=print,
     )  # fmt: skip
     method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
-    optimizer = build_optimizer("AdamW", method.parameter_groups(), LR, 0.0)
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
     batch_dict = {"latents": cached, "prompts": [PROMPT] * batch}
-
-    def step() -> None:
-        loss = method.loss(batch_dict)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return method_step(method, batch_dict, LR, device, mixed_precision)
 
 
 class _Prompts:
@@ -130,18 +121,10 @@ def diffusers_step(
     return step
 
 
-def _sides(args, size: int) -> dict:
-    device = torch.device(args.device)  # each side builds its own copy: the baseline resizes the token table
-    return {
-        "liandan": lambda: liandan_step(build_bundle(args.model), size, args.batch, device),
-        "diffusers loop": lambda: diffusers_step(build_bundle(args.model), size, args.batch, device),
-    }
-
-
 COMPARISON = Comparison(
     "ti-step",
     "bench.ti_speed",
-    _sides,
+    fresh_sides({"liandan": liandan_step, "diffusers loop": diffusers_step}, build_bundle),
     lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW",
 )
 

@@ -1,0 +1,41 @@
+"""The per-step loss of diffusers' example training scripts, which the step benchmarks' plain loops share
+(train_dreambooth.py, train_text_to_image_lora.py, and the hypernetwork loop written the same way)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bench.ti_speed import PROMPT
+
+
+def example_script_loss(bundle, size: int, batch: int, device: torch.device) -> Callable[[], torch.Tensor]:
+    """Every step the frozen VAE encodes the pixels and the frozen text encoder the prompt (no gradients),
+    then noise, timesteps and the UNet's prediction against the noise (MSE). The UNet is the caller's to
+    freeze, adapt or train."""
+    import torch.nn.functional as F
+
+    text_encoder, unet, vae, scheduler = (
+        bundle.text_encoders[0],
+        bundle.unet,
+        bundle.vae,
+        bundle.noise_scheduler,
+    )
+    for module in (vae, text_encoder):
+        module.to(device).requires_grad_(False)
+    unet.to(device)
+    pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    ids = bundle.tokenizers[0]([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt")
+    ids = ids.input_ids.to(device)
+
+    def loss() -> torch.Tensor:
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            context = text_encoder(ids)[0]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        return F.mse_loss(unet(noisy, timesteps, context).sample.float(), noise.float())
+
+    return loss
