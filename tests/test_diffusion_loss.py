@@ -242,3 +242,4 @@ def test_a_compiled_unet_gives_the_eager_loss_and_gradient(sd1) -> None:
             torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
     finally:
         set_unet_compiled(sd1.unet, False)
+        torch._dynamo.reset()  # its caches hold fake tensors and graphs of this UNet

@@ -26,9 +26,11 @@ def test_smoke_runs_the_fused_8bit_dreambooth_case(tmp_path: Path) -> None:
 
 
 def _live_tensor_bytes() -> int:
+    """Bytes of the real CPU tensors alive; not the fake ones an earlier torch.compile left in gc (they have
+    no storage to measure)."""
     storages = {}
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+        if type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.device.type == "cpu":
             storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
     return sum(storages.values())
 
