@@ -29,6 +29,7 @@ from bench.ti_speed import PROMPT, build_bundle
 LR = 1e-4
 RANK, ALPHA = 8, 4.0
 NETWORKS = ("lora", "locon", "loha", "lokr", "dora")
+CONV_TYPES, CONV_RANK = ("locon", "loha", "lokr"), 4  # NetworkSpec's default conv rank
 
 
 def _network(bundle, network_type: str):
@@ -132,7 +133,9 @@ def _sides(args, size: int) -> dict:
 
 
 def _settings(args, size: int) -> str:
-    return f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, {args.network[0]} rank {RANK} attention"
+    network = args.network[0]
+    convs = f", conv rank {CONV_RANK}" if network in CONV_TYPES else ""
+    return f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, {network} rank {RANK} attention{convs}"
 
 
 COMPARISON = Comparison("lora-step", "bench.lora_speed", _sides, _settings)
