@@ -236,9 +236,7 @@ class TrainSpec(Spec):
     ema_update_every: int = bounded(1, 1, 10000)  # optimizer steps between EMA updates
     fused_backward: bool = False  # step each tensor in backward, free its gradient (train/fused_backward.py)
     torch_compile: bool = False  # compile the UNet: faster steps after minutes of compiling (long GPU runs)
-    cpu_threads: int = bounded(
-        0, 0, 1024
-    )  # CPU training's threads; 0: torch's own count (1 on a busy machine)
+    cpu_threads: int = bounded(0, 0, 1024)  # threads of a CPU run; 0: torch's own (1 suits a busy machine)
     seed: int = 0
     save_every: int = bounded(500, 0)  # 0: only at the end
     preview_every: int = bounded(500, 0)
