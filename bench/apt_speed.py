@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, method_step, run_comparison, step_benchmark_args
+from bench.harness import Comparison, method_context, method_step, run_comparison, step_benchmark_args
 from bench.ti_speed import LR, PROMPT, build_bundle, diffusers_step, liandan_step
 
 
@@ -37,7 +36,6 @@ class _Prompts:
 def apt_step(
     bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
 ) -> Callable[[], None]:
-    from liandan.host.base import CheckpointRef
     from liandan.jobs import AptJob, DataSpec, TrainSpec
     from liandan.methods.apt import Apt, new_pair
 
@@ -47,10 +45,7 @@ def apt_step(
         train=TrainSpec(mixed_precision=mixed_precision),
         data=DataSpec(width=size, height=size),
     )
-    context = SimpleNamespace(
-        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=_Prompts(), run_dir=Path(), device=device, say=print,
-    )  # fmt: skip
+    context = method_context(job, bundle, device, _Prompts())
     method = Apt(context, *new_pair(bundle, job), (Path("x.pt"), Path("x-neg.pt")))
     latent = size // bundle.vae_scale_factor
     batch_dict = {

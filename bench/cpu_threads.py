@@ -18,6 +18,9 @@ import torch
 from bench import dreambooth_speed, lora_speed, ti_speed
 from bench.harness import BenchRow, append_result, interleaved
 from bench.ti_speed import build_bundle
+from liandan.train.training_job import cpu_threads
+
+CPU = torch.device("cpu")
 
 STEPS = {
     "ti": ti_speed.liandan_step,
@@ -28,12 +31,8 @@ STEPS = {
 
 def at_threads(step, count: int):
     def call() -> None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(count)
-        try:
+        with cpu_threads(count, CPU):
             step()
-        finally:
-            torch.set_num_threads(before)
 
     return call
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.method:
             bundle = build_bundle(model)
             params = sum(p.numel() for p in bundle.unet.parameters())
-            step = STEPS[method](bundle, args.size, 1, torch.device("cpu"))
+            step = STEPS[method](bundle, args.size, 1, CPU)
             sides = {"1 thread": at_threads(step, 1), f"{threads} threads": at_threads(step, threads)}
             times = interleaved(sides, args.warmup, args.repeats)
             one, many = (statistics.median(t) * 1000 for t in times.values())

@@ -17,11 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, fresh_sides, run_comparison, step_benchmark_args, training_step
+from bench.harness import (
+    Comparison,
+    fresh_sides,
+    method_context,
+    run_comparison,
+    step_benchmark_args,
+    training_step,
+)
 from bench.plain_loop import example_script_loss
 from bench.ti_speed import build_bundle
 
@@ -42,7 +48,6 @@ def liandan_step(
     """One DreamBooth step as the loop runs it: the method's loss under autocast, backward, the loop's
     optimizer (`optimizer_name` from train/optimizers.py, or per tensor inside backward when
     `fused_backward`)."""
-    from liandan.host.base import CheckpointRef
     from liandan.jobs import ConceptSpec, DataSpec, DreamBoothJob, PreviewSpec, TrainSpec
     from liandan.methods.dreambooth import DreamBoothMethod
     from liandan.train.fused_backward import FusedOptimizer
@@ -62,11 +67,7 @@ def liandan_step(
         data=DataSpec(width=size, height=size),
         preview=PreviewSpec(self_test=False),
     )
-    dataset = SimpleNamespace(parts=[])  # no fixed prompts to precompute: the cache fills on first use
-    context = SimpleNamespace(
-        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=dataset, run_dir=Path(), device=device, say=print,
-    )  # fmt: skip
+    context = method_context(job, bundle, device)
     method = DreamBoothMethod(context, Path("benchdb.safetensors"))
     if fused_backward:
         optimizer = FusedOptimizer(optimizer_name, method.parameter_groups(), 0.0, print)

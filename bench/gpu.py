@@ -227,7 +227,9 @@ def method_step(case: Case, bundle, size: int, batch: int, device: torch.device)
             gradient_checkpointing=switches.checkpointing,
             fused_backward=switches.fused_backward,
         )
-    return lora_speed.liandan_step(bundle, size, batch, device, torch.bfloat16, network_type=case.method)
+    return lora_speed.liandan_step(
+        bundle, size, batch, device, mixed_precision="bf16", network_type=case.method
+    )
 
 
 def uncached_work(case: Case, bundle, size: int, batch: int, device: torch.device) -> list[Callable]:

@@ -112,13 +112,9 @@ def measure(fn: Callable[[], object], warmup: int = 2, repeats: int = 10) -> Mea
     return Measurement(statistics.median(times), tuple(times), peak_rss_bytes(), "cpu peak rss")
 
 
-def reset_peak_rss() -> bool:
-    """Make the peak RSS (VmHWM) start again from the current RSS (Linux >= 4.0); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+def reset_peak_rss() -> None:
+    """Make the peak RSS (VmHWM) start again from the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def current_rss_bytes() -> int:
@@ -153,6 +149,20 @@ def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def method_context(job: Any, bundle: Any, device: Any, dataset: Any = None, say: Callable = print) -> Any:
+    """What a liandan method is built from (train/training_job.py's MethodContext), for a benchmark: no host
+    and no run folder; by default a dataset with no fixed prompts, so the cond cache fills on first use."""
+    from types import SimpleNamespace
+
+    from liandan.host.base import CheckpointRef
+
+    return SimpleNamespace(
+        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
+        dataset=dataset if dataset is not None else SimpleNamespace(parts=[]), run_dir=Path(), device=device,
+        say=say,
+    )  # fmt: skip
 
 
 def method_step(
@@ -400,13 +410,13 @@ def run_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
         if args.record:
             mode = f"{args.rounds} processes per side" if args.separate else "interleaved"
             result_text = "; ".join(parts) + f" (median of {len(base.times_s)}, {mode})"
-            threads = torch_threads_note(args)
+            threads = _threads_note(args)
             row = BenchRow(comparison.benchmark, comparison.settings(args, size) + threads, result_text)
             command_argv = [a for a in args.argv if a != "--record"]
             append_result(row, command=" ".join(["python -m", comparison.module, *command_argv, "--record"]))
 
 
-def torch_threads_note(args: argparse.Namespace) -> str:
+def _threads_note(args: argparse.Namespace) -> str:
     if args.device != "cpu":
         return ""
     import torch

@@ -15,14 +15,13 @@ File size and parameter count per layer structure: bench/hypernetwork_sizes.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from bench.harness import (
     Comparison,
     fresh_sides,
+    method_context,
     method_step,
     run_comparison,
     step_benchmark_args,
@@ -48,7 +47,6 @@ def liandan_step(
     bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
 ) -> Callable[[], None]:
     """The job's step; `mixed_precision` as TrainSpec has it (the loop's autocast around the loss)."""
-    from liandan.host.base import CheckpointRef
     from liandan.jobs import DataSpec, TrainSpec
     from liandan.methods.hypernetwork import HypernetworkMethod
 
@@ -56,10 +54,7 @@ def liandan_step(
     job = job.replace(
         train=TrainSpec(mixed_precision=mixed_precision), data=DataSpec(width=size, height=size)
     )
-    context = SimpleNamespace(
-        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=None, run_dir=Path(), device=device, say=print,
-    )  # fmt: skip
+    context = method_context(job, bundle, device)
     method = HypernetworkMethod(context, hypernetwork)
     latent = size // bundle.vae_scale_factor
     batch_dict = {

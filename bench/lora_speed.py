@@ -18,26 +18,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, method_step, run_comparison, step_benchmark_args, training_step
+from bench.harness import (
+    Comparison,
+    method_context,
+    method_step,
+    run_comparison,
+    step_benchmark_args,
+    training_step,
+)
 from bench.plain_loop import example_script_loss
 from bench.ti_speed import PROMPT, build_bundle
 
 LR = 1e-4
 RANK, ALPHA = 8, 4.0
 NETWORKS = ("lora", "locon", "loha", "lokr", "dora")
-CONV_TYPES, CONV_RANK = ("locon", "loha", "lokr"), 4  # NetworkSpec's default conv rank
+
+
+def _network_spec(network_type: str):
+    from liandan.jobs import NetworkSpec
+
+    return NetworkSpec(type=network_type, rank=RANK, alpha=ALPHA)  # its default conv rank and alpha
 
 
 def _network(bundle, network_type: str):
-    from liandan.jobs import NetworkSpec
     from liandan.models.lora_injection import LoraNetwork
 
-    spec = NetworkSpec(type=network_type, rank=RANK, alpha=ALPHA)
-    return LoraNetwork(bundle, spec, text_encoders=False)
+    return LoraNetwork(bundle, _network_spec(network_type), text_encoders=False)
 
 
 def liandan_step(
@@ -45,31 +54,25 @@ def liandan_step(
     size: int,
     batch: int,
     device: torch.device,
-    dtype: torch.dtype = torch.float32,
+    mixed_precision: str = "no",
     network_type: str = "lora",
     torch_compile: bool = False,
 ) -> Callable[[], None]:
-    """The job's step (LoraMethod.loss under the loop's autocast, the loop's optimizer); a `dtype` below
-    fp32 is the job's mixed precision (the frozen model in it)."""
-    from liandan.host.base import CheckpointRef
-    from liandan.jobs import DataSpec, LoraJob, NetworkSpec, PreviewSpec, TrainSpec
+    """The job's step (LoraMethod.loss under the loop's autocast, the loop's optimizer); `mixed_precision`
+    as TrainSpec has it (the frozen model in that dtype)."""
+    from liandan.jobs import DataSpec, LoraJob, PreviewSpec, TrainSpec
     from liandan.methods.lora import LoraMethod
 
-    mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     job = LoraJob(
         name="benchlora",
-        network=NetworkSpec(type=network_type, rank=RANK, alpha=ALPHA),
+        network=_network_spec(network_type),
         train=TrainSpec(
             mixed_precision=mixed_precision, move_unused_to_cpu=False, torch_compile=torch_compile
         ),
         data=DataSpec(folder=Path("images"), width=size, height=size),  # never read: the bench's own batch
         preview=PreviewSpec(self_test=False),
     )
-    dataset = SimpleNamespace(parts=[])  # no fixed prompts to precompute: the cache fills on first use
-    context = SimpleNamespace(
-        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=dataset, run_dir=Path(), device=device, say=lambda message: None,
-    )  # fmt: skip
+    context = method_context(job, bundle, device, say=lambda message: None)
     method = LoraMethod(context)
     latent = size // bundle.vae_scale_factor
     batch_dict = {
@@ -133,8 +136,10 @@ def _sides(args, size: int) -> dict:
 
 
 def _settings(args, size: int) -> str:
+    from liandan.models.lora_injection import CONV_TYPES
+
     network = args.network[0]
-    convs = f", conv rank {CONV_RANK}" if network in CONV_TYPES else ""
+    convs = f", conv rank {_network_spec(network).conv_rank}" if network in CONV_TYPES else ""
     return f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, {network} rank {RANK} attention{convs}"
 
 

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from bench.harness import Comparison, fresh_sides, method_step, run_comparison, step_benchmark_args
+from bench.harness import (
+    Comparison,
+    fresh_sides,
+    method_context,
+    method_step,
+    run_comparison,
+    step_benchmark_args,
+)
 
 PROMPT = "a painting of a cat, art by benchti"
 LR = 0.005
@@ -41,7 +47,6 @@ def build_bundle(model: str):
 def liandan_step(
     bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
 ) -> Callable[[], None]:
-    from liandan.host.base import CheckpointRef
     from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
     from liandan.methods.textual_inversion import TextualInversion
     from liandan.models.embedding_vectors import new_embedding
@@ -52,10 +57,7 @@ def liandan_step(
         data=DataSpec(width=size, height=size),
     )
     dataset = _Prompts()
-    context = SimpleNamespace(
-        job=job, host=None, checkpoint=CheckpointRef(Path("bench.safetensors"), "bench"), bundle=bundle,
-        dataset=dataset, run_dir=Path(), device=device, say=print,
-    )  # fmt: skip
+    context = method_context(job, bundle, device, dataset)
     method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over

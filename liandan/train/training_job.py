@@ -223,25 +223,20 @@ def render_preview(
         bundle.vae.to(home)
 
 
-def cpu_thread_count(spec: TrainSpec, device: torch.device) -> int | None:
-    """The intra-op threads a run on the CPU trains with: `spec.cpu_threads`, else torch's own count, which
-    on a quiet machine is the fastest even for the tiny model (bench/RESULTS.md, cpu-threads rows); on a
-    machine busy with other work, one thread avoids the threads' wait for each other (a tenfold slowdown
-    measured on 2 cores). None off the CPU: the host's threads only feed the GPU."""
-    if device.type != "cpu":
-        return None
-    return spec.cpu_threads or torch.get_num_threads()
-
-
 @contextlib.contextmanager
-def cpu_threads(count: int | None) -> Iterator[None]:
-    """torch's threads set to `count` for the block (None: unchanged), then back: in the WebUI the same
-    process generates images afterwards."""
+def cpu_threads(count: int, device: torch.device) -> Iterator[int | None]:
+    """The intra-op threads a run on the CPU trains with, for the block: `count`, or torch's own when 0,
+    which on a quiet machine is the fastest even for the tiny model (bench/RESULTS.md, cpu-threads rows);
+    on a machine busy with other work one thread avoids the threads' wait for each other (a tenfold
+    slowdown measured on 2 cores). Yields the count, None off the CPU (the host's threads only feed the
+    GPU); afterwards torch's count is back: in the WebUI the same process generates images."""
+    if device.type != "cpu":
+        yield None
+        return
     before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count or before)
     try:
-        yield
+        yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 
@@ -303,8 +298,7 @@ def run_training_job(
         )
         if prepare_model is not None:
             prepare_model(bundle)
-        threads = cpu_thread_count(train_spec, device)
-        cleanup.enter_context(cpu_threads(threads))
+        threads = cleanup.enter_context(cpu_threads(train_spec.cpu_threads, device))
         if threads is not None:
             reporter(
                 ProgressEvent("message", job=name, message=f"training on the CPU with {threads} thread(s)")
