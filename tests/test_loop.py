@@ -222,6 +222,17 @@ def test_self_test_warns_when_the_artifact_changes_nothing(tmp_path: Path) -> No
     assert any("changes nothing" in m for m in warnings)
 
 
+@pytest.fixture(params=["read first", "pipelined"])
+def status_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The NaN guard both ways: the host reads each step's status before stepping (CPU), or, as on a GPU,
+    the fused AdamW kernel skips a bad step on the device and the host books it one step late."""
+    if request.param == "pipelined":
+        from liandan.train import nan_guard
+
+        monkeypatch.setattr(nan_guard, "PIPELINED_DEVICES", ("cpu",))
+    return request.param
+
+
 def _train_watching(tmp_path: Path, method: ToyMethod, spec: TrainSpec) -> tuple[TrainResult, list[tuple]]:
     """Train; return the result and (message, weights at that moment) for each NaN-guard message."""
     seen: list[tuple[str, dict[str, torch.Tensor]]] = []
@@ -241,7 +252,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path: Path, status_mode: str) -> None:
     method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4})
     result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
     messages = [m for m, _ in seen]
@@ -249,10 +260,13 @@ def test_a_non_finite_step_is_skipped_and_training_goes_on(tmp_path: Path) -> No
     assert _same(seen[skip][1], seen[skip - 1][1])  # the weights of step 3, untouched by the bad batch
     assert not _same(seen[skip + 1][1], seen[skip][1])  # the next batch trained again
     assert result.skipped_steps == 1 and result.rollbacks == 0 and result.step == 6
-    assert method.hook_steps == list(range(1, 7)) and method.loss_calls == 7
+    assert [m for m in messages if m != "step"] == ["non-finite step skipped: the loss at step 4"]
+    # pipelined, the hook ran after the skipped step too: the step was taken back when it was read
+    hooks = list(range(1, 7)) if status_mode == "read first" else [1, 2, 3, 4, 4, 5, 6]
+    assert method.hook_steps == hooks and method.loss_calls == 7
 
 
-def test_bad_steps_in_a_row_roll_back_to_the_in_memory_snapshot(tmp_path: Path) -> None:
+def test_bad_steps_in_a_row_roll_back_to_the_in_memory_snapshot(tmp_path: Path, status_mode: str) -> None:
     method = ToyMethod(tmp_path / "out", nan_on_loss_calls={4, 5, 6})
     initial = method.trainable_state()
     result, seen = _train_watching(tmp_path, method, TrainSpec(learn_rate="0.01", max_steps=6, save_every=0))
@@ -263,7 +277,7 @@ def test_bad_steps_in_a_row_roll_back_to_the_in_memory_snapshot(tmp_path: Path) 
 
 
 def test_large_trainables_roll_back_from_the_state_on_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status_mode: str
 ) -> None:
     """Above the size threshold nothing is copied to memory: the last saved state is the good one."""
     from liandan.train import nan_guard
@@ -291,19 +305,56 @@ def test_large_trainables_without_a_saved_state_stop(tmp_path: Path, monkeypatch
         run(tmp_path, TrainSpec(max_steps=20, save_every=50), method=method)
 
 
-def test_bad_steps_also_after_the_rollback_stop_with_advice(tmp_path: Path) -> None:
+def test_bad_steps_also_after_the_rollback_stop_with_advice(tmp_path: Path, status_mode: str) -> None:
     method = ToyMethod(tmp_path / "out", nan_on_loss_calls=set(range(2, 9)))
     with pytest.raises(TrainingStopped, match=r"6 steps in a row .* lower the learning rate"):
         run(tmp_path, TrainSpec(max_steps=20, save_every=0), method=method)
-    assert method.hook_steps == [1]
+    assert method.hook_steps == ([1] if status_mode == "read first" else [1, 2, 2, 2, 2, 2, 2])
 
 
-def test_nan_policy_stop_stops_at_once(tmp_path: Path) -> None:
+def test_nan_policy_stop_stops_at_once(tmp_path: Path, status_mode: str) -> None:
     events: list[ProgressEvent] = []
     method = ToyMethod(tmp_path / "out", nan_on_loss_calls={3})
     with pytest.raises(TrainingStopped, match="at step 3"):
         run(tmp_path, TrainSpec(max_steps=20, nan_policy="stop"), method=method, events=events)
     assert events[-1].kind == "error"
+    assert [e.step for e in events if e.kind == "step"] == [1, 2]
+
+
+def test_pipelined_status_trains_exactly_as_reading_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading each step's loss and finiteness one step late (what a GPU run does) changes nothing in a run
+    without NaNs: the same weights, the same logged losses at the same steps; and it is one step late."""
+    from liandan.train import nan_guard
+
+    spec = TrainSpec(learn_rate="0.01", max_steps=9, batch_size=2, save_every=4, preview_every=0)
+
+    def one_run(folder: str) -> tuple[ToyMethod, list[tuple[int, float | None, int]]]:
+        events: list[ProgressEvent] = []
+        method = ToyMethod(tmp_path / folder / "out")
+        steps: list[tuple[int, float | None, int]] = []
+
+        def on_event(event: ProgressEvent) -> None:
+            events.append(event)
+            if event.kind == "step":
+                steps.append((event.step, event.loss, method.loss_calls))
+
+        torch.manual_seed(0)
+        train(method, ToyDataset(8), spec, run_dir=tmp_path / folder / "run", reporter=Reporter(on_event),
+              control=Control(), tensorboard=False)  # fmt: skip
+        return method, steps
+
+    read_first, read_first_steps = one_run("read-first")
+    monkeypatch.setattr(nan_guard, "PIPELINED_DEVICES", ("cpu",))
+    pipelined, pipelined_steps = one_run("pipelined")
+    assert torch.equal(read_first.net.weight, pipelined.net.weight) and read_first.saves == pipelined.saves
+    assert [s[:2] for s in read_first_steps] == [s[:2] for s in pipelined_steps]
+    assert [s[0] for s in pipelined_steps] == list(range(1, 10))
+    assert [calls for _, _, calls in read_first_steps] == list(range(1, 10))
+    # pipelined, step k is booked after step k+1's forward; the first step (the audit's), the saves (4, 8)
+    # and the end book at once
+    assert [calls for _, _, calls in pipelined_steps] == [1, 3, 4, 4, 6, 7, 8, 8, 9]
 
 
 def test_early_stop_when_the_epoch_loss_stops_improving(tmp_path: Path) -> None:

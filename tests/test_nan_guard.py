@@ -82,3 +82,31 @@ def test_to_cpu_copy() -> None:
     grad = torch.tensor([1.0, 2.0])
     copied = to_cpu_copy({"a": [grad, (1, "x")]})
     assert copied["a"][1] == (1, "x") and copied["a"][0] is not grad and torch.equal(copied["a"][0], grad)
+
+
+def test_only_a_fused_kernel_on_a_gpu_without_a_grad_scaler_steps_before_the_read() -> None:
+    from liandan.train.nan_guard import pipelined_status
+
+    weights = [torch.nn.Parameter(torch.zeros(4))]
+    fused = torch.optim.AdamW(weights, fused=True)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert pipelined_status(fused, gpu, None, fused_backward=False)
+    assert not pipelined_status(fused, cpu, None, fused_backward=False)  # nothing runs ahead on a CPU
+    assert not pipelined_status(fused, gpu, object(), fused_backward=False)  # fp16: GradScaler's own flag
+    assert not pipelined_status(fused, gpu, None, fused_backward=True)
+    for unfused in (torch.optim.AdamW(weights, foreach=True), torch.optim.SGD(weights, lr=0.1)):
+        assert not pipelined_status(unfused, gpu, None, fused_backward=False)
+
+
+def test_the_fused_kernel_skips_a_flagged_step_entirely() -> None:
+    from liandan.train.nan_guard import found_inf, status_values, step_unless_found_inf
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    weight.grad = torch.tensor([1.0, float("nan"), 1.0])
+    step_unless_found_inf(optimizer, found_inf(status_values(torch.tensor(0.5), [weight], True)))
+    assert torch.equal(weight.detach(), torch.ones(3)) and optimizer.state[weight]["step"] == 0
+    assert not hasattr(optimizer, "found_inf")  # a later plain step() is not skipped by a stale flag
+    weight.grad = torch.ones(3)
+    step_unless_found_inf(optimizer, found_inf(status_values(torch.tensor(0.5), [weight], True)))
+    assert not torch.equal(weight.detach(), torch.ones(3)) and optimizer.state[weight]["step"] == 1

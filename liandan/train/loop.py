@@ -3,8 +3,10 @@
 Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one forward/backward each) ->
 average gradients over ranks (methods with gradient_sync "all_reduce"; DDP does it for "prepare") -> NaN
 guard (one device read with the loss) -> audit (first updating step) -> clip (unscaled) -> step -> zero grad
--> method hook -> EMA update -> log -> save/validate/preview when due -> stop? Saves come after the step
-because an artifact is named by the steps it holds. Memory is released after each side phase (save,
+-> method hook -> EMA update -> log -> save/validate/preview when due -> stop? On a GPU with the fused AdamW
+the NaN guard and the log read a step's values during the next one (train/nan_guard.py: "pipelined"), so
+the host never waits for the device in the hot loop; side work books the step in flight first. Saves come
+after the step because an artifact is named by the steps it holds. Memory is released after each side phase (save,
 preview, validation), so the training step gets back what they used. Saves, previews and validation see the
 "eval weights" (`_Run.eval_weights`: the EMA of train/ema.py, or a schedule-free optimizer's average); the
 full state holds the training weights. With `fused_backward` (train/fused_backward.py) each tensor steps
@@ -58,8 +60,13 @@ from liandan.train.nan_guard import (
     SKIPS_BEFORE_ROLLBACK,
     SNAPSHOT_EVERY,
     NanGuard,
+    StepStatus,
+    found_inf,
+    pipelined_status,
     snapshot_fits_in_memory,
+    status_values,
     step_status,
+    step_unless_found_inf,
 )
 from liandan.train.optimizers import build_optimizer, set_learning_rate, set_optimizer_mode
 from liandan.train.self_test import NO_CHANGE_WARNING, run_self_test, save_preview
@@ -190,6 +197,11 @@ class _Run:
         # after attach: a `.optim` sidecar holds a schedule-free state in eval mode, as it was saved
         set_optimizer_mode(self.optimizer, training=True)
         self.guard = NanGuard(spec.nan_policy, spec.mixed_precision, snapshot_fits_in_memory(self.params))
+        self.pipelined = pipelined_status(
+            self.optimizer, accelerator.device, accelerator.scaler, spec.fused_backward
+        )
+        self.pending: StepStatus | None = None  # a pipelined step's status, not read yet
+        self.last_loss: float | None = None
         self.state_on_disk = False  # a state this run wrote or resumed from: what a large rollback loads
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
@@ -404,6 +416,54 @@ class _Run:
         )
         release_memory()
 
+    def book(self, status: StepStatus, counted: bool) -> str:
+        """Account for a step once its status is read: "good" (logged), or what `book_bad` says."""
+        loss, finite = status.read()
+        if finite:
+            self.book_good(loss, status)
+            return "good"
+        return self.book_bad(loss, status, counted)
+
+    def book_good(self, loss: float, status: StepStatus) -> None:
+        pos = self.position
+        self.guard.good_step()
+        self.last_loss = loss
+        pos.epoch_loss_sum += loss
+        pos.epoch_loss_count += 1
+        self.log_step(loss, status.learn_rate, status.epoch_step)
+
+    def book_bad(self, loss: float, status: StepStatus, counted: bool) -> str:
+        """A non-finite step is skipped ("skip") or rolls the weights back ("rollback") as the guard says,
+        which may also stop training. `counted`: the loop counted the step already (pipelined: the device
+        skipped it), so it is taken back. The caller drops the gradients of a step it has not taken."""
+        pos = self.position
+        if counted:
+            pos.step -= 1
+        what = "a gradient" if math.isfinite(loss) else "the loss"
+        verdict = self.guard.bad_step(pos.step, what, status.learn_rate)
+        if verdict == "rollback":
+            good = self.roll_back(status.learn_rate)
+            note = (
+                f"{SKIPS_BEFORE_ROLLBACK} non-finite steps in a row: weights and optimizer state "
+                f"rolled back to step {good}"
+            )
+        else:
+            note = f"non-finite step skipped: {what} at step {pos.step + 1}"
+        self.emit("message", message=note, extra={"level": "warning"})
+        return verdict
+
+    def periodic_work_due(self, step: int) -> bool:
+        validate_every = self.validation.every if self.validation is not None else 0
+        periods = (self.spec.save_every, self.spec.preview_every, SNAPSHOT_EVERY, validate_every)
+        return any(every > 0 and step % every == 0 for every in periods)
+
+    def flush(self) -> None:
+        """Book the pipelined step still in flight: before anything that depends on the step count or the
+        loss (saves, previews, the epoch's end, stopping)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.book(pending, counted=True)
+
     def log_step(self, loss: float, learn_rate: float, epoch_step: int) -> None:
         step = self.position.step
         if step % self.spec.log_every == 0:
@@ -525,7 +585,7 @@ def _train_loop(
         return TrainResult(pos.step, start_step, "already_done", message)
     run.remember_good_state()
     run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
-    last_loss, reason, message = None, "", ""
+    reason, message = "", ""
     while not reason:
         dataset.set_epoch(pos.epoch)
         plan = plan_for(pos.epoch)
@@ -537,6 +597,9 @@ def _train_loop(
             )
         while pos.batch_index + per_step <= len(plan):
             lr = rate_at(pos.step)  # --- set lr
+            if lr is None:
+                run.flush()  # a skipped last step is taken back: one more to train
+                lr = rate_at(pos.step)
             if lr is None:
                 reason = "max_steps" if pos.step >= spec.max_steps else "schedule_end"
                 break
@@ -563,20 +626,18 @@ def _train_loop(
                 distributed.average_gradients(run.params)
             step_loss = distributed.mean_over_ranks(step_loss)
             # fp16's grad scaler checks the gradients itself (and skips that step)
-            loss_value, finite = step_status(step_loss, run.params, accelerator.scaler is None)
-            if not finite:  # --- NaN guard: skip, roll back or stop
+            values = status_values(step_loss, run.params, accelerator.scaler is None)
+            status = StepStatus.send(lr, pos.batch_index // per_step, values)
+            pipelined = run.pipelined and not audit_now  # the audit reads the step it checks
+            pending, run.pending = run.pending, None  # --- NaN guard (also the step before's, pipelined)
+            rolled_back = pending is not None and run.book(pending, counted=True) == "rollback"
+            loss_value, finite = (math.nan, True) if pipelined else status.read()
+            if not finite:
+                run.book_bad(loss_value, status, counted=False)
+            if rolled_back or not finite:  # consume the batch without a step (after a rollback, its
+                # gradients are of the weights rolled back from)
                 run.optimizer.zero_grad(set_to_none=True)
-                what = "a gradient" if math.isfinite(loss_value) else "the loss"
                 pos.batch_index += per_step
-                if run.guard.bad_step(pos.step, what, lr) == "rollback":
-                    good = run.roll_back(lr)
-                    note = (
-                        f"{SKIPS_BEFORE_ROLLBACK} non-finite steps in a row: weights and optimizer state "
-                        f"rolled back to step {good}"
-                    )
-                else:
-                    note = f"non-finite step skipped: {what} at step {pos.step + 1}"
-                run.emit("message", message=note, extra={"level": "warning"})
                 continue
             if audit_now:  # --- audit: every group asked for has a gradient ...
                 run.audit.before_step(pos.step, observed=run.fused is not None)
@@ -586,7 +647,10 @@ def _train_loop(
                     accelerator.clip_grad_norm_(run.params, clip)
                 else:
                     accelerator.clip_grad_value_(run.params, clip)
-            run.optimizer.step()  # --- step, zero grad, hook
+            if pipelined:  # --- step (the kernel skips a non-finite one), zero grad, hook
+                step_unless_found_inf(run.optimizer, found_inf(values))
+            else:
+                run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
             pos.step += 1
             pos.batch_index += per_step
@@ -595,20 +659,26 @@ def _train_loop(
                 run.ema.update(pos.step)
             if audit_now and not accelerator.optimizer_step_was_skipped:
                 run.audit.after_step(pos.step, lr)  # --- ... and changed (after the hook, which may undo)
-            run.guard.good_step()
-            last_loss = loss_value  # --- log
-            pos.epoch_loss_sum += last_loss
-            pos.epoch_loss_count += 1
-            run.log_step(last_loss, lr, pos.batch_index // per_step - 1)
+            if pipelined:  # --- log (booked at the next step, or before side work that needs it)
+                run.pending = status
+            else:
+                run.book_good(loss_value, status)
             control = run.control
-            save_now, preview_now, stop_now = distributed.any_rank(
+            requests = distributed.any_rank(
                 control.take_save_request(),
                 control.take_preview_request(),
                 control.interrupted,
                 device=accelerator.device,
             )
-            save_due = save_now or (spec.save_every > 0 and pos.step % spec.save_every == 0)
-            preview_due = preview_now or (spec.preview_every > 0 and pos.step % spec.preview_every == 0)
+            save_now, preview_now, stop_now = requests
+            trained = pos.step
+            if run.pending is not None and (any(requests) or run.periodic_work_due(pos.step)):
+                run.flush()  # side work reports the booked count and loss; a bad step is taken back
+            periodic = pos.step == trained  # a step taken back left nothing new to save or preview
+            save_due = save_now or (periodic and spec.save_every > 0 and pos.step % spec.save_every == 0)
+            preview_due = preview_now or (
+                periodic and spec.preview_every > 0 and pos.step % spec.preview_every == 0
+            )
             if stop_now:  # --- stop? (an interrupt saves the final artifact below)
                 reason, message = "interrupted", f"interrupted at step {pos.step}"
                 break
@@ -618,13 +688,14 @@ def _train_loop(
                 if stop_now:  # Interrupt pressed while saving: stop here, not one step later
                     reason, message = "interrupted", f"interrupted at step {pos.step}"
                     break
-            elif pos.step % SNAPSHOT_EVERY == 0:
+            elif periodic and pos.step % SNAPSHOT_EVERY == 0:
                 run.remember_good_state()
             if save_due or preview_due:
                 run.preview(after_save=save_due, periodic=preview_due)
-            if run.validation is not None and pos.step % run.validation.every == 0:
+            if periodic and run.validation is not None and pos.step % run.validation.every == 0:
                 run.validate()
         else:
+            run.flush()  # the epoch's loss holds its last step
             message = run.end_epoch() or ""
             reason = "early_stop" if message else ""
     message = message or (
@@ -636,9 +707,9 @@ def _train_loop(
     run.preview(after_save=True, periodic=False)
     if reason != "interrupted":  # an interrupt asks to stop soon
         run.validate()
-    run.emit("done", message=message, loss=last_loss)
+    run.emit("done", message=message, loss=run.last_loss)
     guard = run.guard
-    return TrainResult(pos.step, start_step, reason, message, last_loss, run.artifacts, guard.rollbacks,
+    return TrainResult(pos.step, start_step, reason, message, run.last_loss, run.artifacts, guard.rollbacks,
                        guard.skipped, run.validation_losses)  # fmt: skip
 
 

@@ -12,8 +12,13 @@ vectors, a hypernetwork, a small LoRA) keep an in-memory CPU snapshot, taken at 
 `SNAPSHOT_EVERY` steps and at each save; larger ones (a whole UNet, whose Adam state is tens of GB) roll back
 from the last full state on disk, which every save writes anyway.
 
-The finiteness check costs no host-device sync of its own: `step_status` packs the loss and a
-gradients-finite flag into one tensor that the loop reads once, with the loss it reports.
+The finiteness check costs no host-device sync of its own: `status_values` packs the loss and the gradients'
+max-abs into one tensor that the loop reads once, with the loss it reports. On a GPU with a fused AdamW (and
+no fp16 grad scaler) the loop reads it not at all before stepping ("pipelined", see `pipelined_status`):
+the optimizer's fused kernel takes a found-inf flag computed on the device and skips a non-finite step
+itself, exactly as it does for GradScaler, and the host reads step k's `StepStatus` while step k+1's
+forward and backward are already queued; the guard's bookkeeping (skip, rollback, stop) then runs one step
+late, and a skipped step is taken off the step count when it is read.
 """
 
 from __future__ import annotations
@@ -43,19 +48,90 @@ def to_cpu_copy(value: Any) -> Any:
     return value
 
 
-def step_status(
+PIPELINED_DEVICES = ("cuda",)  # where reading the status later pays: the host runs ahead of the device
+
+
+def status_values(
     loss: torch.Tensor, params: list[torch.nn.Parameter], check_gradients: bool
-) -> tuple[float, bool]:
-    """The step's loss and whether it and (with `check_gradients`) every gradient are finite, read from the
-    device in one transfer. The max-abs norms come from the fused multi-tensor kernel clip_grad_norm_ uses;
-    a NaN or inf anywhere makes them non-finite."""
+) -> torch.Tensor:
+    """[loss] or [loss, max-abs of every gradient] (with `check_gradients`), on the device. The max-abs
+    norms come from the fused multi-tensor kernel clip_grad_norm_ uses; a NaN or inf anywhere makes them
+    non-finite."""
     flags = [loss.detach().float().reshape(1)]
     grads = [p.grad for p in params if p.grad is not None] if check_gradients else []
     if grads:
         norms = torch._foreach_norm(grads, math.inf)
         flags.append(torch.stack([n.float() for n in norms]).amax().to(flags[0].device).reshape(1))
-    values = torch.cat(flags).tolist()  # the one host-device sync of the step
-    return values[0], all(math.isfinite(v) for v in values)
+    return torch.cat(flags)
+
+
+def found_inf(values: torch.Tensor) -> torch.Tensor:
+    """The flag a fused optimizer kernel skips its step on (1.0: not finite), without leaving the device."""
+    return (~torch.isfinite(values)).any().float()
+
+
+def read_values(values: torch.Tensor) -> tuple[float, bool]:
+    """The loss and whether everything in `values` is finite: one host-device transfer."""
+    read = values.tolist()
+    return read[0], all(math.isfinite(v) for v in read)
+
+
+def step_status(
+    loss: torch.Tensor, params: list[torch.nn.Parameter], check_gradients: bool
+) -> tuple[float, bool]:
+    """The step's loss and whether it and (with `check_gradients`) every gradient are finite, read now."""
+    return read_values(status_values(loss, params, check_gradients))
+
+
+@dataclass
+class StepStatus:
+    """A step's status values on their way to the host: `read` waits only for the copy, which the device
+    makes after the step that computed them (later steps may be queued behind it)."""
+
+    learn_rate: float
+    epoch_step: int
+    values: torch.Tensor
+    ready: Any = None  # a CUDA event recorded after the copy
+
+    @classmethod
+    def send(cls, learn_rate: float, epoch_step: int, values: torch.Tensor) -> StepStatus:
+        if values.device.type != "cuda":
+            return cls(learn_rate, epoch_step, values)
+        host = values.to("cpu", non_blocking=True)  # into pinned memory: the copy is queued, not waited for
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(learn_rate, epoch_step, host, ready)
+
+    def read(self) -> tuple[float, bool]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return read_values(self.values)
+
+
+def pipelined_status(optimizer: Any, device: torch.device, grad_scaler: Any, fused_backward: bool) -> bool:
+    """Whether the loop may step before reading the status: the device runs ahead of the host (a GPU), no
+    fp16 grad scaler sets the optimizer's found-inf flag itself, and the optimizer is one of torch's fused
+    kernels, which take that flag (Adam/AdamW with fused=True; bitsandbytes, Lion, Prodigy and the rest
+    read the status first)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    return (
+        device.type in PIPELINED_DEVICES
+        and grad_scaler is None
+        and not fused_backward
+        and getattr(inner, "_step_supports_amp_scaling", False)
+        and bool(getattr(inner, "defaults", {}).get("fused"))
+    )
+
+
+def step_unless_found_inf(optimizer: Any, flag: torch.Tensor) -> None:
+    """One optimizer step that the fused kernel skips where `flag` is 1 (weights, moments and the step count
+    stay as they were), as it does under GradScaler."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    inner.found_inf = flag
+    try:
+        optimizer.step()
+    finally:
+        del inner.found_inf
 
 
 def snapshot_fits_in_memory(params: list[torch.nn.Parameter]) -> bool:
