@@ -226,20 +226,26 @@ def test_torch_compile_switch_compiles_the_unet_in_place_and_a_later_job_gets_th
 
 @pytest.mark.slow
 def test_a_compiled_unet_gives_the_eager_loss_and_gradient(sd1) -> None:
-    """Minutes of compiling on 2 cores: the numbers a compiled training step trains on are the eager ones."""
+    """Minutes of compiling on 2 cores: the numbers a compiled training step trains on are the eager ones,
+    also at a second shape (another bucket, a preview's batch), which compiles a graph of its own."""
     from liandan.train.diffusion_loss import set_unet_compiled
 
     latents, context = _inputs(sd1)
-    seed = torch.Generator().manual_seed(3)
-    eager = diffusion_loss(sd1, latents, context, generator=seed)
-    (eager_grad,) = torch.autograd.grad(eager, context)
+    larger = torch.randn(2, *latents.shape[1:2], *(2 * n for n in latents.shape[2:]))
+    shapes = [(latents, context), (larger, context[:1].expand(2, -1, -1).clone().requires_grad_())]
+
+    def loss_and_grad(inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = diffusion_loss(sd1, *inputs, generator=torch.Generator().manual_seed(3))
+        return loss, torch.autograd.grad(loss, inputs[1])[0]
+
+    eager = [loss_and_grad(inputs) for inputs in shapes]
     set_unet_compiled(sd1.unet, True)
     try:
-        for _ in range(2):  # the second call runs the cached graph
-            compiled = diffusion_loss(sd1, latents, context, generator=torch.Generator().manual_seed(3))
-            (compiled_grad,) = torch.autograd.grad(compiled, context)
-            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
+        for inputs, (eager_loss, eager_grad) in [*zip(shapes, eager), (shapes[0], eager[0])]:
+            for _ in range(2):  # the second call runs the cached graph
+                compiled, compiled_grad = loss_and_grad(inputs)
+                torch.testing.assert_close(compiled, eager_loss, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
     finally:
         set_unet_compiled(sd1.unet, False)
         torch._dynamo.reset()  # its caches hold fake tensors and graphs of this UNet

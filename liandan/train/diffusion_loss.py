@@ -184,10 +184,12 @@ def set_unet_compiled(unet: torch.nn.Module, enabled: bool) -> None:
     """Run the UNet through torch.compile (TrainSpec.torch_compile), in place: the module, its parameters
     and state_dict names stay the same, so hooks, saving and the host's references are untouched. The
     first steps (and each new shape or mode, a preview's batch) compile for minutes on a CPU and tens of
-    seconds on a GPU; then a step takes about 0.7x as long on the CPU (bench/RESULTS.md). Off: the eager
-    forward comes back, so a bundle reused by a later job does not keep it."""
+    seconds on a GPU; then a step takes about 0.7x as long on the CPU (bench/RESULTS.md). Static shapes:
+    each bucket size and preview batch gets its own graph (Dynamo falls back to eager after its cache
+    limit), because inductor 2.14 fails to compile the UNet with symbolic sizes at the second shape. Off:
+    the eager forward comes back, so a bundle reused by a later job does not keep it."""
     if enabled:
-        unet.compile()
+        unet.compile(dynamic=False)
     else:
         unet._compiled_call_impl = None  # what nn.Module.compile() sets; None is the eager call
 
