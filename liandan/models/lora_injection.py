@@ -169,15 +169,15 @@ class LoraNetwork(torch.nn.Module):
         alpha: float,
         spec: NetworkSpec,
     ) -> torch.nn.Module:
-        extra: dict[str, Any] = {}
-        if spec.type in ("lora", "locon"):
-            # x -> down -> up beside the frozen layer (kohya's LoRA, where `dropout` applies); lycoris'
-            # default for a plain Linear rebuilds the full weight difference and runs the layer twice
-            extra = {"bypass_mode": True}
-        elif spec.type == "dora":
+        # Bypass: the frozen layer's output plus the network's own (x -> down -> up for LoRA, where
+        # `dropout` applies as in kohya's LoRA; LoKr's Kronecker factors applied in turn, never multiplied
+        # out); lycoris' default adds the difference to the full weight and takes it off again each call.
+        # DoRA rescales the merged weight itself, so it has no bypass.
+        extra: dict[str, Any] = {"bypass_mode": True}
+        if spec.type == "dora":
             extra = {"weight_decompose": True, "wd_on_out": False}
         elif spec.type == "lokr":
-            extra = {"factor": spec.lokr_factor}
+            extra["factor"] = spec.lokr_factor
         lyco = cls(
             key,
             module,
