@@ -34,7 +34,12 @@ class _Prompts:
 
 
 def apt_step(
-    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    mixed_precision: str = "no",
+    torch_compile: bool = False,
 ) -> Callable[[], None]:
     from liandan.jobs import AptJob, DataSpec, TrainSpec
     from liandan.methods.apt import Apt, new_pair
@@ -42,7 +47,7 @@ def apt_step(
     job = AptJob(
         name="benchti",
         cfg_scale="3-5",
-        train=TrainSpec(mixed_precision=mixed_precision),
+        train=TrainSpec(mixed_precision=mixed_precision, torch_compile=torch_compile),
         data=DataSpec(width=size, height=size),
     )
     context = method_context(job, bundle, device, _Prompts())
@@ -57,8 +62,14 @@ def apt_step(
 
 def _sides(args, size: int) -> dict:
     device, batch = torch.device(args.device), args.batch
+    compiled = {
+        f"liandan apt bs{batch} compiled": lambda: apt_step(
+            build_bundle(args.model), size, batch, device, torch_compile=True
+        )
+    }
     return {
         f"liandan apt bs{batch}": lambda: apt_step(build_bundle(args.model), size, batch, device),
+        **(compiled if args.compile else {}),
         f"liandan ti bs{2 * batch}": lambda: liandan_step(build_bundle(args.model), size, 2 * batch, device),
         f"plain apt loop bs{batch}": lambda: diffusers_step(
             build_bundle(args.model), size, batch, device, negative="benchti-neg"

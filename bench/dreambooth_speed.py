@@ -44,6 +44,7 @@ def liandan_step(
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
     fused_backward: bool = False,
+    torch_compile: bool = False,
 ) -> Callable[[], None]:
     """One DreamBooth step as the loop runs it: the method's loss under autocast, backward, the loop's
     optimizer (`optimizer_name` from train/optimizers.py, or per tensor inside backward when
@@ -59,6 +60,7 @@ def liandan_step(
         mixed_precision=mixed_precision,
         optimizer=optimizer_name,
         fused_backward=fused_backward,
+        torch_compile=torch_compile,
     )
     job = DreamBoothJob(
         name="benchdb",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -256,7 +257,8 @@ def step_benchmark_args(
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
 ) -> argparse.Namespace:
     """benchmark_args plus the training-step scripts' own flags: --model, --size (into `sizes`), --batch,
-    --device, --threads, and run_comparison's --separate, --rounds and --side; `add_arguments` adds a
+    --device, --threads, --compile (a side of ours with train.torch_compile), and run_comparison's --separate,
+    --rounds and --side; `add_arguments` adds a
     script's own. --smoke takes the tiny model at 64 px. `argv` is kept (as `argv`) for the side processes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
@@ -267,6 +269,7 @@ def step_benchmark_args(
     extra.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     extra.add_argument("--separate", action="store_true", help="time each side in a process of its own")
     extra.add_argument("--rounds", type=int, default=3, help="with --separate: processes per side")
+    extra.add_argument("--compile", action="store_true", help="also time ours with train.torch_compile")
     extra.add_argument("--side", help=argparse.SUPPRESS)  # a side process: build and run only this side
     add_arguments(extra)
     known, rest = extra.parse_known_args(argv)
@@ -305,15 +308,21 @@ def fresh_sides(
     builders: dict[str, StepBuilder], build_model: Callable[[str], Any]
 ) -> Callable[[argparse.Namespace, int], dict[str, SideFactory]]:
     """Comparison.sides where each side builds its step on a fresh copy of `args.model` (every side changes
-    the model it trains: hooks, adapters, its own weights)."""
+    the model it trains: hooks, adapters, its own weights). With --compile, the first builder (ours) also
+    builds a side with `torch_compile=True`."""
 
     def sides(args: argparse.Namespace, size: int) -> dict[str, SideFactory]:
         import torch
 
         device = torch.device(args.device)
+        chosen = dict(builders)
+        if args.compile:
+            ours, *rest = builders.items()
+            compiled = (f"{ours[0]} compiled", functools.partial(ours[1], torch_compile=True))
+            chosen = dict([ours, compiled, *rest])
         return {
             label: lambda build=build: build(build_model(args.model), size, args.batch, device)
-            for label, build in builders.items()
+            for label, build in chosen.items()
         }
 
     return sides

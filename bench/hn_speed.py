@@ -44,7 +44,12 @@ def _hypernetwork(bundle):
 
 
 def liandan_step(
-    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    mixed_precision: str = "no",
+    torch_compile: bool = False,
 ) -> Callable[[], None]:
     """The job's step; `mixed_precision` as TrainSpec has it (the loop's autocast around the loss)."""
     from liandan.jobs import DataSpec, TrainSpec
@@ -52,7 +57,8 @@ def liandan_step(
 
     job, hypernetwork = _hypernetwork(bundle)
     job = job.replace(
-        train=TrainSpec(mixed_precision=mixed_precision), data=DataSpec(width=size, height=size)
+        train=TrainSpec(mixed_precision=mixed_precision, torch_compile=torch_compile),
+        data=DataSpec(width=size, height=size),
     )
     context = method_context(job, bundle, device)
     method = HypernetworkMethod(context, hypernetwork)

@@ -149,7 +149,6 @@ COMPARISON = Comparison("lora-step", "bench.lora_speed", _sides, _settings)
 def main(argv: list[str] | None = None) -> None:
     def add_arguments(parser) -> None:
         parser.add_argument("--network", nargs="+", choices=NETWORKS, default=["lora"])
-        parser.add_argument("--compile", action="store_true", help="also time ours with train.torch_compile")
 
     args = step_benchmark_args(argv, __doc__ or "", add_arguments)
     if args.side:  # a side process: its label names the network

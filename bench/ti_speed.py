@@ -45,7 +45,12 @@ def build_bundle(model: str):
 
 
 def liandan_step(
-    bundle, size: int, batch: int, device: torch.device, mixed_precision: str = "no"
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    mixed_precision: str = "no",
+    torch_compile: bool = False,
 ) -> Callable[[], None]:
     from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
     from liandan.methods.textual_inversion import TextualInversion
@@ -53,7 +58,7 @@ def liandan_step(
 
     job = TextualInversionJob(
         name="benchti",
-        train=TrainSpec(mixed_precision=mixed_precision),
+        train=TrainSpec(mixed_precision=mixed_precision, torch_compile=torch_compile),
         data=DataSpec(width=size, height=size),
     )
     dataset = _Prompts()
