@@ -4,9 +4,9 @@ Per optimizer step: set lr -> micro-steps under `accelerator.accumulate` (one fo
 average gradients over ranks (methods with gradient_sync "all_reduce"; DDP does it for "prepare") -> NaN
 guard (one device read with the loss) -> audit (first updating step) -> clip (unscaled) -> step -> zero grad
 -> method hook -> EMA update -> log -> save/validate/preview when due -> stop? On a GPU with the fused AdamW
-the NaN guard and the log read a step's values during the next one (train/nan_guard.py: "pipelined"), so
-the host never waits for the device in the hot loop; side work books the step in flight first. Saves come
-after the step because an artifact is named by the steps it holds. Memory is released after each side phase (save,
+the NaN guard and the log read a step's values during the next one (train/nan_guard.py: "pipelined"), so the
+host never waits for the device in the hot loop; side work books the step in flight first. Saves come after
+the step because an artifact is named by the steps it holds. Memory is released after each side phase (save,
 preview, validation), so the training step gets back what they used. Saves, previews and validation see the
 "eval weights" (`_Run.eval_weights`: the EMA of train/ema.py, or a schedule-free optimizer's average); the
 full state holds the training weights. With `fused_backward` (train/fused_backward.py) each tensor steps
