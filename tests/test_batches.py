@@ -4,6 +4,7 @@ the workers gone however training ends; auto's choice."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from helpers_toy_method import ToyDataset, ToyMethod
 from test_loop import csv_losses, run
 
 from liandan.data.dataset import DatasetMix, TrainingDataset
-from liandan.errors import DatasetError
+from liandan.errors import ConfigError, DatasetError
 from liandan.jobs import DataSpec, TrainSpec
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train.batches import MicroBatches, batch_keys, worker_count
@@ -41,7 +42,7 @@ class ToyItems(ToyDataset):
         return self[index]
 
     def drop_vae(self) -> None:
-        pass
+        pass  # it has none
 
 
 def _loop_order(plan_for, epoch: int, batch_index: int, per_step: int, first: int, accum: int, count: int):
@@ -83,8 +84,8 @@ def test_the_keys_follow_the_loops_order_from_a_resume_position_for_each_rank() 
 
     for rank in range(3):
         first = rank * 2
-        keys = list(zip(range(12), batch_keys(plan_for, 1, 0, 6, first, 2)))
-        assert [k for _, k in keys] == _loop_order(plan_for, 1, 0, 6, first, 2, 12)
+        keys = list(itertools.islice(batch_keys(plan_for, 1, 0, 6, first, 2), 12))
+        assert keys == _loop_order(plan_for, 1, 0, 6, first, 2, 12)
     resumed = batch_keys(plan_for, 2, 6, 6, 0, 2)  # a saved position at an epoch's leftover batch
     assert next(resumed) == (3, [30])
     assert list(batch_keys(lambda epoch: [[0]], 0, 0, 2, 0, 2)) == []  # too small for a step: no batch
@@ -189,6 +190,8 @@ def test_a_worker_error_stops_training_with_it_and_no_worker_is_left(tmp_path: P
 def test_auto_is_no_workers_on_the_cpu_and_none_run_while_the_vae_encodes_per_item(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    with pytest.raises(ConfigError, match="data_workers"):
+        TrainSpec(data_workers=-2)
     cached, encoding = ToyItems(), ToyItems()
     encoding.needs_vae = True
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
@@ -199,6 +202,10 @@ def test_auto_is_no_workers_on_the_cpu_and_none_run_while_the_vae_encodes_per_it
     assert worker_count(-1, CUDA, encoding) == 0 and worker_count(3, CPU, encoding) == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert worker_count(-1, CUDA, cached) == 0  # the one core trains
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # Windows
+    assert worker_count(-1, CUDA, cached) == 0
+    with pytest.raises(ConfigError, match="data_workers = 2 needs forked worker processes"):
+        worker_count(2, CUDA, cached)
 
 
 @pytest.mark.slow
