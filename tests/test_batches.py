@@ -167,12 +167,14 @@ def test_training_with_workers_gives_the_same_weights_and_resumes_exactly(tmp_pa
 
     resumed_dir = tmp_path / "resumed"
     first = ToyMethod(resumed_dir / "out")
-    stopped = train(first, ToyItems(), spec.replace(data_workers=2), run_dir=resumed_dir / "run",
+    stopped = train(first, ToyItems(), spec, run_dir=resumed_dir / "run",
                     reporter=Reporter(interrupt_at_5), control=control, tensorboard=False)  # fmt: skip
     assert stopped.interrupted and multiprocessing.active_children() == []
+    events: list[ProgressEvent] = []  # resumed with workers: a change that needs no word
     resumed, result = run(resumed_dir, spec.replace(data_workers=2), ToyMethod(resumed_dir / "out", seed=9),
-                          dataset=ToyItems())  # fmt: skip
+                          events=events, dataset=ToyItems())  # fmt: skip
     assert result.start_step == 5 and result.step == 12
+    assert not any("changed settings" in (e.message or "") for e in events)
     for a, b in zip(inline.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
     assert csv_losses(tmp_path / "inline") == csv_losses(resumed_dir)

@@ -42,6 +42,7 @@ RESUME_MAY_CHANGE = (
     "train.save_every",
     "train.preview_every",
     "train.log_every",
+    "train.data_workers",  # the batches are the same with any count
     "preview.",
     "log_dir",
 )
