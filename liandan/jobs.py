@@ -237,6 +237,7 @@ class TrainSpec(Spec):
     fused_backward: bool = False  # step each tensor in backward, free its gradient (train/fused_backward.py)
     torch_compile: bool = False  # compile the UNet: faster steps after minutes of compiling (long GPU runs)
     cpu_threads: int = bounded(0, 0, 1024)  # threads of a CPU run; 0: torch's own (1 suits a busy machine)
+    data_workers: int = bounded(-1, -1, 64)  # batch-building processes; -1: auto (0 on the CPU), 0: inline
     seed: int = 0
     save_every: int = bounded(500, 0)  # 0: only at the end
     preview_every: int = bounded(500, 0)

@@ -120,3 +120,6 @@ def test_spec_differences_name_what_changed_but_not_how_long() -> None:
         "train.learn_rate: '0.01' -> '0.02'",
     ]
     assert spec_differences(old, old) == []
+    # how fast it runs is no change to what trains, also for a run saved before these settings existed
+    faster = {**old, "train": {**old["train"], "cpu_threads": 1, "torch_compile": True, "data_workers": 2}}
+    assert spec_differences(old, faster) == []

@@ -13,8 +13,8 @@ Use:
         dataset.set_epoch(epoch)                 # before building the epoch's iterator
         for indices in dataset.batch_plan(epoch):
             batch = dataset.collate([dataset[i] for i in indices])
-  (or DataLoader(dataset, batch_sampler=dataset.batch_plan(epoch), collate_fn=dataset.collate); with
-  latent_cache "off" the VAE runs inside __getitem__: keep num_workers=0 then.)
+  (the loop's worker processes build the same batches from `dataset.item(index, epoch)`, see
+  liandan/train/batches.py; with latent_cache "off" the VAE runs inside __getitem__, so they are not used.)
 
 Batch dict (the contract methods rely on):
     "latents"        float32 [B, 4, h, w], already × the VAE scaling factor
@@ -237,6 +237,11 @@ class TrainingDataset(Dataset):
 
     # --- latents -----------------------------------------------------------------------------------------
 
+    def drop_vae(self) -> None:
+        """In a data worker (liandan/train/batches.py): the VAE stays with the training process, so a latent
+        missing from the cache is a clear DatasetError there instead of a VAE call on a GPU it cannot use."""
+        self.vae = None
+
     @property
     def needs_vae(self) -> bool:
         """False once every latent the run can ask for is cached: the VAE may then leave the GPU."""
@@ -350,6 +355,10 @@ class DatasetMix(Dataset):
         part, local = self._locate(index)
         return part[local]
 
+    def item(self, index: int, epoch: int) -> dict[str, Any]:
+        part, local = self._locate(index)
+        return part.item(local, epoch)
+
     def prompt(self, index: int, epoch: int) -> str:
         part, local = self._locate(index)
         return part.prompt(local, epoch)
@@ -357,6 +366,10 @@ class DatasetMix(Dataset):
     @property
     def needs_vae(self) -> bool:
         return any(part.needs_vae for part in self.parts)
+
+    def drop_vae(self) -> None:
+        for part in self.parts:
+            part.drop_vae()
 
     def cache_latents(
         self,

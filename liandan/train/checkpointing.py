@@ -42,6 +42,9 @@ RESUME_MAY_CHANGE = (
     "train.save_every",
     "train.preview_every",
     "train.log_every",
+    "train.data_workers",  # the batches are the same with any count
+    "train.cpu_threads",  # how fast, not what: the same sums in another order
+    "train.torch_compile",
     "preview.",
     "log_dir",
 )

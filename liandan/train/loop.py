@@ -13,7 +13,8 @@ full state holds the training weights. With `fused_backward` (train/fused_backwa
 inside backward: the loss is checked before backward instead, and clip and step have nothing left to do.
 
 Data: a map-style dataset with `collate(items)` and `set_epoch(epoch)` whose per-item randomness derives
-from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`. The default plan is a shuffle seeded
+from (seed, epoch, index), and a `batch_plan(epoch) -> list[list[int]]`; data workers (train/batches.py)
+also need `item(index, epoch)`, `needs_vae` and `drop_vae()`. The default plan is a shuffle seeded
 by (seed, epoch) cut into `batch_size` chunks, the last partial batch dropped (A1111's DataLoader uses
 `shuffle=True, drop_last=True`). An optimizer step takes `gradient_accumulation x processes` batches of
 the plan (rank r takes its own consecutive run); batches left over at the end of an epoch are skipped, as
@@ -28,6 +29,7 @@ with fixed noise (batch keys "timesteps" and "noise", which a method's loss must
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import math
@@ -43,6 +45,7 @@ from liandan.errors import CheckpointError, ConfigError, DatasetError, TrainingS
 from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.train import distributed
 from liandan.train.audit import TrainingAudit
+from liandan.train.batches import MicroBatches, batch_keys, worker_count
 from liandan.train.checkpointing import (
     LoopPosition,
     capture_rng,
@@ -206,6 +209,7 @@ class _Run:
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if self.is_main and tensorboard else None
         self.artifacts: list[SavedArtifact] = []
+        self.batches: MicroBatches | None = None  # started by the loop, stopped however it ends
 
     def _prepare(self, optimizer: Any) -> list[torch.nn.Module]:
         """Prepare the optimizer (and, for gradient_sync "prepare", the modules with it: accelerate pairs
@@ -531,7 +535,10 @@ def train(
         if spec.clip_grad_mode == "disabled"
         else clip_value_schedule(spec.clip_grad_value, spec.max_steps)
     )
-    plan_for = batch_plan or default_batch_plan(len(dataset), spec.batch_size, spec.seed)
+    # the loop and its batch iterator (a little ahead) both read an epoch's plan
+    plan_for = functools.lru_cache(maxsize=2)(
+        batch_plan or default_batch_plan(len(dataset), spec.batch_size, spec.seed)
+    )
     set_seed(spec.seed, device_specific=True)
     for module in method.trainable_modules():
         module.train()
@@ -558,6 +565,8 @@ def train(
         run.emit("error", message=str(e))
         raise
     finally:
+        if run.batches is not None:
+            run.batches.close()
         if run.fused is not None:
             run.fused.close()
         if run.tensorboard is not None:
@@ -585,6 +594,11 @@ def _train_loop(
         return TrainResult(pos.step, start_step, "already_done", message)
     run.remember_good_state()
     run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
+    workers = worker_count(spec.data_workers, accelerator.device, dataset)
+    keys = batch_keys(plan_for, pos.epoch, pos.batch_index, per_step, rank_offset, accum)
+    run.batches = batches = MicroBatches(dataset, keys, workers, accelerator.device.type == "cuda")
+    if workers:
+        run.say(f"{workers} worker process(es) build the batches")
     reason, message = "", ""
     while not reason:
         dataset.set_epoch(pos.epoch)
@@ -609,11 +623,8 @@ def _train_loop(
                 run.fused.clip_value = clip_values.value_at(pos.step) if clip_values is not None else None
                 run.fused.observe = run.audit.observe if audit_now else None
             step_loss = torch.zeros((), device=accelerator.device)
-            first = pos.batch_index + rank_offset
-            for indices in plan[first : first + accum]:  # --- micro-steps: one forward/backward each
-                batch = distributed.to_device(
-                    dataset.collate([dataset[i] for i in indices]), accelerator.device
-                )
+            for _ in range(accum):  # --- micro-steps: one forward/backward each
+                batch = distributed.to_device(next(batches), accelerator.device)
                 with run.accumulate():
                     with accelerator.autocast():
                         loss = method.loss(batch) * batch.get("loss_scale", 1.0)
@@ -698,6 +709,7 @@ def _train_loop(
             run.flush()  # the epoch's loss holds its last step
             message = run.end_epoch() or ""
             reason = "early_stop" if message else ""
+    batches.close()  # the workers and their batches are gone before the final save
     message = message or (
         f"finished: {spec.max_steps} steps"
         if reason == "max_steps"
