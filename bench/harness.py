@@ -74,7 +74,7 @@ def _cuda_in_use() -> bool:
     return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def _synchronize() -> None:
+def synchronize() -> None:
     if _cuda_in_use():
         sys.modules["torch"].cuda.synchronize()
 
@@ -95,13 +95,13 @@ def measure(fn: Callable[[], object], warmup: int = 2, repeats: int = 10) -> Mea
         fn()
     cuda = _cuda_in_use()
     if cuda:
-        _synchronize()
+        synchronize()
         sys.modules["torch"].cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     if cuda:
         return Measurement(
@@ -133,10 +133,10 @@ def interleaved(
     for round_index in range(repeats):
         order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
         for label in order:
-            _synchronize()
+            synchronize()
             start = time.perf_counter()
             steps[label]()
-            _synchronize()
+            synchronize()
             times[label].append(time.perf_counter() - start)
     return {label: tuple(values) for label, values in times.items()}
 
@@ -257,9 +257,9 @@ def step_benchmark_args(
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
 ) -> argparse.Namespace:
     """benchmark_args plus the training-step scripts' own flags: --model, --size (into `sizes`), --batch,
-    --device, --threads, --compile (a side of ours with train.torch_compile), and run_comparison's --separate,
-    --rounds and --side; `add_arguments` adds a
-    script's own. --smoke takes the tiny model at 64 px. `argv` is kept (as `argv`) for the side processes."""
+    --device, --threads, --compile (a side of ours with train.torch_compile), and run_comparison's
+    --separate, --rounds and --side; `add_arguments` adds a script's own. --smoke takes the tiny model at
+    64 px. `argv` is kept (as `argv`) for the side processes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")

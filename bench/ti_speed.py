@@ -44,6 +44,26 @@ def build_bundle(model: str):
     return assemble_bundle(spec, text_encoders, unet, vae, name="sd15-random")
 
 
+def liandan_method(
+    bundle,
+    size: int,
+    device: torch.device,
+    train,
+    folder: Path = Path(),
+):
+    """The textual-inversion job's method on `bundle` at `size` with the TrainSpec `train`; what it saves
+    goes under `folder`."""
+    from liandan.jobs import DataSpec, TextualInversionJob
+    from liandan.methods.textual_inversion import TextualInversion
+    from liandan.models.embedding_vectors import new_embedding
+
+    job = TextualInversionJob(name="benchti", train=train, data=DataSpec(width=size, height=size))
+    context = method_context(job, bundle, device, _Prompts())
+    context.run_dir = folder
+    embedding = new_embedding(bundle, "benchti", "a painting", 1)
+    return TextualInversion(context, embedding, folder / "benchti.pt")
+
+
 def liandan_step(
     bundle,
     size: int,
@@ -52,18 +72,10 @@ def liandan_step(
     mixed_precision: str = "no",
     torch_compile: bool = False,
 ) -> Callable[[], None]:
-    from liandan.jobs import DataSpec, TextualInversionJob, TrainSpec
-    from liandan.methods.textual_inversion import TextualInversion
-    from liandan.models.embedding_vectors import new_embedding
+    from liandan.jobs import TrainSpec
 
-    job = TextualInversionJob(
-        name="benchti",
-        train=TrainSpec(mixed_precision=mixed_precision, torch_compile=torch_compile),
-        data=DataSpec(width=size, height=size),
-    )
-    dataset = _Prompts()
-    context = method_context(job, bundle, device, dataset)
-    method = TextualInversion(context, new_embedding(bundle, "benchti", "a painting", 1), Path("x.pt"))
+    train = TrainSpec(mixed_precision=mixed_precision, torch_compile=torch_compile)
+    method = liandan_method(bundle, size, device, train)
     latent = size // bundle.vae_scale_factor
     cached = torch.randn(batch, 4, latent, latent, device=device)  # what the latent cache hands over
     batch_dict = {"latents": cached, "prompts": [PROMPT] * batch}
