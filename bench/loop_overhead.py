@@ -130,13 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     (args.size,) = args.sizes[:1]
     steps = SETTLE_STEPS + 2 if args.smoke else args.steps
     bundle = build_bundle(args.model)
+    step = bare_step(bundle, args)
     sides: dict[str, Callable[[], float]] = {
         "loop": lambda: loop_round(bundle, args, steps),
         "bare step": lambda: bare_round(step, steps - SETTLE_STEPS),
     }
     if args.device.startswith("cuda"):
         sides["loop, status read first"] = lambda: loop_round(bundle, args, steps, read_first=True)
-    step = bare_step(bundle, args)
     rounds = 1 if args.smoke else args.repeats
     per_step: dict[str, list[float]] = {label: [] for label in sides}
     for round_index in range(args.warmup + rounds):
