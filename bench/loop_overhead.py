@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,12 @@ class CachedLatents:
 
 
 @contextmanager
-def status_read_first(enabled: bool) -> Iterator[None]:
+def status_read_first() -> Iterator[None]:
     """The loop as it runs on a CPU: each step's status read before the optimizer steps."""
     from liandan.train import nan_guard
 
     devices = nan_guard.PIPELINED_DEVICES
-    nan_guard.PIPELINED_DEVICES = () if enabled else devices
+    nan_guard.PIPELINED_DEVICES = ()
     try:
         yield
     finally:
@@ -90,7 +90,7 @@ def loop_round(bundle, args, steps: int, read_first: bool = False) -> float:
         if event.kind == "step":
             times.append(time.perf_counter())
 
-    with tempfile.TemporaryDirectory() as folder, status_read_first(read_first):
+    with tempfile.TemporaryDirectory() as folder, status_read_first() if read_first else nullcontext():
         method = liandan_method(bundle, args.size, device, spec, Path(folder))
         dataset = CachedLatents(latent, count=args.batch * steps)
         train(method, dataset, spec, run_dir=Path(folder) / "run", reporter=Reporter(on_event),
