@@ -72,8 +72,9 @@ class JobStatus:
     def is_finished(self) -> bool:
         return self.state in FINISHED
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (REST)."""
+    def to_dict(self, losses_after: int | None = None) -> dict[str, Any]:
+        """JSON-ready (REST); `losses_after` keeps only the losses of later steps (what a poller lacks)."""
+        losses = self.losses if losses_after is None else [p for p in self.losses if p[0] > losses_after]
         return {
             "id": self.id,
             "kind": self.kind,
@@ -81,7 +82,7 @@ class JobStatus:
             "step": self.step,
             "total": self.total,
             "loss": self.loss,
-            "losses": [list(p) for p in self.losses],
+            "losses": [list(p) for p in losses],
             "previews": [str(p) for p in self.previews],
             "outputs": [str(p) for p in self.outputs],
             "messages": list(self.messages),

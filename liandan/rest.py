@@ -3,6 +3,7 @@
     GET  /liandan/v1/kinds               the job kinds
     GET  /liandan/v1/jobs                every job's status
     GET  /liandan/v1/jobs/{id}           one job's status (404: no such job)
+                                         (`?since=N`: only the losses of steps after N)
     POST /liandan/v1/jobs                a job spec as JSON, the same keys as a job file -> {"id": ...}
                                          (422 with the reason when the spec is not valid, 403 when it
                                          would write outside the host's folders)
@@ -21,7 +22,7 @@ from pathlib import Path
 from secrets import compare_digest
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
 from liandan import registry
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from liandan.job_runner import JobRunner
 
 PREFIX = "/liandan/v1"
+# A poller that has the losses up to step N asks `?since=N` for the rest (the history holds up to 20,000).
+SINCE = Query(None, ge=0, description="only the losses of steps after this one")
 
 
 def basic_auth(credentials_text: str | None) -> list[Any]:
@@ -94,15 +97,15 @@ def build_router(runner: Callable[[], JobRunner], dependencies: list[Any]) -> AP
         return {"kinds": registry.kinds()}
 
     @router.get("/jobs", summary="Every job's status")
-    def list_jobs() -> dict[str, Any]:
-        return {"jobs": [status.to_dict() for status in runner().jobs()]}
+    def list_jobs(since: int | None = SINCE) -> dict[str, Any]:
+        return {"jobs": [status.to_dict(since) for status in runner().jobs()]}
 
     @router.get("/jobs/{job_id}", summary="One job's status", responses={404: {"description": "No such job"}})
-    def get_job(job_id: str) -> dict[str, Any]:
+    def get_job(job_id: str, since: int | None = SINCE) -> dict[str, Any]:
         status = runner().status(job_id)
         if status is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
-        return status.to_dict()
+        return status.to_dict(since)
 
     @router.post(
         "/jobs",

@@ -24,10 +24,25 @@ def _worker(rank: int, port: int, out: str) -> None:
         q.grad = None if rank == 0 else torch.ones(2)  # a missing gradient counts as zeros -> 0.5
         distributed.average_gradients([p, q])
         votes = distributed.any_rank(rank == 1, False, device=torch.device("cpu"))
+        late = distributed.LateVotes(torch.device("cpu"))
+        late_votes = [
+            late.exchange(rank == 1, False),
+            late.exchange(False, rank == 0),
+            late.exchange(False, False),
+        ]
+        late.drain()
         gathered = distributed.gather_objects({"rank": rank})
         loss = distributed.mean_over_ranks(torch.tensor(float(rank)))
         torch.save(
-            {"p": p.data, "pg": p.grad, "qg": q.grad, "votes": votes, "gathered": gathered, "loss": loss},
+            {
+                "p": p.data,
+                "pg": p.grad,
+                "qg": q.grad,
+                "votes": votes,
+                "late_votes": late_votes,
+                "gathered": gathered,
+                "loss": loss,
+            },
             Path(out) / f"{rank}.pt",
         )
         distributed.barrier()
@@ -46,6 +61,7 @@ def test_two_ranks(tmp_path: Path) -> None:
         assert torch.equal(r["pg"], torch.full((3,), 3.0))
         assert torch.equal(r["qg"], torch.full((2,), 0.5))
         assert r["votes"] == [True, False]
+        assert r["late_votes"] == [[False, False], [True, False], [False, True]]  # each counted a step later
         assert r["gathered"] == [{"rank": 0}, {"rank": 1}]
         assert float(r["loss"]) == 0.5
 
@@ -56,3 +72,4 @@ def test_one_process_is_a_no_op() -> None:
     distributed.average_gradients([p])
     assert distributed.world_size() == 1 and torch.equal(p.grad, torch.full((2,), 3.0))
     assert distributed.any_rank(True, False, device=torch.device("cpu")) == [True, False]
+    assert distributed.LateVotes(torch.device("cpu")).exchange(False, True) == [False, True]  # at once

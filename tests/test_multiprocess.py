@@ -1,7 +1,9 @@
 """Two CPU processes through `accelerate launch`: identical weights on both ranks after every step, only
 rank 0 writes files, and the result equals one process accumulating the same batches (the same global
 batch). Both ways gradients meet are run: the loop's flat all-reduce (small trainables) and DDP through
-`accelerator.prepare` (a large-module method, whose loss calls the wrapper the loop hands it).
+`accelerator.prepare` (a large-module method, whose loss calls the wrapper the loop hands it). An
+interrupt made to one rank stops both at the same step, one step later (the per-step votes are counted a
+step late, so no rank waits for them).
 
 With accelerate 0.21, `accelerate launch --cpu --num_processes 2` starts ONE process, so the test launches
 with `--multi_gpu` and the worker (this file run as a script) builds `Accelerator(cpu=True)` (gloo).
@@ -49,7 +51,19 @@ def spec(accumulation: int) -> TrainSpec:
     )
 
 
-def worker(run_dir: Path, report_dir: Path, gradient_sync: str) -> None:
+class InterruptedAfter(Control):
+    """Rank 1's Interrupt, pressed once its method has taken `step` steps."""
+
+    def __init__(self, method: ToyMethod, rank: int, step: int) -> None:
+        super().__init__()
+        self.method, self.rank, self.step = method, rank, step
+
+    @property
+    def interrupted(self) -> bool:
+        return self.rank == 1 and len(self.method.weights_after_step) >= self.step
+
+
+def worker(run_dir: Path, report_dir: Path, gradient_sync: str, interrupt_at: int = 0) -> None:
     """Runs in each launched process."""
     from accelerate import Accelerator
 
@@ -68,7 +82,7 @@ def worker(run_dir: Path, report_dir: Path, gradient_sync: str) -> None:
         spec(1),
         run_dir=run_dir,
         reporter=Reporter(),
-        control=Control(),
+        control=InterruptedAfter(method, rank, interrupt_at) if interrupt_at else Control(),
         batch_plan=plan,
         preview_prompt="p",
         accelerator=accelerator,
@@ -85,6 +99,7 @@ def worker(run_dir: Path, report_dir: Path, gradient_sync: str) -> None:
         "saves": method.saves,
         "previews": len(method.previews),
         "step": result.step,
+        "reason": result.stopped_reason,
         "world": accelerator.num_processes,
         "batch_sizes": method.batch_sizes,
         "validation": result.validation_losses,
@@ -98,10 +113,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("gradient_sync", ["all_reduce", "prepare"])
-def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_sync: str) -> None:
-    run_dir, report_dir = tmp_path / "run", tmp_path / "report"
+def _launch(run_dir: Path, report_dir: Path, *worker_args: str) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     command = [
         accelerate,
@@ -120,7 +132,7 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_syn
         __file__,
         str(run_dir),
         str(report_dir),
-        gradient_sync,
+        *worker_args,
     ]
     env = {
         **os.environ,
@@ -131,6 +143,12 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_syn
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gradient_sync", ["all_reduce", "prepare"])
+def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_sync: str) -> None:
+    run_dir, report_dir = tmp_path / "run", tmp_path / "report"
+    _launch(run_dir, report_dir, gradient_sync)
     reports = [json.loads((report_dir / f"report-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2]
     wrapped = ["DistributedDataParallel"] if gradient_sync == "prepare" else []
@@ -165,5 +183,17 @@ def test_two_processes_agree_and_only_rank_0_writes(tmp_path: Path, gradient_syn
     assert torch.allclose(torch.tensor(alone.validation_losses), torch.tensor(reports[0]["validation"]))
 
 
+@pytest.mark.slow
+def test_an_interrupt_on_one_rank_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    run_dir, report_dir = tmp_path / "run", tmp_path / "report"
+    _launch(run_dir, report_dir, "all_reduce", "2")
+    reports = [json.loads((report_dir / f"report-{r}.json").read_text()) for r in (0, 1)]
+    # pressed on rank 1 after step 2, counted by both at step 3
+    assert [(r["step"], r["reason"]) for r in reports] == [(3, "interrupted")] * 2
+    assert reports[0]["saves"] == [[3, True]]
+    weights = [load_file(str(report_dir / f"weights-{r}.safetensors")) for r in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
+    worker(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:]))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from liandan import jobs, registry
 from liandan.host.standalone import standalone_folders
 from liandan.job_runner import JobRunner
-from liandan.progress import Control, Reporter
+from liandan.progress import Control, ProgressEvent, Reporter
 from liandan.rest import PREFIX, basic_auth, build_router, token_auth
 
 DATA = Path("/tmp/liandan-rest-test-data")  # never created: the routes only compare paths with it
@@ -91,6 +91,32 @@ def test_jobs_are_queued_listed_cancelled_and_finished_jobs_refuse_a_cancel(runn
     for route in (f"{PREFIX}/jobs/nope", f"{PREFIX}/jobs/nope/cancel"):
         response = client.post(route) if route.endswith("cancel") else client.get(route)
         assert response.status_code == 404 and "no job 'nope'" in response.json()["detail"]
+
+
+def test_since_returns_only_the_losses_a_poller_has_not_seen() -> None:
+    release = threading.Event()
+
+    def train_five_steps(spec: Any, host: Any, reporter: Reporter, control: Control) -> None:
+        for step in range(1, 6):
+            reporter(ProgressEvent("step", step=step, total=5, loss=1.0 / step))
+        release.wait(10)
+
+    runner = JobRunner(FakeHost(), run=train_five_steps)
+    try:
+        client = client_for(runner)
+        job = client.post(f"{PREFIX}/jobs", json=PREPROCESS).json()["id"]
+        for _ in range(500):
+            if client.get(f"{PREFIX}/jobs/{job}").json()["step"] == 5:
+                break
+            threading.Event().wait(0.01)
+        everything = client.get(f"{PREFIX}/jobs/{job}").json()
+        assert [step for step, _ in everything["losses"]] == [1, 2, 3, 4, 5]
+        assert client.get(f"{PREFIX}/jobs/{job}?since=3").json()["losses"] == [[4, 0.25], [5, 0.2]]
+        assert client.get(f"{PREFIX}/jobs?since=5").json()["jobs"][0]["losses"] == []
+        assert client.get(f"{PREFIX}/jobs/{job}?since=-1").status_code == 422
+    finally:
+        release.set()
+        runner.close(timeout=10)
 
 
 def test_an_invalid_spec_is_a_422_with_the_reason(runner) -> None:

@@ -8,6 +8,8 @@ With one process every function here is a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,13 +52,66 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return total / world_size()
 
 
+@dataclass
+class Vote:
+    """Flags OR-ed over the ranks, on their way to the host: `count` waits only for the vote itself, which
+    the device (a GPU stream) or gloo's thread makes while later work is queued behind it."""
+
+    flags: list[bool] | torch.Tensor
+    ready: Callable[[], Any] | None = None  # the CUDA event's synchronize, or gloo's Work.wait
+
+    def count(self) -> list[bool]:
+        if isinstance(self.flags, list):
+            return self.flags
+        if self.ready is not None:
+            self.ready()
+        return [bool(v) for v in self.flags.tolist()]
+
+
+def cast_vote(*flags: bool, device: torch.device) -> Vote:
+    """Start an all-ranks OR of `flags` without waiting for it (with one process, the flags themselves)."""
+    if world_size() == 1:
+        return Vote(list(flags))
+    votes = torch.tensor([float(f) for f in flags], device=device)
+    if device.type != "cuda":
+        work = torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX, async_op=True)
+        return Vote(votes, work.wait)
+    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)  # queued on the stream
+    host = votes.to("cpu", non_blocking=True)  # into pinned memory, after the all-reduce
+    ready = torch.cuda.Event()
+    ready.record()
+    return Vote(host, ready.synchronize)
+
+
 def any_rank(*flags: bool, device: torch.device) -> list[bool]:
     """True where any rank says True: a request made to one process (interrupt, save) binds all of them."""
-    if world_size() == 1:
-        return list(flags)
-    votes = torch.tensor([float(f) for f in flags], device=device)
-    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
-    return [bool(v) for v in votes.tolist()]
+    return cast_vote(*flags, device=device).count()
+
+
+class LateVotes:
+    """The loop's per-step votes (save, preview, interrupt) without a per-step wait across ranks.
+
+    Several processes count each step's vote at the next step, so no rank's host waits for a collective (and,
+    on a GPU, for the device) in the hot loop; every rank counts the same vote at the same step, so they act
+    together, one step after the request. One process counts its flags at once.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pending: Vote | None = None
+
+    def exchange(self, *flags: bool) -> list[bool]:
+        vote = cast_vote(*flags, device=self.device)
+        if world_size() == 1:
+            return vote.count()
+        earlier, self.pending = self.pending, vote
+        return earlier.count() if earlier is not None else [False] * len(flags)
+
+    def drain(self) -> None:
+        """Finish the vote in flight (at the end: what it asked for, the final save and stop cover)."""
+        if self.pending is not None:
+            self.pending.count()
+            self.pending = None
 
 
 def gather_objects(value: Any) -> list[Any]:

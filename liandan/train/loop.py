@@ -204,6 +204,7 @@ class _Run:
             self.optimizer, accelerator.device, accelerator.scaler, spec.fused_backward
         )
         self.pending: StepStatus | None = None  # a pipelined step's status, not read yet
+        self.votes = distributed.LateVotes(accelerator.device)
         self.last_loss: float | None = None
         self.state_on_disk = False  # a state this run wrote or resumed from: what a large rollback loads
         self.csv = LossCsv(run_dir / loss_csv_name) if self.is_main else None
@@ -675,11 +676,8 @@ def _train_loop(
             else:
                 run.book_good(loss_value, status)
             control = run.control
-            requests = distributed.any_rank(
-                control.take_save_request(),
-                control.take_preview_request(),
-                control.interrupted,
-                device=accelerator.device,
+            requests = run.votes.exchange(  # with several processes, the vote of the step before
+                control.take_save_request(), control.take_preview_request(), control.interrupted
             )
             save_now, preview_now, stop_now = requests
             trained = pos.step
@@ -710,6 +708,7 @@ def _train_loop(
             message = run.end_epoch() or ""
             reason = "early_stop" if message else ""
     batches.close()  # the workers and their batches are gone before the final save
+    run.votes.drain()
     message = message or (
         f"finished: {spec.max_steps} steps"
         if reason == "max_steps"
