@@ -247,9 +247,10 @@ def test_a_compiled_unet_gives_the_eager_loss_and_gradient(sd1) -> None:
                 torch.testing.assert_close(compiled, eager_loss, rtol=1e-4, atol=1e-5)
                 off = float((compiled_grad - eager_grad).norm() / eager_grad.norm())
                 if inputs is shapes[1] and off > 1e-3 and torch.__version__ < "2.14":
-                    pytest.xfail(  # measured: 6.1% (cosine 0.998); torch 2.14.1 + diffusers 0.31 agree
+                    pytest.xfail(  # measured: 6.1% here; 17.5% on a bare UNet, with diffusers 0.31 and
+                        # 0.42 alike; torch 2.14.1 agrees to 4e-6. The job warns (compile_warning).
                         f"torch {torch.__version__}: the compiled gradient at a second shape is {off:.1%} "
-                        "off the eager one (the newest-stack job's torch 2.13 with diffusers 0.42)"
+                        "off the eager one (torch 2.13's compiler)"
                     )
                 torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
     finally:

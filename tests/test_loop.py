@@ -222,6 +222,20 @@ def test_self_test_warns_when_the_artifact_changes_nothing(tmp_path: Path) -> No
     assert any("changes nothing" in m for m in warnings)
 
 
+@pytest.mark.parametrize("version", ["2.13.0+cpu", "2.14.1+cu130"])
+def test_torch_compile_on_a_torch_with_wrong_compiled_gradients_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion(version))
+    events: list[ProgressEvent] = []
+    run(tmp_path, TrainSpec(max_steps=1, save_every=0, torch_compile=True), events=events)
+    warnings = [e.message for e in events if e.kind == "message" and e.extra.get("level") == "warning"]
+    wrong = [m for m in warnings if "17% off the eager one; use torch >= 2.14" in m]
+    assert len(wrong) == (1 if version.startswith("2.13") else 0)
+
+
 @pytest.fixture(params=["read first", "pipelined"])
 def status_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The NaN guard both ways: the host reads each step's status before stepping (CPU), or, as on a GPU,

@@ -194,6 +194,18 @@ def set_unet_compiled(unet: torch.nn.Module, enabled: bool) -> None:
         unet._compiled_call_impl = None  # what nn.Module.compile() sets; None is the eager call
 
 
+def compile_warning() -> str | None:
+    """What to tell a user who turns torch_compile on with a torch whose compiled UNet trains on wrong
+    gradients; None where it is sound."""
+    if torch.__version__ >= "2.14":
+        return None
+    return (  # measured on torch 2.13 (diffusers 0.31 and 0.42 alike); torch 2.14.1 agrees with eager to 4e-6
+        f"torch_compile with torch {torch.__version__}: its compiled UNet's gradient at a second shape "
+        "(a bucket or preview size) was measured 17% off the eager one; use torch >= 2.14 to compile, "
+        "or train eager"
+    )
+
+
 def freeze_for_training(bundle: ModelBundle, device: torch.device, train: TrainSpec) -> None:
     """The model a TI/hypernetwork-style method trains through: no gradients and eval mode (no dropout)
     everywhere; text encoders and UNet on the training device in the mixed-precision dtype; the UNet in

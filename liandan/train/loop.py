@@ -56,6 +56,7 @@ from liandan.train.checkpointing import (
     save_state,
     spec_differences,
 )
+from liandan.train.diffusion_loss import compile_warning
 from liandan.train.ema import WeightAverage
 from liandan.train.fused_backward import FusedOptimizer
 from liandan.train.lr_schedule import clip_value_schedule, learn_rate_schedule
@@ -595,6 +596,9 @@ def _train_loop(
         return TrainResult(pos.step, start_step, "already_done", message)
     run.remember_good_state()
     run.emit("start", message=f"resumed at step {pos.step}" if resumed else "started")
+    compile_note = compile_warning() if spec.torch_compile else None
+    if compile_note:
+        run.emit("message", message=compile_note, extra={"level": "warning"})
     workers = worker_count(spec.data_workers, accelerator.device, dataset)
     keys = batch_keys(plan_for, pos.epoch, pos.batch_index, per_step, rank_offset, accum)
     run.batches = batches = MicroBatches(dataset, keys, workers, accelerator.device.type == "cuda")
