@@ -3,6 +3,7 @@
     python -m bench.dreambooth_speed --smoke            # tiny SD1 at 64 px, one repeat: proves it runs
     python -m bench.dreambooth_speed --model tiny --size 64 128 --record
     python -m bench.dreambooth_speed --model sd15 --size 64 --separate --repeats 3 --record  # SD1.5-sized
+    python -m bench.dreambooth_speed --fused-backward ...   # also ours with the optimizer inside backward
     python -m bench.dreambooth_speed --device cuda --model sd15 --size 512     # see bench/gpu.py
 
 Both sides do one optimizer step of the whole UNet (batch of B, one instance prompt, AdamW, fp32, text
@@ -15,6 +16,8 @@ state do not fit in 24 GB together: --separate times each side in a process of i
 
 from __future__ import annotations
 
+import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,8 @@ import torch
 
 from bench.harness import (
     Comparison,
+    SideFactory,
+    StepBuilder,
     fresh_sides,
     method_context,
     run_comparison,
@@ -101,16 +106,31 @@ def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Calla
     return training_step(example_script_loss(bundle, size, batch, device), optimizer)
 
 
+def _sides(args: argparse.Namespace, size: int) -> dict[str, SideFactory]:
+    """Ours (and, with --fused-backward, ours stepping each tensor inside backward), then the plain loop."""
+    builders: dict[str, StepBuilder] = {"liandan": liandan_step}
+    if args.fused_backward:
+        builders["liandan fused backward"] = functools.partial(liandan_step, fused_backward=True)
+    builders["diffusers loop"] = diffusers_step
+    return fresh_sides(builders, build_bundle)(args, size)
+
+
 COMPARISON = Comparison(
     "dreambooth-step",
     "bench.dreambooth_speed",
-    fresh_sides({"liandan": liandan_step, "diffusers loop": diffusers_step}, build_bundle),
+    _sides,
     lambda args, size: f"sd1 {args.model} {size}px bs{args.batch} fp32 AdamW, text encoder frozen",
 )
 
 
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fused-backward", action="store_true", help="also time ours with train.fused_backward (same AdamW)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or ""))
+    run_comparison(COMPARISON, step_benchmark_args(argv, __doc__ or "", _arguments))
 
 
 if __name__ == "__main__":
