@@ -230,6 +230,16 @@ class TrainingDataset(Dataset):
         rng = random.Random(derive_seed(self.seed, epoch, index, "prompt"))
         return self.template.fill(image.caption, self.name, rng)
 
+    def prompt_choices(self) -> set[str] | None:
+        """Every prompt `prompt` can give in any epoch; None when tag shuffle or dropout make them endless."""
+        choices: set[str] = set()
+        for image in self.images:
+            fills = self.template.every_fill(image.caption, self.name)
+            if fills is None:
+                return None
+            choices |= fills
+        return choices
+
     def is_flipped(self, index: int, epoch: int) -> bool:
         if self.spec.flip in (0, 1):
             return self.spec.flip == 1

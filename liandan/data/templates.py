@@ -87,6 +87,12 @@ class PromptTemplate:
     def uses_filewords(self) -> bool:
         return any("[filewords]" in line for line in self.lines)
 
+    def every_fill(self, caption: str, name: str) -> set[str] | None:
+        """Every prompt `fill` can make of a caption; None when tag shuffle or dropout make them endless."""
+        if self.shuffle_tags or self.tag_dropout:
+            return None
+        return {line.replace("[filewords]", caption).replace("[name]", name) for line in self.lines}
+
     def fill(self, caption: str, name: str, rng: random.Random) -> str:
         """One prompt: a line of the template with the caption's tags (after dropout/shuffle) and name."""
         line = rng.choice(self.lines)

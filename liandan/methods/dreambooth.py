@@ -9,8 +9,8 @@ SDXL, CLIP skip) are found by one probe and left frozen, so every trained tensor
 it, and the audit checks it). Both modules go through `accelerate.prepare` (gradient_sync "prepare").
 
 Caches: the dataset caches latents (its `latent_cache`); with the text encoders frozen (from the start or
-after their stop step) conds are cached per prompt, and when no prompt varies they are all made before
-training and the encoders leave the GPU (`move_unused_to_cpu`).
+after their stop step) conds are cached per prompt, and when the prompts are few and known (no tag shuffle
+or dropout) they are all made before training and the encoders leave the GPU (`move_unused_to_cpu`).
 
 Saves: `<checkpoints>/<name>.safetensors` (or .ckpt, which A1111's safe unpickler loads) at the end, step
 copies in `<run>/checkpoints/`, weights in `save_dtype`, with `modelspec.*` metadata naming the trained parts;
@@ -29,7 +29,7 @@ from liandan.errors import CheckpointError, ConfigError, TrainingStopped
 from liandan.formats.checkpoint import modelspec_metadata, read_metadata
 from liandan.jobs import DreamBoothJob
 from liandan.models.ldm_layout import TEXT_PREFIXES, UNET_PREFIX
-from liandan.train.cond_cache import CondCache, fixed_prompts
+from liandan.train.cond_cache import CondCache, frozen_text_conds
 from liandan.train.diffusion_loss import batch_loss, set_unet_compiled, unet_prediction
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.training_job import MethodContext, render_preview, run_training_job
@@ -134,17 +134,12 @@ class DreamBoothMethod:
         return bool(self.trained_encoders) and (stop == 0 or self.step < stop)
 
     def _freeze_text_encoders(self) -> None:
-        """From here on conds come from the cache; all of them at once when no prompt varies."""
+        """From here on conds come from the cache; all of them at once when the run's prompts are few."""
         for encoder in self.bundle.text_encoders:
             encoder.requires_grad_(False)
             encoder.eval()
-        self.cond_cache = CondCache(self._plain_encoder(), self.device)
-        prompts = fixed_prompts(self.context.dataset)
-        if prompts is not None:
-            self.cond_cache.precompute(prompts)
-            if self.job.train.move_unused_to_cpu:
-                for encoder in self.bundle.text_encoders:
-                    encoder.to("cpu")
+        move = self.job.train.move_unused_to_cpu
+        self.cond_cache = frozen_text_conds(self._plain_encoder(), self.context.dataset, self.device, move)
 
     def _plain_encoder(self) -> PromptEncoder:
         from liandan.models.conditioning import PromptEncoder

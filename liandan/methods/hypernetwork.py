@@ -3,8 +3,9 @@
 Trainable: the hypernetwork's K/V modules only; the UNet, text encoders and VAE are frozen in eval mode. The
 hypernetwork is installed on the UNet's attention layers (`install_kv_transforms`) for the job and removed
 afterwards. Conditioning is computed without gradient and cached per prompt string, as A1111 precomputes
-conds. Saves: the final file in `models/hypernetworks/<name>.pt`, step copies in `<run>/hypernetworks/`,
-each with A1111's `.optim` sidecar (optimizer name + state).
+conds: every prompt before the first step when the template's lines and the captions make few. Saves: the
+final file in `models/hypernetworks/<name>.pt`, step copies in `<run>/hypernetworks/`, each with A1111's
+`.optim` sidecar (optimizer name + state).
 
 Decisions where A1111 leaves room:
 - `sizes` empty: the attention widths the model really has. For real checkpoints that is exactly
@@ -42,7 +43,7 @@ from liandan.models.hypernetwork_modules import (
     parse_dropout_structure,
     parse_layer_structure,
 )
-from liandan.train.cond_cache import CondCache, fixed_prompts
+from liandan.train.cond_cache import frozen_text_conds
 from liandan.train.diffusion_loss import batch_loss, freeze_for_training
 from liandan.train.method import ParamGroup, SavedArtifact
 from liandan.train.optimizer_sidecar import OptimizerSidecar
@@ -114,7 +115,6 @@ class HypernetworkMethod:
         self,
         context: MethodContext,
         hypernetwork: Hypernetwork,
-        fixed_prompts: set[str] | None = None,
         existing_file: Path | None = None,
     ) -> None:
         from liandan.models.attention_hooks import install_kv_transforms
@@ -132,19 +132,10 @@ class HypernetworkMethod:
         self.hypernetwork = hypernetwork.to(self.device)
         self.hypernetwork.requires_grad_(True)
         self.hypernetwork.train()  # dropout on; strength is 1 while training, as in A1111
-        self._cond = CondCache(PromptEncoder(self.bundle, clip_skip=self.job.clip_skip), self.device)
+        encoder = PromptEncoder(self.bundle, clip_skip=self.job.clip_skip)
+        move = self.job.train.move_unused_to_cpu
+        self._cond = frozen_text_conds(encoder, context.dataset, self.device, move)
         self.handle = install_kv_transforms(self.bundle.unet, [self.hypernetwork])
-        if fixed_prompts:
-            self._precompute_conds(fixed_prompts)
-
-    # --- conditioning ----------------------------------------------------------------------------------
-
-    def _precompute_conds(self, prompts: set[str]) -> None:
-        """Prompts that never vary: encode each once, then the text encoders may leave the GPU."""
-        self._cond.precompute(prompts)
-        if self.job.train.move_unused_to_cpu:
-            for encoder in self.bundle.text_encoders:
-                encoder.to("cpu")
 
     # --- TrainingMethod ----------------------------------------------------------------------------------
 
@@ -235,8 +226,7 @@ def make_hypernetwork_method(context: MethodContext) -> HypernetworkMethod:
     else:
         hypernetwork = build_hypernetwork(job, widths)
         existing = None
-    fixed = fixed_prompts(context.dataset)
-    return HypernetworkMethod(context, hypernetwork, fixed_prompts=fixed, existing_file=existing)
+    return HypernetworkMethod(context, hypernetwork, existing_file=existing)
 
 
 def run_hypernetwork_job(

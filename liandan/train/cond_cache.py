@@ -1,6 +1,7 @@
 """Text conditioning computed once per prompt string, for methods whose text encoders are frozen (as A1111
-precomputes conds): a cache of (context, pooled) on the training device, and the test for a dataset whose
-prompts never vary, so every cond can be made before training and the text encoders may leave the GPU."""
+precomputes conds): a cache of (context, pooled) on the training device, and the list of every prompt a
+dataset can ask for when that is short (template lines x captions), so every cond can be made before training
+and the text encoders may leave the GPU."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
     from liandan.models.conditioning import Conditioning, PromptEncoder
 
 MAX_CACHED_CONDS = 4096  # distinct prompts kept; shuffled/dropped tags make endless variants
+# Encoded before training when the run can ask for no more (an SD1 cond is 77 x 768 floats: 1024 are 242 MB
+# in float32, half the text encoder that may then leave the GPU)
+MAX_PRECOMPUTED_CONDS = 1024
 
 
 class CondCache:
@@ -54,13 +58,18 @@ def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | Non
     return None if tensor is None else tensor.to(device)
 
 
-def fixed_prompts(dataset: TrainingDataset | DatasetMix) -> set[str] | None:
-    """Every prompt the run will use when each image always gets the same one (one template line, no tag
-    shuffle or dropout, in every dataset); None when prompts vary."""
-    parts = dataset.parts
-    if any(len(p.template.lines) != 1 or p.spec.shuffle_tags or p.spec.tag_dropout for p in parts):
-        return None
-    return {part.prompt(i, 0) for part in parts for i in range(len(part.images))}
+def every_prompt(dataset: TrainingDataset | DatasetMix) -> set[str] | None:
+    """Every prompt the run can ask for, when they are few enough to encode before training: each image's
+    caption in each template line, in every dataset, without tag shuffle or dropout. None otherwise."""
+    prompts: set[str] = set()
+    for part in dataset.parts:
+        choices = part.prompt_choices()
+        if choices is None:
+            return None
+        prompts |= choices
+        if len(prompts) > MAX_PRECOMPUTED_CONDS:
+            return None
+    return prompts
 
 
 def frozen_text_conds(
@@ -69,10 +78,10 @@ def frozen_text_conds(
     device: torch.device,
     move_unused_to_cpu: bool,
 ) -> CondCache:
-    """The cache of a method whose text encoders stay frozen: every cond made before training when no prompt
-    varies, and then (`move_unused_to_cpu`) the encoders leave the GPU."""
+    """The cache of a method whose text encoders stay frozen: every cond made before training when the run's
+    prompts are few and known (`every_prompt`), and then (`move_unused_to_cpu`) the encoders leave the GPU."""
     cache = CondCache(encoder, device)
-    prompts = fixed_prompts(dataset)
+    prompts = every_prompt(dataset)
     if prompts is not None:
         cache.precompute(prompts)
         if move_unused_to_cpu:
