@@ -43,7 +43,7 @@ from liandan.atomic_files import write_atomic, write_text_atomic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the real-WebUI harness lives there
 
 from data_helpers import gradient_image, save
-from real_webui import VENV_VARIABLE, WebUI, make_root, running_webui, webui_venv
+from real_webui import VENV_VARIABLE, WebUI, make_root, our_additions, running_webui, webui_venv
 
 LR_TI = "0.005"
 LR_HN = "0.00001"
@@ -271,7 +271,11 @@ def boot_and_measure(work: Path, threads: int, run: Callable[[Runs], list[PairRe
     data = make_data(work / "data")
     env = {"PYTHONPATH": str(shim), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     THREADS["cpu_threads"] = threads
-    with running_webui(root, venv, env=env, log_name=f"console-{threads}.log") as webui:
+    # a venv fresh from setup-env lacks what install.py adds: that boot runs it, as a user's first start does
+    installed = venv.versions()
+    prepare = any(name not in installed for name in our_additions())
+    log_name = f"console-{threads}.log"
+    with running_webui(root, venv, env=env, log_name=log_name, prepare_environment=prepare) as webui:
         # A1111 writes its settings .txt into a log folder it only creates when it saves or previews
         webui.post("/sdapi/v1/options", {"save_training_settings_to_txt": False})
         return run(Runs(webui, data))
