@@ -46,7 +46,7 @@ def test_shuffled_or_dropped_tags_make_prompts_that_cannot_be_listed(train64, da
     assert every_prompt(_dataset(train64, **data)) is None
 
 
-def test_more_prompts_than_the_cache_holds_ahead_are_encoded_as_they_come(train64, monkeypatch) -> None:
+def test_more_prompts_than_are_encoded_ahead_are_not_listed(train64, monkeypatch) -> None:
     dataset = _dataset(train64)
     monkeypatch.setattr(cond_cache, "MAX_PRECOMPUTED_CONDS", len(every_prompt(dataset)) - 1)
     assert every_prompt(dataset) is None
