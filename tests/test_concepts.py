@@ -17,7 +17,8 @@ from liandan.data.concepts import (
 )
 from liandan.data.dataset import TrainingDataset
 from liandan.errors import ConfigError
-from liandan.jobs import ConceptJobSpec, ConceptSpec, DataSpec, resolve_paths
+from liandan.jobs import ConceptJobSpec, ConceptSpec, DataSpec
+from liandan.spec import resolve_paths
 from liandan.train.training_job import generated_folders, job_data_specs
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from liandan.errors import ConfigError
-from liandan.jobs import JobSpec, bounded
+from liandan.jobs import JobSpec
+from liandan.spec import bounded
 
 if TYPE_CHECKING:
     from liandan.host.base import Host

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import gradio as gr
 
 from liandan.errors import ConfigError
-from liandan.jobs import Spec
+from liandan.spec import Spec
 
 S = TypeVar("S", bound=Spec)
 
