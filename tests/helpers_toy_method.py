@@ -11,6 +11,7 @@ processes) and `loss` calls the wrapper it was handed; `prepared` records what i
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from liandan.atomic_files import atomic_path
+from liandan.jobs import TrainSpec
+from liandan.progress import Control, ProgressEvent, Reporter
+from liandan.train.loop import TrainResult, train
 from liandan.train.method import ParamGroup, SavedArtifact
 
 CHANNELS, SIZE = 4, 8
@@ -137,3 +141,39 @@ class ToyMethod:
                 x = x - self.net(x)
         pixels = ((x[0, :3].clamp(-2, 2) + 2) * 63.75).to(torch.uint8).permute(1, 2, 0).numpy()
         return Image.fromarray(pixels).resize((32, 32), Image.NEAREST)
+
+
+# --- one call of the loop on the toy method ---------------------------------------------------------------
+
+
+def train_toy(
+    tmp_path: Path,
+    spec: TrainSpec,
+    method: ToyMethod | None = None,
+    events: list[ProgressEvent] | None = None,
+    control: Control | None = None,
+    dataset: ToyDataset | None = None,
+    **kwargs,
+) -> tuple[ToyMethod, TrainResult]:
+    method = method or ToyMethod(tmp_path / "out")
+    reporter = Reporter(events.append if events is not None else lambda e: None)
+    result = train(
+        method,
+        dataset or ToyDataset(8),
+        spec,
+        run_dir=tmp_path / "run",
+        reporter=reporter,
+        control=control or Control(),
+        tensorboard=False,
+        **kwargs,
+    )
+    return method, result
+
+
+def csv_losses(tmp_path: Path) -> list[float]:
+    with (tmp_path / "run" / "loss.csv").open(newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)

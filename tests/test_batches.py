@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import torch
 from data_helpers import tiny_vae
-from helpers_toy_method import ToyDataset, ToyMethod
-from test_loop import csv_losses, run
+from helpers_toy_method import ToyDataset, ToyMethod, csv_losses, train_toy
 
 from liandan.data.dataset import DatasetMix, TrainingDataset
 from liandan.errors import ConfigError, DatasetError
@@ -153,8 +152,8 @@ def test_training_with_workers_gives_the_same_weights_and_resumes_exactly(tmp_pa
     # 8 batches of 1, accumulation 3: two steps an epoch, two batches left over; the noise: the global RNG
     spec = TrainSpec(learn_rate="0.01", max_steps=12, batch_size=1, gradient_accumulation=3, save_every=0,
                      preview_every=0)  # fmt: skip
-    inline, _ = run(tmp_path / "inline", spec, dataset=ToyItems())
-    workers, _ = run(tmp_path / "workers", spec.replace(data_workers=2), dataset=ToyItems())
+    inline, _ = train_toy(tmp_path / "inline", spec, dataset=ToyItems())
+    workers, _ = train_toy(tmp_path / "workers", spec.replace(data_workers=2), dataset=ToyItems())
     assert multiprocessing.active_children() == []
     for a, b in zip(inline.net.parameters(), workers.net.parameters()):
         assert torch.equal(a, b)
@@ -171,8 +170,10 @@ def test_training_with_workers_gives_the_same_weights_and_resumes_exactly(tmp_pa
                     reporter=Reporter(interrupt_at_5), control=control, tensorboard=False)  # fmt: skip
     assert stopped.interrupted and multiprocessing.active_children() == []
     events: list[ProgressEvent] = []  # resumed with workers: a change that needs no word
-    resumed, result = run(resumed_dir, spec.replace(data_workers=2), ToyMethod(resumed_dir / "out", seed=9),
-                          events=events, dataset=ToyItems())  # fmt: skip
+    resumed_method = ToyMethod(resumed_dir / "out", seed=9)
+    resumed, result = train_toy(
+        resumed_dir, spec.replace(data_workers=2), resumed_method, events=events, dataset=ToyItems()
+    )
     assert result.start_step == 5 and result.step == 12
     assert not any("changed settings" in (e.message or "") for e in events)
     for a, b in zip(inline.net.parameters(), resumed.net.parameters()):
@@ -184,7 +185,7 @@ def test_a_worker_error_stops_training_with_it_and_no_worker_is_left(tmp_path: P
     spec = TrainSpec(max_steps=20, batch_size=2, save_every=0, preview_every=0, data_workers=2)
     events: list[ProgressEvent] = []
     with pytest.raises(DatasetError, match=r"^item 5: image missing$"):
-        run(tmp_path, spec, events=events, dataset=ToyItems(bad=5))
+        train_toy(tmp_path, spec, events=events, dataset=ToyItems(bad=5))
     assert multiprocessing.active_children() == []
     assert [e.message for e in events if e.kind == "error"] == ["item 5: image missing"]
 

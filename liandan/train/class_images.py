@@ -153,7 +153,7 @@ def fill_class_folders(
 ) -> int:
     """Make the missing class images of every concept; returns how many it made (0 when all are there).
     The model comes to `device` for it and goes back to where it was."""
-    from liandan.train.loop import release_memory
+    from liandan.train.run import release_memory
 
     missing = []
     for concept in concepts:

@@ -192,7 +192,7 @@ def dry_run_peak(job: Any, host: Host) -> float:
     from liandan.jobs import ConceptJobSpec
     from liandan.progress import Control, Reporter
     from liandan.train.class_images import without_class_images_to_make
-    from liandan.train.loop import release_memory
+    from liandan.train.run import release_memory
 
     scratch = Path(tempfile.mkdtemp(prefix="liandan-plan-"))
     control = Control()

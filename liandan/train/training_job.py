@@ -262,7 +262,8 @@ def run_training_job(
     from liandan.progress import ProgressEvent, Reporter
     from liandan.provenance import provenance, write_provenance
     from liandan.train.class_images import fill_class_folders
-    from liandan.train.loop import make_accelerator, release_memory, train
+    from liandan.train.loop import make_accelerator, train
+    from liandan.train.run import release_memory
 
     artifact_kind: ArtifactKind | None = registry.method(job.kind).artifact
     losses: list[float] = []
