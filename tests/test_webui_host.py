@@ -530,3 +530,51 @@ def test_entry_script_rest_routes_follow_the_webui_api_flags(entry_script) -> No
     assert client.get("/liandan/v1/jobs").status_code == 401
     assert client.get("/liandan/v1/jobs", auth=("ann", "wrong")).status_code == 401
     assert client.get("/liandan/v1/jobs", auth=("bob", "pw")).json() == {"jobs": []}
+
+
+def test_our_layers_call_torch_forward_not_the_lora_extensions_process_wide_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    import torch
+
+    from liandan.host.webui import LORA_PATCHES_KEY, call_torch_forwards
+    from liandan.models.tiny import tiny_bundle
+
+    bundle = tiny_bundle("sd1")
+    torch_linear, torch_conv = torch.nn.Linear.forward, torch.nn.Conv2d.forward
+    through_patch: list[torch.nn.Module] = []
+
+    def network_linear_forward(self, x):  # what lora_patches.py installs, less its network lookups
+        through_patch.append(self)
+        return torch_linear(self, x)
+
+    def network_conv_forward(self, x):
+        through_patch.append(self)
+        return torch_conv(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", network_linear_forward)
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", network_conv_forward)
+    originals = {(torch.nn.Linear, "forward"): torch_linear, (torch.nn.Conv2d, "forward"): torch_conv}
+    patches = types.SimpleNamespace(originals={LORA_PATCHES_KEY: originals, "other": {}})
+    monkeypatch.setitem(sys.modules, "modules", types.SimpleNamespace(patches=patches))
+    monkeypatch.setitem(sys.modules, "modules.patches", patches)
+    wrapped = bundle.unet.conv_out
+    wrapper = types.MethodType(lambda self, x: torch_conv(self, x), wrapped)  # a library's own, set before
+    wrapped.forward = wrapper
+
+    latents, timestep = torch.randn(1, 4, 8, 8), torch.tensor([10])
+    context = bundle.text_encoders[0](torch.tensor([[0, 1, 2]]))[0]
+    with torch.no_grad():
+        patched = bundle.unet(latents, timestep, context).sample
+    assert through_patch
+    changed = call_torch_forwards(bundle)
+    through_patch.clear()
+    with torch.no_grad():
+        direct = bundle.unet(latents, timestep, context).sample
+        bundle.text_encoders[0](torch.tensor([[0, 1, 2]]))
+    assert changed > 0 and through_patch == []
+    assert torch.equal(direct, patched)
+    assert vars(wrapped)["forward"] is wrapper
+    assert call_torch_forwards(bundle) == 0  # once is all

@@ -221,6 +221,7 @@ class WebUIHost:
             bundle = None
             try:
                 bundle = load_bundle(ref.path)
+                call_torch_forwards(bundle)
                 if bundle.short_hash is None:
                     bundle.short_hash = ref.short_hash
                 yield bundle
@@ -309,6 +310,47 @@ class WebUIHost:
         # Interrupt, and its second stage "stop generating" (1.8+)
         if state.interrupted or getattr(state, "stopping_generation", False):
             self.control.interrupt()
+
+
+# --- A1111's process-wide layer patches -----------------------------------------------------------------
+#
+# The built-in Lora extension replaces `forward` of torch's Linear, Conv2d, GroupNorm, LayerNorm and
+# MultiheadAttention for the whole process (extensions-builtin/Lora/lora_patches.py, through A1111's
+# `modules.patches`, which keeps each original). Its replacement applies networks only to the layers of the
+# WebUI model it has named; on ours it finds no name and calls torch's forward after a few attribute
+# lookups (and an options read) per call, some 3-7% of a tiny model's training step in a real WebUI.
+
+LORA_PATCHES_KEY = "lora_patches"  # the patching module's __name__, the key it patches under
+
+
+def call_torch_forwards(bundle: ModelBundle) -> int:
+    """Make the bundle's layers call torch's own `forward` instead of the Lora extension's replacement (an
+    instance attribute, as accelerate's hooks do); a layer that already has one (a library's wrapper) is
+    left alone. Must run before a method wraps any layer. Returns how many layers were changed."""
+    import types
+
+    try:
+        from modules import patches
+    except ImportError:  # a WebUI without the patches module patches nothing this way
+        return 0
+    originals = {
+        owner: original
+        for (owner, name), original in patches.originals.get(LORA_PATCHES_KEY, {}).items()
+        if name == "forward"
+        and getattr(original, "__module__", None) == getattr(owner, "__module__", "")
+        and getattr(owner, "forward", original) is not original  # still patched
+    }
+    changed = 0
+    for module in (*bundle.text_encoders, bundle.unet, bundle.vae):
+        for layer in module.modules():
+            # a subclass that inherits the patched forward (not one with a forward of its own) counts too
+            original = next(
+                (o for owner, o in originals.items() if type(layer).forward is owner.forward), None
+            )
+            if original is not None and "forward" not in vars(layer):
+                layer.forward = types.MethodType(original, layer)
+                changed += 1
+    return changed
 
 
 # --- aesthetic gradients in txt2img/img2img ---------------------------------------------------------------
