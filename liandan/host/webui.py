@@ -19,6 +19,7 @@ import logging
 import re
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -327,8 +328,6 @@ def call_torch_forwards(bundle: ModelBundle) -> int:
     """Make the bundle's layers call torch's own `forward` instead of the Lora extension's replacement (an
     instance attribute, as accelerate's hooks do); a layer that already has one (a library's wrapper) is
     left alone. Must run before a method wraps any layer. Returns how many layers were changed."""
-    import types
-
     try:
         from modules import patches
     except ImportError:  # a WebUI without the patches module patches nothing this way
