@@ -332,20 +332,19 @@ def call_torch_forwards(bundle: ModelBundle) -> int:
         from modules import patches
     except ImportError:  # a WebUI without the patches module patches nothing this way
         return 0
-    originals = {
-        owner: original
+    # the replacement a patched class has now -> torch's own forward it replaced
+    torch_forward = {
+        owner.forward: original
         for (owner, name), original in patches.originals.get(LORA_PATCHES_KEY, {}).items()
         if name == "forward"
         and getattr(original, "__module__", None) == getattr(owner, "__module__", "")
-        and getattr(owner, "forward", original) is not original  # still patched
+        and owner.forward is not original  # still patched
     }
     changed = 0
     for module in (*bundle.text_encoders, bundle.unet, bundle.vae):
         for layer in module.modules():
-            # a subclass that inherits the patched forward (not one with a forward of its own) counts too
-            original = next(
-                (o for owner, o in originals.items() if type(layer).forward is owner.forward), None
-            )
+            # by the class's forward: a subclass that inherits the patched one counts too
+            original = torch_forward.get(type(layer).forward)
             if original is not None and "forward" not in vars(layer):
                 layer.forward = types.MethodType(original, layer)
                 changed += 1
