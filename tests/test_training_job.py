@@ -1,8 +1,10 @@
 import datetime as dt
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from liandan.errors import DatasetError
 from liandan.host.standalone import StandaloneHost
@@ -245,3 +247,36 @@ def test_a_cpu_job_trains_on_the_threads_asked_and_gives_them_back(
     assert seen["threads"] == expected
     assert torch.get_num_threads() == before
     assert any(f"with {expected} thread(s)" in (event.message or "") for event in events)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 0, reason="needs a machine without a CUDA device")
+def test_optimizer_steps_do_not_load_nvml_each_time_where_there_is_no_cuda_device(
+    train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the WebUI lightning_fabric sets PYTORCH_NVML_BASED_CUDA_CHECK=1; torch's AdamW then asks NVML
+    (a dlopen that fails, ~1 ms in a WebUI process) on every step unless the run answers from the runtime."""
+    from liandan.train import loop
+    from liandan.train.loop import TrainResult
+    from liandan.train.training_job import NVML_CHECK
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    nvml_probes, probes_while_training = [], []
+    real_probe = torch.cuda._raw_device_count_nvml
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: nvml_probes.append(1) or real_probe())
+
+    def fake_train(method, dataset, spec, **kwargs):
+        weight = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.AdamW([weight], lr=0.1)
+        nvml_probes.clear()
+        for _ in range(5):
+            weight.sum().backward()
+            optimizer.step()
+        probes_while_training.append(len(nvml_probes))
+        return TrainResult(5, 5, "max_steps", "done")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    job = TextualInversionJob(name="cat", data=DataSpec(folder=train64, width=64, height=64))
+    run_training_job(job, StandaloneHost(tmp_path / "data"), Reporter(), Control(), name="cat",
+                     loss_csv_name="x.csv", make_method=_recording([]))  # fmt: skip
+    assert probes_while_training == [0]
+    assert os.environ[NVML_CHECK] == "1"  # the setting is back for the rest of the process

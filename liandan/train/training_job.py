@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -241,6 +242,35 @@ def cpu_threads(count: int, device: torch.device) -> Iterator[int | None]:
         torch.set_num_threads(before)
 
 
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+@contextlib.contextmanager
+def cuda_probe_from_runtime(device: torch.device) -> Iterator[None]:
+    """For a run off CUDA in a process with no CUDA device: `torch.cuda.is_available()` answers from the
+    CUDA runtime (once, then cached) instead of loading NVML again on every call, for the block.
+
+    torch's optimizers ask on every step, and `PYTORCH_NVML_BASED_CUDA_CHECK=1` (which lightning_fabric sets
+    on import, so inside the WebUI it is set) makes each answer load NVML until CUDA is initialised: about
+    1 ms a step in a real WebUI on a machine without an NVIDIA driver, more than half of what AdamW's step
+    took there on the tiny model. With no device there is no fork to protect, which is what that setting is
+    for; afterwards it is back as it was."""
+    # (asked last: with the setting on, device_count itself asks NVML, or the runtime where NVML is absent)
+    if (
+        device.type == "cuda"
+        or os.environ.get(NVML_CHECK) != "1"
+        or torch.cuda.is_initialized()
+        or torch.cuda.device_count() > 0
+    ):
+        yield
+        return
+    del os.environ[NVML_CHECK]
+    try:
+        yield
+    finally:
+        os.environ[NVML_CHECK] = "1"
+
+
 def run_training_job(
     job: JobSpec,
     host: Host,
@@ -300,6 +330,7 @@ def run_training_job(
         if prepare_model is not None:
             prepare_model(bundle)
         threads = cleanup.enter_context(cpu_threads(train_spec.cpu_threads, device))
+        cleanup.enter_context(cuda_probe_from_runtime(device))
         if threads is not None:
             reporter(
                 ProgressEvent("message", job=name, message=f"training on the CPU with {threads} thread(s)")
