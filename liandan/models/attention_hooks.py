@@ -17,7 +17,9 @@ The processor computes attention itself with torch's scaled_dot_product_attentio
 `AttnProcessor2_0` step by step, so the result does not depend on the diffusers version and, with strength
 0, is bit-identical to the stock processor. It holds the transforms' modules without registering them in
 the UNet: the UNet's state_dict, parameters and `requires_grad` stay as they were, and the transforms'
-owner (a hypernetwork) keeps its own parameters for training and saving.
+owner (a hypernetwork) keeps its own parameters for training and saving. Each function gets its input in
+its parameters' dtype, read when the transforms are installed (not per call: on the tiny model's small
+layers that lookup and the multiply by strength 1 were a third of a transform's forward).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from torch import nn
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
 
-KVFunctions = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+Function = Callable[[torch.Tensor], torch.Tensor]
+KVFunctions = tuple[Function, Function]
 
 
 @runtime_checkable
@@ -49,18 +52,32 @@ class KVTransform(Protocol):
         ...
 
 
+def _parameter_dtype(fn: Function) -> torch.dtype | None:
+    """The dtype of a module's (first) parameter, or None: what its input is cast to."""
+    param = next(iter(fn.parameters()), None) if isinstance(fn, nn.Module) else None
+    return None if param is None else param.dtype
+
+
 @dataclass(frozen=True)
 class _Stage:
+    """One transform's functions for one layer, with their parameter dtypes, read once when installed."""
+
     transform: KVTransform
-    k_fn: Callable[[torch.Tensor], torch.Tensor]
-    v_fn: Callable[[torch.Tensor], torch.Tensor]
+    k_fn: Function
+    v_fn: Function
+    k_dtype: torch.dtype | None
+    v_dtype: torch.dtype | None
+
+    @classmethod
+    def of(cls, transform: KVTransform, k_fn: Function, v_fn: Function) -> _Stage:
+        return cls(transform, k_fn, v_fn, _parameter_dtype(k_fn), _parameter_dtype(v_fn))
 
 
-def _add_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, strength: float) -> torch.Tensor:
-    """x + fn(x) * strength, feeding fn its own parameter dtype (a float32 hypernetwork on an fp16 UNet)."""
-    param = next(iter(fn.parameters()), None) if isinstance(fn, nn.Module) else None
-    delta = fn(x if param is None else x.to(param.dtype))
-    return x + delta.to(x.dtype) * strength
+def _add_scaled(fn: Function, dtype: torch.dtype | None, x: torch.Tensor, strength: float) -> torch.Tensor:
+    """x + fn(x) * strength, feeding fn its own parameter dtype (a float32 hypernetwork on an fp16 UNet).
+    At strength 1 (training) without the multiply, which changes no bit of the result."""
+    delta = fn(x if dtype is None else x.to(dtype)).to(x.dtype)
+    return x + delta if strength == 1.0 else x + delta * strength
 
 
 def _transform_kv(stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +86,8 @@ def _transform_kv(stages: tuple[_Stage, ...], context: torch.Tensor) -> tuple[to
         strength = float(stage.transform.strength)
         if strength == 0.0:
             continue
-        key_input = _add_scaled(stage.k_fn, key_input, strength)
-        value_input = _add_scaled(stage.v_fn, value_input, strength)
+        key_input = _add_scaled(stage.k_fn, stage.k_dtype, key_input, strength)
+        value_input = _add_scaled(stage.v_fn, stage.v_dtype, value_input, strength)
     return key_input, value_input
 
 
@@ -247,7 +264,7 @@ def install_kv_transforms(
         for transform in transforms:
             functions = transform.kv_modules(width)
             if functions is not None:
-                stages.append(_Stage(transform, *functions))
+                stages.append(_Stage.of(transform, *functions))
         if not stages:
             continue  # layers nothing applies to keep their own processor
         cross = bool(getattr(attn, "is_cross_attention", False))
