@@ -28,12 +28,12 @@ def test_resumable_run_keeps_the_folder_it_started_in(tmp_path: Path) -> None:
     assert find_run_dir(tmp_path, "dog", resume=True, today=later) == tmp_path / "2026-11-25" / "dog"
 
 
-def _recording(contexts: list):
+def _recording(contexts: list, trained: torch.nn.Module | None = None):
     """A make_method keeping each context it gets, with a method that has nothing to close."""
 
     def make_method(context):
         contexts.append(context)
-        return SimpleNamespace(close=lambda: None)
+        return SimpleNamespace(close=lambda: None, trainable_modules=lambda: [trained])
 
     return make_method
 
@@ -62,7 +62,8 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
     train64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under `accelerate launch` a bare "cuda" is GPU 0 on every rank: the method must be placed on the
-    device of the Accelerator the loop then trains with (made before the model loads)."""
+    device of the Accelerator the loop then trains with (made before the model loads). The host sees the
+    method's modules before the loop runs (inside A1111 it makes their layers call torch's forwards)."""
 
     from liandan.train import loop
     from liandan.train.loop import TrainResult
@@ -76,6 +77,7 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
 
     def fake_train(method, dataset, spec, **kwargs):
         seen["accelerator"] = kwargs.get("accelerator")
+        seen["prepared before training"] = list(prepared)
         return TrainResult(0, 0, "max_steps", "done")
 
     monkeypatch.setattr(loop, "make_accelerator", make_accelerator)
@@ -83,10 +85,14 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
     folder = train64
     host = StandaloneHost(tmp_path / "data")
     job = TextualInversionJob(name="cat", data=DataSpec(folder=folder, width=64, height=64))
+    prepared: list = []
+    monkeypatch.setattr(host, "prepare_trainable", prepared.append)
     contexts: list = []
+    trained = torch.nn.Linear(2, 2)
     run_training_job(job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv",
-                     make_method=_recording(contexts))  # fmt: skip
+                     make_method=_recording(contexts, trained))  # fmt: skip
     assert len(made) == 1 and seen["accelerator"] is made[0]
+    assert seen["prepared before training"] == [[trained]]
     assert contexts[0].device == made[0].device and contexts[0].is_main
 
 
@@ -166,7 +172,7 @@ def test_the_method_is_closed_when_training_fails_and_the_checkpoint_is_resolved
 
     def make_method(context):
         contexts.append(context)
-        return SimpleNamespace(close=lambda: closed.append(True))
+        return SimpleNamespace(close=lambda: closed.append(True), trainable_modules=list)
 
     job = TextualInversionJob(name="cat", data=DataSpec(folder=EXAMPLE_IMAGES, width=64, height=64))
     with pytest.raises(RuntimeError, match="the loop broke"):

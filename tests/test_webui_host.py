@@ -54,7 +54,7 @@ def fake_loader(monkeypatch):
 
         model = sd_models.model_data.sd_model
         loads.append((path, model.device if model else "", call_queue.queue_lock.locked()))
-        bundle = SimpleNamespace(source=path, short_hash=None)
+        bundle = SimpleNamespace(source=path, short_hash=None, text_encoders=[], unet=None, vae=None)
         bundle.to = lambda device: bundle
         return bundle
 
@@ -482,6 +482,7 @@ def test_training_bundle_leaves_the_gpu_before_the_webui_model_returns(a1111, mo
 
     class Bundle:
         short_hash = None
+        text_encoders, unet, vae = [], None, None
 
         def to(self, device: str):
             modules.record("bundle.to", device)
@@ -540,6 +541,7 @@ def test_our_layers_call_torch_forward_not_the_lora_extensions_process_wide_one(
     import torch
 
     from liandan.host.webui import LORA_PATCHES_KEY, call_torch_forwards
+    from liandan.models.hypernetwork_modules import Hypernetwork
     from liandan.models.tiny import tiny_bundle
 
     bundle = tiny_bundle("sd1")
@@ -569,7 +571,8 @@ def test_our_layers_call_torch_forward_not_the_lora_extensions_process_wide_one(
     with torch.no_grad():
         patched = bundle.unet(latents, timestep, context).sample
     assert through_patch
-    changed = call_torch_forwards(bundle)
+    models = [*bundle.text_encoders, bundle.unet, bundle.vae]
+    changed = call_torch_forwards(models)
     through_patch.clear()
     with torch.no_grad():
         direct = bundle.unet(latents, timestep, context).sample
@@ -577,4 +580,17 @@ def test_our_layers_call_torch_forward_not_the_lora_extensions_process_wide_one(
     assert changed > 0 and through_patch == []
     assert torch.equal(direct, patched)
     assert vars(wrapped)["forward"] is wrapper
-    assert call_torch_forwards(bundle) == 0  # once is all
+    assert call_torch_forwards(models) == 0  # once is all
+
+    # a method's modules, built after the bundle: a hypernetwork's layers
+    hypernetwork = Hypernetwork("h", [32], [1, 2, 1], add_layer_norm=True)
+    context = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        before = hypernetwork(context)
+    assert through_patch and all(layer in set(hypernetwork.modules()) for layer in through_patch)
+    assert call_torch_forwards([hypernetwork]) == 4  # two modules of two Linear layers
+    through_patch.clear()
+    with torch.no_grad():
+        after = hypernetwork(context)
+    assert through_patch == []
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))

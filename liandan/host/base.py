@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import torch
+
     from liandan.models.bundle import ModelBundle
     from liandan.progress import Control, Reporter
 
@@ -78,6 +80,12 @@ class Host(Protocol):
     def model_for_training(self, checkpoint: Path | None = None) -> AbstractContextManager[ModelBundle]:
         """Context manager giving a ModelBundle to train on. Inside A1111 it frees the WebUI's VRAM on
         entry and restores the WebUI model on exit, whatever happens in between."""
+        ...
+
+    def prepare_trainable(self, modules: list[torch.nn.Module]) -> None:
+        """Called once a method has built its trainable modules, before the first step: anything the host
+        changes about how layers run applies to them too (inside A1111: torch's own layer forwards, as for
+        the bundle's). Standalone: nothing to do."""
         ...
 
     def exclusive(self) -> AbstractContextManager[None]:

@@ -27,6 +27,8 @@ from liandan.host.base import ArtifactKind, CheckpointRef, Folders
 from liandan.progress import Control, Reporter
 
 if TYPE_CHECKING:
+    import torch
+
     from liandan.models.bundle import ModelBundle
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -165,6 +167,9 @@ class StandaloneHost:
     def model_for_training(self, checkpoint: Path | None = None) -> Iterator[ModelBundle]:
         ref = self.resolve_checkpoint(checkpoint)
         yield BUNDLE_CACHE.get(ref.path)
+
+    def prepare_trainable(self, modules: list[torch.nn.Module]) -> None:
+        """Layers run as torch defines them here: nothing to change."""
 
     def refresh(self, kind: ArtifactKind) -> None:
         """Nothing to refresh: readers list the folders when they need them."""

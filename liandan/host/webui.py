@@ -29,6 +29,8 @@ from liandan.host.base import ArtifactKind, CheckpointRef, Folders
 from liandan.progress import Control, ProgressEvent, Reporter
 
 if TYPE_CHECKING:
+    import torch
+
     from liandan.job_runner import JobRunner
     from liandan.models.bundle import ModelBundle
 
@@ -222,7 +224,7 @@ class WebUIHost:
             bundle = None
             try:
                 bundle = load_bundle(ref.path)
-                call_torch_forwards(bundle)
+                call_torch_forwards([*bundle.text_encoders, bundle.unet, bundle.vae])
                 if bundle.short_hash is None:
                     bundle.short_hash = ref.short_hash
                 yield bundle
@@ -237,6 +239,9 @@ class WebUIHost:
                     devices.torch_gc()
                     if webui_model is not None:
                         sd_models.send_model_to_device(webui_model)
+
+    def prepare_trainable(self, modules: list[torch.nn.Module]) -> None:
+        call_torch_forwards(modules)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -324,10 +329,11 @@ class WebUIHost:
 LORA_PATCHES_KEY = "lora_patches"  # the patching module's __name__, the key it patches under
 
 
-def call_torch_forwards(bundle: ModelBundle) -> int:
-    """Make the bundle's layers call torch's own `forward` instead of the Lora extension's replacement (an
-    instance attribute, as accelerate's hooks do); a layer that already has one (a library's wrapper) is
-    left alone. Must run before a method wraps any layer. Returns how many layers were changed."""
+def call_torch_forwards(modules: list[torch.nn.Module]) -> int:
+    """Make the layers in `modules` call torch's own `forward` instead of the Lora extension's replacement
+    (an instance attribute, as accelerate's hooks do); a layer that already has one (a library's wrapper)
+    is left alone. For the bundle before a method wraps any layer, and for the method's own modules once
+    built (a hypernetwork's or a LoRA's layers). Returns how many layers were changed."""
     try:
         from modules import patches
     except ImportError:  # a WebUI without the patches module patches nothing this way
@@ -341,7 +347,7 @@ def call_torch_forwards(bundle: ModelBundle) -> int:
         and owner.forward is not original  # still patched
     }
     changed = 0
-    for module in (*bundle.text_encoders, bundle.unet, bundle.vae):
+    for module in modules:
         for layer in module.modules():
             # by the class's forward: a subclass that inherits the patched one counts too
             original = torch_forward.get(type(layer).forward)

@@ -393,6 +393,7 @@ def run_training_job(
         )  # fmt: skip
         method = make_method(context)
         cleanup.callback(method.close)
+        host.prepare_trainable(method.trainable_modules())
         result = train(
             method,
             dataset,
