@@ -28,12 +28,12 @@ def test_resumable_run_keeps_the_folder_it_started_in(tmp_path: Path) -> None:
     assert find_run_dir(tmp_path, "dog", resume=True, today=later) == tmp_path / "2026-11-25" / "dog"
 
 
-def _recording(contexts: list, trained: torch.nn.Module | None = None):
+def _recording(contexts: list, trained: tuple[torch.nn.Module, ...] = ()):
     """A make_method keeping each context it gets, with a method that has nothing to close."""
 
     def make_method(context):
         contexts.append(context)
-        return SimpleNamespace(close=lambda: None, trainable_modules=lambda: [trained])
+        return SimpleNamespace(close=lambda: None, trainable_modules=lambda: list(trained))
 
     return make_method
 
@@ -90,7 +90,7 @@ def test_the_method_and_the_loop_share_one_accelerator_and_its_device(
     contexts: list = []
     trained = torch.nn.Linear(2, 2)
     run_training_job(job, host, Reporter(), Control(), name="cat", loss_csv_name="x.csv",
-                     make_method=_recording(contexts, trained))  # fmt: skip
+                     make_method=_recording(contexts, (trained,)))  # fmt: skip
     assert len(made) == 1 and seen["accelerator"] is made[0]
     assert seen["prepared before training"] == [[trained]]
     assert contexts[0].device == made[0].device and contexts[0].is_main

@@ -333,7 +333,7 @@ def call_torch_forwards(modules: list[torch.nn.Module]) -> int:
     """Make the layers in `modules` call torch's own `forward` instead of the Lora extension's replacement
     (an instance attribute, as accelerate's hooks do); a layer that already has one (a library's wrapper)
     is left alone. For the bundle before a method wraps any layer, and for the method's own modules once
-    built (a hypernetwork's or a LoRA's layers). Returns how many layers were changed."""
+    built (a hypernetwork's layers). Returns how many layers were changed."""
     try:
         from modules import patches
     except ImportError:  # a WebUI without the patches module patches nothing this way
