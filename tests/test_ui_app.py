@@ -210,6 +210,28 @@ def test_serve_answers_on_localhost(host, runner) -> None:
         app.close()
 
 
+def test_the_rest_routes_answer_from_the_servers_first_moment(host, runner, monkeypatch) -> None:
+    """A client that waits for the UI to answer (as scripts and our tests do) finds the REST routes there too:
+    here it asks the moment the server is up, before `launch` has returned."""
+    from gradio import networking
+
+    start_server = networking.start_server
+    kinds_at_start: list[object] = []
+
+    def start_and_ask(*args, **kwargs):
+        started = start_server(*args, **kwargs)
+        local_url = started[2]
+        with urllib.request.urlopen(f"{local_url}liandan/v1/kinds", timeout=10) as response:
+            kinds_at_start.append(json.load(response)["kinds"])
+        return started
+
+    monkeypatch.setattr(networking, "start_server", start_and_ask)
+    app = build_app(host, runner)
+    serve(app, runner, port=_free_port(), block=False)
+    app.close()
+    assert kinds_at_start == [registry.kinds()]
+
+
 def _free_port() -> int:
     import socket
 

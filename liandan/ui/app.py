@@ -34,7 +34,9 @@ def build_app(host: Host, runner: JobRunner) -> gr.Blocks:
 def serve(app: gr.Blocks, runner: JobRunner, port: int, token: str | None = None, block: bool = True) -> Any:
     """Launch the UI and the REST routes (liandan/rest.py) on 127.0.0.1; with a `token`, on all interfaces,
     the UI behind a login (user "liandan", the token as password) and the routes behind the bearer token.
-    Queue arguments differ between Gradio 3 and 4."""
+    The routes go into the server's FastAPI app as it is built, so they answer from its first request (added
+    after `launch`, they were missing for a moment while the UI already served). Queue arguments differ
+    between Gradio 3 and 4."""
     if int(gr.__version__.split(".")[0]) < 4:
         app.queue(concurrency_count=QUEUE_SLOTS, api_open=False)
     else:  # pragma: no cover - newer Gradio
@@ -46,8 +48,8 @@ def serve(app: gr.Blocks, runner: JobRunner, port: int, token: str | None = None
         prevent_thread_lock=True,
         show_api=False,
         inbrowser=False,
+        app_kwargs={"routes": build_router(lambda: runner, token_auth(token)).routes},
     )
-    server.include_router(build_router(lambda: runner, token_auth(token)))
     if block:
         app.block_thread()
     return server
