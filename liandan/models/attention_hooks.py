@@ -24,6 +24,7 @@ layers that lookup and the multiply by strength 1 were a third of a transform's 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -198,6 +199,11 @@ class KVTransformProcessor(nn.Module):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+# diffusers' Attention.forward reads its processor's signature on every call (to filter its kwargs); computed
+# once here it answers in a quarter of the time (about 27 -> 7 us a call, 32 calls a tiny-SD1 forward)
+KVTransformProcessor.__call__.__signature__ = inspect.signature(KVTransformProcessor.__call__)
 
 
 def attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
