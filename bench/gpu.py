@@ -287,7 +287,8 @@ def _close_fused_optimizers() -> None:
     from liandan.train.fused_backward import FusedOptimizer
 
     for obj in gc.get_objects():
-        if isinstance(obj, FusedOptimizer):
+        # type(), not isinstance(): isinstance reads a weakref proxy's target, and a dead one raises
+        if issubclass(type(obj), FusedOptimizer):
             obj.close()
 
 
