@@ -227,8 +227,10 @@ def test_the_rest_routes_answer_from_the_servers_first_moment(host, runner, monk
 
     monkeypatch.setattr(networking, "start_server", start_and_ask)
     app = build_app(host, runner)
-    serve(app, runner, port=_free_port(), block=False)
-    app.close()
+    try:
+        serve(app, runner, port=_free_port(), block=False)
+    finally:
+        app.close()
     assert kinds_at_start == [registry.kinds()]
 
 
