@@ -49,12 +49,25 @@ def restartable(installation: Installation, tmp_path: Path) -> Iterator[Restarta
         yield Restartable(webui, copy_training_images(tmp_path / "train64"), browser)
 
 
+# a flag on the open page's window: a reloaded page no longer has it
+OLD_PAGE_FLAG = "window.liandanPageBeforeRestart"
+
+
+def _mark_the_open_page(browser: Browser) -> None:
+    browser.evaluate(f"{OLD_PAGE_FLAG} = true")
+
+
 def _wait_for_page_again(restartable: Restartable) -> None:
     """A1111's restart_reload() replaces the page by "Reloading..." and reloads it once the server answers
-    its ping again: wait for the rebuilt page, with our tab in it."""
+    its ping again: wait for a reloaded page (the old one's flag is gone), rebuilt with our tab in it. The
+    "Reloading..." moment itself may already be over when the server is back, so it is not waited for."""
     browser = restartable.browser
-    wait_until(lambda: not visible(browser, "#tab_txt2img"), 30, "the page to show 'Reloading...'")
-    wait_until(lambda: visible(browser, "#tab_txt2img"), RESTART_TIMEOUT, "the page to come back")
+
+    def reloaded_page_is_up() -> bool:
+        new_page = browser.evaluate(f"typeof {OLD_PAGE_FLAG} === 'undefined'")
+        return bool(new_page) and visible(browser, "#tab_txt2img")
+
+    wait_until(reloaded_page_is_up, RESTART_TIMEOUT, "the page to be reloaded and come back")
     assert browser.exists("#tab_liandan")
 
 
@@ -63,6 +76,7 @@ def test_reload_ui_with_a_page_open_comes_back_and_keeps_the_jobs(restartable: R
     before = webui.submit(ti_job("before_reload", restartable.data, steps=2))
     assert webui.wait_job(before)["state"] == "done"
     click_tab(restartable.browser, "#tabs", "Settings")
+    _mark_the_open_page(restartable.browser)
     click_button(restartable.browser, "Reload UI")
     wait_until(lambda: "Restarting UI..." in webui.console(), 30, "the WebUI to start its restart")
     wait_until(
@@ -80,6 +94,7 @@ def test_apply_and_restart_ui_with_a_page_open_comes_back(restartable: Restartab
     # the button's javascript reads the table of installed extensions, which the page fills in later
     table = "gradioApp().querySelectorAll('#extensions input[type=checkbox]').length > 0"
     wait_until(lambda: browser.evaluate(table), 60, "the table of installed extensions")
+    _mark_the_open_page(browser)
     click_button(browser, "Apply and restart UI")
     wait_until(
         lambda: webui.console().count("Model loaded in") >= 2, RESTART_TIMEOUT, "the WebUI to start again"
