@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import Comparison, method_context, method_step, run_comparison, step_benchmark_args
+from bench.harness import (
+    Comparison,
+    method_context,
+    method_step,
+    model_work_side,
+    run_comparison,
+    step_benchmark_args,
+)
 from bench.ti_speed import LR, PROMPT, build_bundle, diffusers_step, liandan_step
 
 
@@ -67,7 +74,7 @@ def _sides(args, size: int) -> dict:
             build_bundle(args.model), size, batch, device, torch_compile=True
         )
     }
-    return {
+    sides = {
         f"liandan apt bs{batch}": lambda: apt_step(build_bundle(args.model), size, batch, device),
         **(compiled if args.compile else {}),
         f"liandan ti bs{2 * batch}": lambda: liandan_step(build_bundle(args.model), size, 2 * batch, device),
@@ -75,6 +82,13 @@ def _sides(args, size: int) -> dict:
             build_bundle(args.model), size, batch, device, negative="benchti-neg"
         ),
     }
+    return model_work_side(
+        args,
+        sides,
+        lambda: diffusers_step(
+            build_bundle(args.model), size, batch, device, negative="benchti-neg", model_work_only=True
+        ),
+    )
 
 
 COMPARISON = Comparison(

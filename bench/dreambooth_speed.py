@@ -33,7 +33,7 @@ from bench.harness import (
     step_benchmark_args,
     training_step,
 )
-from bench.plain_loop import example_script_loss
+from bench.plain_loop import example_script_step
 from bench.ti_speed import build_bundle
 
 PROMPT = "a photo of sks dog"
@@ -100,10 +100,12 @@ def liandan_step(
     return training_step(loss, optimizer)
 
 
-def diffusers_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+def diffusers_step(
+    bundle, size: int, batch: int, device: torch.device, model_work_only: bool = False
+) -> Callable[[], None]:
     bundle.unet.to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(bundle.unet.parameters(), lr=LR)
-    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
+    return example_script_step(bundle, size, batch, device, optimizer, model_work_only)
 
 
 def _sides(args: argparse.Namespace, size: int) -> dict[str, SideFactory]:

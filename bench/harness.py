@@ -16,7 +16,9 @@ busy machine slows both alike and the ratio holds; each side's memory comes from
 builds only that side (`--side`): the peak RSS above what it held before building the side (the libraries
 that side imports count; on a tiny model they are most of it), or the CUDA peak.
 `--separate` also takes the timings from such processes, alternating the sides over `--rounds`, for
-models too large to hold both sides at once.
+models too large to hold both sides at once. `--model-work` adds the plain loop's model work alone (its
+forward and backward, no per-step encodes, no optimizer step): the floor that removing per-step work can
+reach.
 """
 
 from __future__ import annotations
@@ -141,12 +143,14 @@ def interleaved(
     return {label: tuple(values) for label, values in times.items()}
 
 
-def training_step(loss: Callable[[], Any], optimizer: Any) -> Callable[[], None]:
-    """One optimizer step of `loss()`: backward, step, zero the gradients."""
+def training_step(loss: Callable[[], Any], optimizer: Any, step_optimizer: bool = True) -> Callable[[], None]:
+    """One optimizer step of `loss()`: backward, step, zero the gradients. Without `step_optimizer` only the
+    model work: backward, and the gradients dropped."""
 
     def step() -> None:
         loss().backward()
-        optimizer.step()
+        if step_optimizer:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
@@ -257,9 +261,10 @@ def step_benchmark_args(
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
 ) -> argparse.Namespace:
     """benchmark_args plus the training-step scripts' own flags: --model, --size (into `sizes`), --batch,
-    --device, --threads, --compile (a side of ours with train.torch_compile), and run_comparison's
-    --separate, --rounds and --side; `add_arguments` adds a script's own. --smoke takes the tiny model at
-    64 px. `argv` is kept (as `argv`) for the side processes."""
+    --device, --threads, --compile (a side of ours with train.torch_compile), --model-work (a side with the
+    plain loop's model work alone, `model_work_side`), and run_comparison's --separate, --rounds and --side;
+    `add_arguments` adds a script's own. --smoke takes the tiny model at 64 px, with the model-work side.
+    `argv` is kept (as `argv`) for the side processes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
@@ -270,14 +275,15 @@ def step_benchmark_args(
     extra.add_argument("--separate", action="store_true", help="time each side in a process of its own")
     extra.add_argument("--rounds", type=int, default=3, help="with --separate: processes per side")
     extra.add_argument("--compile", action="store_true", help="also time ours with train.torch_compile")
+    extra.add_argument("--model-work", action="store_true", help=f"also time the {MODEL_WORK} (see the doc)")
     extra.add_argument("--side", help=argparse.SUPPRESS)  # a side process: build and run only this side
     add_arguments(extra)
     known, rest = extra.parse_known_args(argv)
     args = benchmark_args(rest, description)
     vars(args).update(vars(known))
     args.argv = argv
-    if args.smoke:
-        args.model, args.size, args.rounds = "tiny", [64], 1
+    if args.smoke:  # every side builds and runs, the model-work one too
+        args.model, args.size, args.rounds, args.model_work = "tiny", [64], 1, True
     args.sizes = args.size
     if args.threads:
         import torch
@@ -287,6 +293,23 @@ def step_benchmark_args(
 
 
 SideFactory = Callable[[], Callable[[], object]]  # builds one side (model, optimizer); returns its step
+MODEL_WORK = "model work alone"
+
+
+def model_work_side(
+    args: argparse.Namespace, sides: dict[str, SideFactory], model_work: SideFactory
+) -> dict[str, SideFactory]:
+    """With --model-work, `sides` with one more just before the plain loop (the last, which ratios are taken
+    against): the plain loop's forward and backward alone, on inputs its frozen encoders encoded once, with no
+    optimizer step (`model_work`, which the plain builder makes with `model_work_only=True`). No step at
+    identical settings can do less, so its ratio is the floor of what removing per-step work can reach;
+    going below it takes faster model compute (torch_compile)."""
+    if not args.model_work:
+        return sides
+    *ours, plain = sides.items()
+    return dict([*ours, (MODEL_WORK, model_work), plain])
+
+
 SIDE_RESULT = "bench-side-result:"  # the line a side process prints its JSON after
 
 
@@ -309,7 +332,8 @@ def fresh_sides(
 ) -> Callable[[argparse.Namespace, int], dict[str, SideFactory]]:
     """Comparison.sides where each side builds its step on a fresh copy of `args.model` (every side changes
     the model it trains: hooks, adapters, its own weights). With --compile, the first builder (ours) also
-    builds a side with `torch_compile=True`."""
+    builds a side with `torch_compile=True`; with --model-work, the last (the plain loop) one with
+    `model_work_only=True`."""
 
     def sides(args: argparse.Namespace, size: int) -> dict[str, SideFactory]:
         import torch
@@ -320,10 +344,16 @@ def fresh_sides(
             ours, *rest = builders.items()
             compiled = (f"{ours[0]} compiled", functools.partial(ours[1], torch_compile=True))
             chosen = dict([ours, compiled, *rest])
-        return {
+        factories = {
             label: lambda build=build: build(build_model(args.model), size, args.batch, device)
             for label, build in chosen.items()
         }
+        plain = list(builders.values())[-1]
+
+        def model_work() -> Callable[[], object]:
+            return plain(build_model(args.model), size, args.batch, device, model_work_only=True)
+
+        return model_work_side(args, factories, model_work)
 
     return sides
 

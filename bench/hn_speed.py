@@ -25,9 +25,8 @@ from bench.harness import (
     method_step,
     run_comparison,
     step_benchmark_args,
-    training_step,
 )
-from bench.plain_loop import example_script_loss
+from bench.plain_loop import example_script_step
 from bench.ti_speed import PROMPT, build_bundle
 
 LR = 5e-6
@@ -96,7 +95,9 @@ class PlainHypernetworkAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def plain_step(bundle, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+def plain_step(
+    bundle, size: int, batch: int, device: torch.device, model_work_only: bool = False
+) -> Callable[[], None]:
     from liandan.models.attention_hooks import attention_layers, kv_input_width
 
     _, hypernetwork = _hypernetwork(bundle)
@@ -107,7 +108,7 @@ def plain_step(bundle, size: int, batch: int, device: torch.device) -> Callable[
         if pair is not None:
             attn.set_processor(PlainHypernetworkAttention(*pair))
     optimizer = torch.optim.AdamW(hypernetwork.parameters(), lr=LR)
-    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
+    return example_script_step(bundle, size, batch, device, optimizer, model_work_only)
 
 
 COMPARISON = Comparison(

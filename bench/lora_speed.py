@@ -25,11 +25,11 @@ from bench.harness import (
     Comparison,
     method_context,
     method_step,
+    model_work_side,
     run_comparison,
     step_benchmark_args,
-    training_step,
 )
-from bench.plain_loop import example_script_loss
+from bench.plain_loop import example_script_step
 from bench.ti_speed import PROMPT, build_bundle
 
 LR = 1e-4
@@ -104,7 +104,9 @@ def peft_config(bundle, network_type: str):
     return peft.LoraConfig(lora_alpha=ALPHA, use_dora=network_type == "dora", **common)
 
 
-def peft_step(bundle, size: int, batch: int, device: torch.device, network_type: str) -> Callable[[], None]:
+def peft_step(
+    bundle, size: int, batch: int, device: torch.device, network_type: str, model_work_only: bool = False
+) -> Callable[[], None]:
     from peft import inject_adapter_in_model
 
     unet = bundle.unet.requires_grad_(False)
@@ -115,7 +117,7 @@ def peft_step(bundle, size: int, batch: int, device: torch.device, network_type:
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=LR)
-    return training_step(example_script_loss(bundle, size, batch, device), optimizer)
+    return example_script_step(bundle, size, batch, device, optimizer, model_work_only)
 
 
 def _sides(args, size: int) -> dict:
@@ -132,7 +134,12 @@ def _sides(args, size: int) -> dict:
         sides[f"peft {network}"] = lambda n=network: peft_step(
             build_bundle(args.model), size, args.batch, device, n
         )
-    return sides
+    last = args.network[-1]  # the plain loop the ratios are taken against
+    return model_work_side(
+        args,
+        sides,
+        lambda: peft_step(build_bundle(args.model), size, args.batch, device, last, model_work_only=True),
+    )
 
 
 def _settings(args, size: int) -> str:

@@ -7,13 +7,16 @@ from collections.abc import Callable
 
 import torch
 
+from bench.harness import training_step
 from bench.ti_speed import PROMPT
 
 
-def example_script_loss(bundle, size: int, batch: int, device: torch.device) -> Callable[[], torch.Tensor]:
+def example_script_loss(
+    bundle, size: int, batch: int, device: torch.device, encode_once: bool = False
+) -> Callable[[], torch.Tensor]:
     """Every step the frozen VAE encodes the pixels and the frozen text encoder the prompt (no gradients),
     then noise, timesteps and the UNet's prediction against the noise (MSE). The UNet is the caller's to
-    freeze, adapt or train."""
+    freeze, adapt or train. With `encode_once` the two encodes happen once, here, not every step."""
     import torch.nn.functional as F
 
     text_encoder, unet, vae, scheduler = (
@@ -29,13 +32,31 @@ def example_script_loss(bundle, size: int, batch: int, device: torch.device) -> 
     ids = bundle.tokenizers[0]([PROMPT] * batch, padding="max_length", max_length=77, return_tensors="pt")
     ids = ids.input_ids.to(device)
 
-    def loss() -> torch.Tensor:
+    def encode() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            context = text_encoder(ids)[0]
+            return vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor, text_encoder(ids)[0]
+
+    encoded = encode() if encode_once else None
+
+    def loss() -> torch.Tensor:
+        latents, context = encoded or encode()
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         return F.mse_loss(unet(noisy, timesteps, context).sample.float(), noise.float())
 
     return loss
+
+
+def example_script_step(
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    model_work_only: bool,
+) -> Callable[[], None]:
+    """A training step of `example_script_loss`; `model_work_only` (harness.model_work_side): the encodes
+    done once and no optimizer step."""
+    loss = example_script_loss(bundle, size, batch, device, encode_once=model_work_only)
+    return training_step(loss, optimizer, step_optimizer=not model_work_only)

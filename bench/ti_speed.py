@@ -91,11 +91,19 @@ class _Prompts:
 
 
 def diffusers_step(
-    bundle, size: int, batch: int, device: torch.device, negative: str | None = None, cfg: float = 4.0
+    bundle,
+    size: int,
+    batch: int,
+    device: torch.device,
+    negative: str | None = None,
+    cfg: float = 4.0,
+    model_work_only: bool = False,
 ) -> Callable[[], None]:
     """The diffusers example's step. With `negative` (APT's baseline, as DreamArtist trains): a second new
     token for the negative embedding, its prompt encoded with the positive one, the UNet run on both and the
-    prediction `negative + cfg * (positive - negative)`."""
+    prediction `negative + cfg * (positive - negative)`. With `model_work_only` (harness.model_work_side):
+    the VAE encodes once, the token table is frozen and the gradient stops at its output (the least any
+    embedding trainer must compute: the text encoder's and the UNet's backward), no optimizer step."""
     import copy
 
     import torch.nn.functional as F
@@ -110,7 +118,9 @@ def diffusers_step(
         module.to(device).requires_grad_(False)
     text_encoder.train()
     table = text_encoder.get_input_embeddings()
-    table.weight.requires_grad_(True)
+    table.weight.requires_grad_(not model_work_only)
+    if model_work_only:
+        table.register_forward_hook(lambda _module, _input, output: output.detach().requires_grad_())
     original = table.weight.detach().clone()
     optimizer = torch.optim.AdamW([table.weight], lr=LR)
     pixels = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -119,8 +129,14 @@ def diffusers_step(
     keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
     keep[tokenizer.convert_tokens_to_ids(names)] = False
 
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+
+    encoded = encode() if model_work_only else None
+
     def step() -> None:
-        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        latents = encode() if encoded is None else encoded
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
@@ -132,6 +148,8 @@ def diffusers_step(
             prediction = unet(noisy, t, context).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
+        if model_work_only:
+            return
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

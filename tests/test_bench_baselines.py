@@ -50,3 +50,53 @@ def test_the_peft_baseline_adapts_exactly_the_modules_liandans_network_targets(n
     }
     assert adapted == ours
     assert set(config.rank_pattern.values()) == ({8, 4} if network_type in ("locon", "loha", "lokr") else {8})
+
+
+def test_the_model_work_side_sits_just_before_the_plain_loop_and_only_when_asked() -> None:
+    from argparse import Namespace
+
+    from bench.harness import MODEL_WORK, model_work_side
+
+    sides = {"liandan": lambda: None, "liandan compiled": lambda: None, "plain loop": lambda: None}
+    assert model_work_side(Namespace(model_work=False), sides, lambda: None) == sides
+    assert list(model_work_side(Namespace(model_work=True), sides, lambda: None)) == [
+        "liandan",
+        "liandan compiled",
+        MODEL_WORK,
+        "plain loop",
+    ]
+
+
+def _vae_encodes(bundle) -> list[int]:
+    calls: list[int] = []
+    bundle.vae.encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("model_work_only", [False, True])
+def test_the_plain_loops_model_work_alone_encodes_once_and_steps_nothing(model_work_only: bool) -> None:
+    """The floor side runs the plain loop's forward and backward on inputs encoded once and leaves the
+    weights as they were; the plain loop itself encodes every step and trains."""
+    from bench.dreambooth_speed import diffusers_step as dreambooth_plain
+    from bench.ti_speed import diffusers_step as ti_plain
+
+    dreambooth = build_bundle("tiny")
+    dreambooth_calls = _vae_encodes(dreambooth)
+    weight = dreambooth.unet.conv_in.weight
+    before = weight.detach().clone()
+    step = dreambooth_plain(dreambooth, 64, 1, torch.device("cpu"), model_work_only=model_work_only)
+    step()
+    step()
+    assert len(dreambooth_calls) == (1 if model_work_only else 2)
+    assert torch.equal(weight, before) == model_work_only
+    assert weight.grad is None  # dropped after every step
+
+    ti = build_bundle("tiny")
+    ti_calls = _vae_encodes(ti)
+    step = ti_plain(ti, 64, 1, torch.device("cpu"), negative="benchti-neg", model_work_only=model_work_only)
+    table = ti.text_encoders[0].get_input_embeddings().weight
+    before = table.detach().clone()
+    step()  # backward reaches the frozen table's output (it would raise if nothing took a gradient)
+    step()
+    assert len(ti_calls) == (1 if model_work_only else 2)
+    assert torch.equal(table, before) == model_work_only
