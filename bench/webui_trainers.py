@@ -13,7 +13,9 @@ size 64, batch 1, one vector initialised from "a photo" (TI, AdamW without weigh
 the same 1, 2, 1 linear hypernetwork on every attention width (AdamW with torch's default weight decay 0.01,
 which A1111 uses). Per-step time excludes setup: each side trains N1 and N2 steps and the step is
 (t2 - t1) / (N2 - N1), interleaved A, B, A, B over the repeats; the median is reported. The WebUI's time is
-its train request's wall time; liandan's is the job's finished - submitted time.
+its train request's wall time; liandan's is the job's finished - submitted time. `--compile` trains
+liandan's jobs with train.torch_compile (give it long runs, e.g. `--steps 5 205`: a job's compiling is in
+both of its runs and cancels only as far as it takes the same time).
 
 The harness is tests/real_webui.py's. A1111's trainer needs two things on torch 2.14, both kept out of A1111's
 files: a process-local sitecustomize (on the WebUI's PYTHONPATH only) that retries `Sampler.__init__(self)`
@@ -152,7 +154,7 @@ def liandan_ti(webui: WebUI, data: Path, name: str, steps: int) -> float:
         "name": name,
         "init_text": "a photo",
         "vectors": 1,
-        "train": {"max_steps": steps, "save_every": 0, "preview_every": 0, "learn_rate": LR_TI, **THREADS},
+        "train": {"max_steps": steps, "save_every": 0, "preview_every": 0, "learn_rate": LR_TI, **JOB_TRAIN},
         **_liandan_common(data),
     }
     return _timed_liandan(webui, spec)
@@ -171,7 +173,7 @@ def liandan_hn(webui: WebUI, data: Path, name: str, steps: int) -> float:
             "preview_every": 0,
             "learn_rate": LR_HN,
             "weight_decay": 0.01,
-            **THREADS,
+            **JOB_TRAIN,
         },
         **_liandan_common(data),
     }
@@ -193,9 +195,10 @@ def _timed_liandan(webui: WebUI, spec: dict[str, Any]) -> float:
 
 
 Trainer = Callable[[WebUI, Path, str, int], float]
-# liandan's jobs at the WebUI process's thread count (boot_and_measure sets it): a CPU job would otherwise
-# choose its own (one, for the tiny UNet), and the sides must run at the same count
-THREADS: dict[str, int] = {}
+# train settings of liandan's jobs: the WebUI process's thread count (boot_and_measure sets it; a CPU job
+# would otherwise choose its own, one for the tiny UNet, and the sides must run at the same count), and
+# torch_compile with --compile
+JOB_TRAIN: dict[str, Any] = {}
 PAIRS: dict[str, tuple[Trainer, Trainer]] = {"ti": (a1111_ti, liandan_ti), "hn": (a1111_hn, liandan_hn)}
 
 
@@ -270,7 +273,7 @@ def boot_and_measure(work: Path, threads: int, run: Callable[[Runs], list[PairRe
     root = make_root(work / "webui")
     data = make_data(work / "data")
     env = {"PYTHONPATH": str(shim), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    THREADS["cpu_threads"] = threads
+    JOB_TRAIN["cpu_threads"] = threads
     # a venv fresh from setup-env lacks what install.py adds: that boot runs it, as a user's first start does
     installed = venv.versions()
     prepare = any(name not in installed for name in our_additions())
@@ -304,18 +307,20 @@ def print_table(results: Sequence[PairResult], steps: tuple[int, int]) -> None:
 
 
 def record(result: PairResult, steps: tuple[int, int], repeats: int, warmup: int) -> None:
+    compiled = bool(JOB_TRAIN.get("torch_compile"))
     settings = (
         f"real WebUI 1.10.1, sd1 tiny 64px bs1 fp32 cpu, {result.threads} thread(s) "
         f"(cpu {result.cpu:.2f}), AdamW, steps {steps[0]}/{steps[1]}, {repeats} repeats"
+        + (", liandan with torch_compile" if compiled else "")
     )
     text = (
         f"WebUI {result.method.upper()} {_ms(result.webui_s, result.webui_spread)} ms, liandan "
-        f"{_ms(result.liandan_s, result.liandan_spread)} ms per step, median (min-max) "
-        f"({result.ratio:.2f}x; target >= 2.5x)"
+        f"{'compiled ' if compiled else ''}{_ms(result.liandan_s, result.liandan_spread)} ms per step, "
+        f"median (min-max) ({result.ratio:.2f}x; target >= 2.5x)"
     )
     command = (
         f"python -m bench.webui_trainers --threads {result.threads} --steps {steps[0]} {steps[1]} "
-        f"--repeats {repeats} --warmup {warmup} --record"
+        f"--repeats {repeats} --warmup {warmup}{' --compile' if compiled else ''} --record"
     )
     append_result(BenchRow(f"webui-{result.method}-step", settings, text), command=command)
 
@@ -325,7 +330,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     extra.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     extra.add_argument("--steps", type=int, nargs=2, default=[5, 25], metavar=("N1", "N2"))
     extra.add_argument("--methods", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
+    extra.add_argument("--compile", action="store_true", help="liandan's jobs with train.torch_compile")
     known, rest = extra.parse_known_args(argv)
+    if known.compile:
+        JOB_TRAIN["torch_compile"] = True
     args = benchmark_args(rest, __doc__ or "")
     steps = (known.steps[0], known.steps[1])
     if not 0 < steps[0] < steps[1]:
